@@ -1,0 +1,1 @@
+//! CNI plugin and node daemon that wire each pod's interface into OVS/OVN.

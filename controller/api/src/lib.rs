@@ -1,0 +1,1 @@
+//! Kubernetes API types (kubeovn.io/v1 CRDs, KubeVirt subset) and Kube-OVN annotation keys and parsers.

@@ -1,0 +1,1 @@
+//! Pure address engine: subnets, pools, static claims and MACs, with no I/O.

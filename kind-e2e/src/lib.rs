@@ -1,0 +1,1 @@
+//! Local cluster node agent and the end-to-end suite.
