@@ -1,1 +1,6 @@
 //! Async OVSDB (RFC 7047) client with a monitored cache and typed OVN Northbound tables.
+
+pub mod connection;
+pub mod framing;
+pub mod jsonrpc;
+pub mod transport;

@@ -1,0 +1,659 @@
+//! One JSON-RPC connection to one server.
+//!
+//! A reader task splits the stream into messages, answers the server's `echo`,
+//! completes pending calls by id and hands notifications to a handler *inline*, in
+//! arrival order. Because ovsdb-server sends a monitor update before the reply to
+//! the `transact` that caused it, a caller whose call completes already sees its
+//! effect in anything the handler maintains (the cache). A writer task batches
+//! queued requests into few writes, so many calls can be in flight at once.
+//!
+//! The connection never reconnects: when it ends, every pending call fails with
+//! [`CallError::ConnectionLost`] and [`Connection::closed`] resolves. Reconnecting
+//! is the session's job.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, trace, warn};
+
+use crate::framing::{FrameError, JsonFramer};
+use crate::jsonrpc::{self, Message, Notification, RpcError};
+use crate::transport::{Remote, Stream};
+
+/// Receives every notification, in arrival order, on the reader task. It must not
+/// block. Returning an error closes the connection (e.g. the cache became
+/// inconsistent and must be rebuilt from a fresh monitor).
+pub type NotificationHandler = Arc<dyn Fn(Notification) -> Result<(), String> + Send + Sync>;
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with a JSON-RPC error.
+    #[error("server error: {0}")]
+    Rpc(#[from] RpcError),
+    /// The connection ended before the reply arrived. When `sent` is true the
+    /// server may have received and executed the request.
+    #[error("connection lost ({reason}); request {}", if *sent { "may have been executed" } else { "was not sent" })]
+    ConnectionLost {
+        /// Whether the request had been handed to the socket writer.
+        sent: bool,
+        /// Why the connection ended.
+        reason: CloseReason,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server closed the stream.
+    Eof,
+    /// A read or write failed.
+    Io(String),
+    /// The byte stream could not be split into messages.
+    Frame(FrameError),
+    /// A message was not valid JSON-RPC.
+    Decode(String),
+    /// Our own echo probe went unanswered for a whole probe interval.
+    ProbeTimeout(Duration),
+    /// The notification handler refused an update.
+    Handler(String),
+    /// The client closed it (shutdown, leadership moved, ...).
+    Requested(String),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Eof => f.write_str("server closed the connection"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::Frame(e) => write!(f, "{e}"),
+            CloseReason::Decode(e) => write!(f, "undecodable message: {e}"),
+            CloseReason::ProbeTimeout(d) => {
+                write!(
+                    f,
+                    "no reply to inactivity probe within {} ms",
+                    d.as_millis()
+                )
+            }
+            CloseReason::Handler(e) => write!(f, "update rejected: {e}"),
+            CloseReason::Requested(why) => write!(f, "closed by client: {why}"),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Value, CallError>>;
+
+struct Pending {
+    calls: HashMap<u64, Reply>,
+    closed: Option<CloseReason>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    cancel: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Ends the connection once: records the reason and fails every pending call.
+    fn close(&self, reason: CloseReason) {
+        let calls = {
+            let mut pending = self.pending.lock();
+            if pending.closed.is_some() {
+                return;
+            }
+            pending.closed = Some(reason.clone());
+            std::mem::take(&mut pending.calls)
+        };
+        self.cancel.cancel();
+        debug!(%reason, failed_calls = calls.len(), "connection closed");
+        for (_, reply) in calls {
+            let _ = reply.send(Err(CallError::ConnectionLost {
+                sent: true,
+                reason: reason.clone(),
+            }));
+        }
+    }
+}
+
+/// Tunables of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Send an `echo` after this long without receiving anything, and close the
+    /// connection if nothing arrives for another interval. `None` disables it.
+    pub probe_interval: Option<Duration>,
+    /// Largest message accepted from the server.
+    pub max_message_size: usize,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        Self {
+            probe_interval: Some(Duration::from_secs(5)),
+            max_message_size: crate::framing::DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// An open JSON-RPC connection. Dropping it closes it.
+pub struct Connection {
+    remote: Remote,
+    shared: Arc<Shared>,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks on an open stream.
+    pub fn start(
+        remote: Remote,
+        stream: Stream,
+        options: ConnectionOptions,
+        handler: NotificationHandler,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                calls: HashMap::new(),
+                closed: None,
+            }),
+            cancel: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let (read, write) = tokio::io::split(stream);
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let span = tracing::debug_span!("ovsdb_connection", remote = %remote);
+        tokio::spawn(write_loop(write, queue, shared.clone()).instrument(span.clone()));
+        tokio::spawn(
+            read_loop(read, options, handler, shared.clone(), outgoing.clone()).instrument(span),
+        );
+        Self {
+            remote,
+            shared,
+            outgoing,
+        }
+    }
+
+    /// The server this connection talks to.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Sends a request and waits for its reply. Many calls may be in flight at once.
+    pub async fn call(&self, method: &str, params: &impl Serialize) -> Result<Value, CallError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut pending = self.shared.pending.lock();
+            if let Some(reason) = &pending.closed {
+                return Err(CallError::ConnectionLost {
+                    sent: false,
+                    reason: reason.clone(),
+                });
+            }
+            pending.calls.insert(id, reply);
+        }
+        trace!(id, method, "request");
+        if self
+            .outgoing
+            .send(jsonrpc::encode_request(id, method, params))
+            .is_err()
+        {
+            self.shared.pending.lock().calls.remove(&id);
+            let reason = self
+                .close_reason()
+                .unwrap_or_else(|| CloseReason::Requested("writer stopped".into()));
+            return Err(CallError::ConnectionLost {
+                sent: false,
+                reason,
+            });
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::ConnectionLost {
+                sent: true,
+                reason: self
+                    .close_reason()
+                    .unwrap_or_else(|| CloseReason::Requested("reply dropped".into())),
+            }),
+        }
+    }
+
+    /// Closes the connection; pending calls fail with [`CallError::ConnectionLost`].
+    pub fn close(&self, why: impl Into<String>) {
+        self.shared.close(CloseReason::Requested(why.into()));
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.pending.lock().closed.clone()
+    }
+
+    /// Resolves when the connection ends, with the reason.
+    pub async fn closed(&self) -> CloseReason {
+        self.shared.cancel.cancelled().await;
+        self.close_reason()
+            .unwrap_or_else(|| CloseReason::Requested("cancelled".into()))
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared
+            .close(CloseReason::Requested("connection dropped".into()));
+    }
+}
+
+async fn write_loop(
+    write: WriteHalf<Stream>,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, write);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            next = queue.recv() => match next {
+                Some(bytes) => bytes,
+                None => break,
+            },
+        };
+        let mut result = writer.write_all(&first).await;
+        // Coalesce everything already queued into the same flush.
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(bytes) => result = writer.write_all(&bytes).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = result {
+            shared.close(CloseReason::Io(e.to_string()));
+            break;
+        }
+        if let Err(e) = writer.flush().await {
+            shared.close(CloseReason::Io(e.to_string()));
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop(
+    mut read: ReadHalf<Stream>,
+    options: ConnectionOptions,
+    handler: NotificationHandler,
+    shared: Arc<Shared>,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let mut framer = JsonFramer::new(options.max_message_size);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut probe_outstanding = false;
+    let reason = 'read: loop {
+        let read_once = read.read_buf(&mut buf);
+        let outcome = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return,
+            outcome = maybe_timeout(options.probe_interval, read_once) => outcome,
+        };
+        match outcome {
+            None => {
+                let interval = options.probe_interval.unwrap_or_default();
+                if probe_outstanding {
+                    break CloseReason::ProbeTimeout(interval);
+                }
+                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                debug!(id, "idle; sending inactivity probe");
+                if outgoing
+                    .send(jsonrpc::encode_request(id, "echo", &[(); 0]))
+                    .is_err()
+                {
+                    return;
+                }
+                probe_outstanding = true;
+                continue;
+            }
+            Some(Ok(0)) => break CloseReason::Eof,
+            Some(Ok(_)) => probe_outstanding = false,
+            Some(Err(e)) => break CloseReason::Io(e.to_string()),
+        }
+        loop {
+            let frame = match framer.next_frame(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => break 'read CloseReason::Frame(e),
+            };
+            let message = match Message::decode(&frame) {
+                Ok(message) => message,
+                Err(e) => break 'read CloseReason::Decode(e.to_string()),
+            };
+            if let Err(reason) = dispatch(message, &handler, &shared, &outgoing) {
+                break 'read reason;
+            }
+        }
+    };
+    if !matches!(reason, CloseReason::Eof) {
+        warn!(%reason, "closing connection");
+    }
+    shared.close(reason);
+}
+
+async fn maybe_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+fn dispatch(
+    message: Message,
+    handler: &NotificationHandler,
+    shared: &Shared,
+    outgoing: &mpsc::UnboundedSender<Vec<u8>>,
+) -> Result<(), CloseReason> {
+    match message {
+        Message::Response {
+            id: Some(id),
+            result,
+        } => {
+            let reply = shared.pending.lock().calls.remove(&id);
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(result.map_err(CallError::Rpc));
+                }
+                None => trace!(id, "reply to a call nobody waits for (probe or abandoned)"),
+            }
+        }
+        Message::Response { id: None, .. } => debug!("ignoring reply with an id we never issue"),
+        Message::Request { id, method, .. } if method == "echo" => {
+            trace!("answering server echo");
+            let _ = outgoing.send(jsonrpc::encode_reply(&id, &Value::Array(Vec::new())));
+        }
+        Message::Request { id, method, .. } => {
+            debug!(method, "server request we do not implement");
+            let error = serde_json::json!({"id": id, "result": null, "error": "unknown method"});
+            let _ = outgoing.send(error.to_string().into_bytes());
+        }
+        Message::Notification(notification) => {
+            trace!(method = notification.method, "notification");
+            handler(notification).map_err(CloseReason::Handler)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// A connection over a socketpair-like unix stream, plus the server end.
+    async fn pair(
+        options: ConnectionOptions,
+        handler: NotificationHandler,
+    ) -> (Connection, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let client = UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let conn = Connection::start(Remote::Unix(path), Stream::Unix(client), options, handler);
+        (conn, server, dir)
+    }
+
+    fn no_notifications() -> NotificationHandler {
+        Arc::new(|_| Ok(()))
+    }
+
+    /// Reads requests one JSON value at a time from the fake server's side.
+    async fn read_values(server: &mut UnixStream, n: usize) -> Vec<Value> {
+        let mut framer = JsonFramer::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            while let Some(frame) = framer.next_frame(&mut buf).unwrap() {
+                out.push(serde_json::from_slice(&frame).unwrap());
+            }
+            if out.len() >= n {
+                break;
+            }
+            assert!(
+                server.read_buf(&mut buf).await.unwrap() > 0,
+                "client hung up"
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn replies_out_of_order_in_one_write_reach_their_callers() {
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), no_notifications()).await;
+        let conn = Arc::new(conn);
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.call("echo", &json!([i])).await })
+            })
+            .collect();
+        let requests = read_values(&mut server, 3).await;
+        let mut batch = String::new();
+        for req in requests.iter().rev() {
+            batch.push_str(
+                &json!({"id": req["id"], "result": req["params"], "error": null}).to_string(),
+            );
+        }
+        server.write_all(batch.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        for call in calls {
+            got.push(call.await.unwrap().unwrap());
+        }
+        assert_eq!(got, vec![json!([0]), json!([1]), json!([2])]);
+    }
+
+    #[tokio::test]
+    async fn answers_server_echo_with_the_same_id() {
+        let (_conn, mut server, _dir) =
+            pair(ConnectionOptions::default(), no_notifications()).await;
+        server
+            .write_all(br#"{"id":"echo","method":"echo","params":[]}"#)
+            .await
+            .unwrap();
+        let reply = read_values(&mut server, 1).await;
+        assert_eq!(reply[0], json!({"id":"echo","result":[],"error":null}));
+    }
+
+    #[tokio::test]
+    async fn notifications_are_handled_before_the_following_reply() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let handler: NotificationHandler = Arc::new(move |n| {
+            log.lock().push(n.method);
+            Ok(())
+        });
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), handler).await;
+        let conn = Arc::new(conn);
+        let task = {
+            let conn = conn.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                conn.call("transact", &json!([])).await.unwrap();
+                seen.lock().clone()
+            })
+        };
+        let req = read_values(&mut server, 1).await;
+        let batch = format!(
+            r#"{{"id":null,"method":"update3","params":[]}}{{"id":{},"result":[],"error":null}}"#,
+            req[0]["id"]
+        );
+        server.write_all(batch.as_bytes()).await.unwrap();
+        assert_eq!(task.await.unwrap(), vec!["update3".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn error_replies_as_string_and_object() {
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), no_notifications()).await;
+        let conn = Arc::new(conn);
+        let a = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.call("nope", &json!([])).await }
+        });
+        let b = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.call("get_schema", &json!(["No_Such_DB"])).await }
+        });
+        let reqs = read_values(&mut server, 2).await;
+        for req in reqs {
+            let reply = if req["method"] == "nope" {
+                json!({"id": req["id"], "error": "unknown method"})
+            } else {
+                json!({"id": req["id"], "error": {"error": "unknown database", "details": "d"}})
+            };
+            server
+                .write_all(reply.to_string().as_bytes())
+                .await
+                .unwrap();
+        }
+        let CallError::Rpc(a) = a.await.unwrap().unwrap_err() else {
+            panic!("expected an rpc error")
+        };
+        assert!(a.is_unknown_method());
+        let CallError::Rpc(b) = b.await.unwrap().unwrap_err() else {
+            panic!("expected an rpc error")
+        };
+        assert_eq!(
+            (b.error.as_str(), b.details.as_deref()),
+            ("unknown database", Some("d"))
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_calls_fail_as_maybe_sent_when_the_server_hangs_up() {
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), no_notifications()).await;
+        let conn = Arc::new(conn);
+        let call = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.call("transact", &json!([])).await }
+        });
+        read_values(&mut server, 1).await;
+        drop(server);
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            CallError::ConnectionLost {
+                sent: true,
+                reason: CloseReason::Eof
+            }
+        );
+        assert_eq!(conn.closed().await, CloseReason::Eof);
+        let after = conn.call("echo", &json!([])).await.unwrap_err();
+        assert!(matches!(
+            after,
+            CallError::ConnectionLost { sent: false, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn idle_probe_then_close_when_unanswered() {
+        let options = ConnectionOptions {
+            probe_interval: Some(Duration::from_millis(100)),
+            ..ConnectionOptions::default()
+        };
+        let (conn, server, _dir) = pair(options, no_notifications()).await;
+        let mut lines = BufReader::new(server);
+        let mut first = Vec::new();
+        lines.read_until(b'}', &mut first).await.unwrap();
+        let probe: Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(probe["method"], "echo");
+        let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("closed after an unanswered probe");
+        assert_eq!(
+            reason,
+            CloseReason::ProbeTimeout(Duration::from_millis(100))
+        );
+    }
+
+    #[tokio::test]
+    async fn answered_probe_keeps_the_connection() {
+        let options = ConnectionOptions {
+            probe_interval: Some(Duration::from_millis(100)),
+            ..ConnectionOptions::default()
+        };
+        let (conn, mut server, _dir) = pair(options, no_notifications()).await;
+        for _ in 0..4 {
+            let probe = read_values(&mut server, 1).await;
+            assert_eq!(probe[0]["method"], "echo");
+            let reply = json!({"id": probe[0]["id"], "result": [], "error": null});
+            server
+                .write_all(reply.to_string().as_bytes())
+                .await
+                .unwrap();
+        }
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_with_a_decode_reason() {
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), no_notifications()).await;
+        server
+            .write_all(br#"{"id":1,"result":[1,]}"#)
+            .await
+            .unwrap();
+        assert!(matches!(conn.closed().await, CloseReason::Decode(_)));
+    }
+
+    #[tokio::test]
+    async fn oversized_message_closes_with_a_frame_reason() {
+        let options = ConnectionOptions {
+            max_message_size: 64,
+            ..ConnectionOptions::default()
+        };
+        let (conn, mut server, _dir) = pair(options, no_notifications()).await;
+        let big = format!(r#"{{"id":1,"result":"{}"}}"#, "x".repeat(100));
+        server.write_all(big.as_bytes()).await.unwrap();
+        assert_eq!(
+            conn.closed().await,
+            CloseReason::Frame(FrameError::TooLarge { limit: 64 })
+        );
+    }
+
+    #[tokio::test]
+    async fn handler_error_closes_the_connection() {
+        let handler: NotificationHandler = Arc::new(|_| Err("row does not exist".into()));
+        let (conn, mut server, _dir) = pair(ConnectionOptions::default(), handler).await;
+        server
+            .write_all(br#"{"id":null,"method":"update2","params":[]}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.closed().await,
+            CloseReason::Handler("row does not exist".into())
+        );
+    }
+}
