@@ -4,3 +4,7 @@ pub mod connection;
 pub mod framing;
 pub mod jsonrpc;
 pub mod transport;
+pub mod datum;
+pub mod row;
+pub mod schema;
+pub mod table;
