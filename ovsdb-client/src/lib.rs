@@ -2,7 +2,10 @@
 
 pub mod connection;
 pub mod framing;
+pub mod cache;
 pub mod jsonrpc;
+pub mod metrics;
+pub mod monitor;
 pub mod transport;
 pub mod datum;
 pub mod row;

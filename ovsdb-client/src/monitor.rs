@@ -1,0 +1,752 @@
+//! Monitor requests and the decoding of their replies and notifications.
+//!
+//! The client asks for `monitor_cond_since` and steps down to `monitor_cond`, then
+//! plain `monitor`, when the server answers `unknown method`. With
+//! `monitor_cond_since` it resumes from the last transaction id it applied (taken
+//! from the reply and from every `update3`): `found=true` means the reply is only
+//! the delta since then, `found=false` means it is the whole database, which
+//! replaces the cache. Updates that arrive before the monitor reply has been
+//! applied are buffered and replayed after it, in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value as Json, json};
+
+use crate::cache::{Batch, Cache, Inconsistent, RowUpdate};
+use crate::datum::Uuid;
+use crate::jsonrpc::Notification;
+use crate::row::Row;
+use crate::schema::DatabaseSchema;
+
+/// The monitor flavours, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MonitorMethod {
+    /// `monitor_cond_since` (OVS 2.12+): resumable, `update3` notifications.
+    CondSince,
+    /// `monitor_cond` (OVS 2.6+): `update2` notifications with diffs.
+    Cond,
+    /// RFC 7047 `monitor`: `update` notifications with old/new rows.
+    Plain,
+}
+
+impl MonitorMethod {
+    /// The JSON-RPC method name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MonitorMethod::CondSince => "monitor_cond_since",
+            MonitorMethod::Cond => "monitor_cond",
+            MonitorMethod::Plain => "monitor",
+        }
+    }
+
+    /// The next older method to try after `unknown method`.
+    pub fn fallback(self) -> Option<Self> {
+        match self {
+            MonitorMethod::CondSince => Some(MonitorMethod::Cond),
+            MonitorMethod::Cond => Some(MonitorMethod::Plain),
+            MonitorMethod::Plain => None,
+        }
+    }
+}
+
+/// Which tables and columns to monitor: `None` columns means all of them.
+pub type MonitorTables = BTreeMap<String, Option<Vec<String>>>;
+
+/// The `params` of a monitor request.
+pub(crate) fn request_params(
+    method: MonitorMethod,
+    db: &str,
+    monitor_id: &Json,
+    tables: &MonitorTables,
+    last_txn_id: Option<Uuid>,
+) -> Json {
+    let requests: serde_json::Map<String, Json> = tables
+        .iter()
+        .map(|(table, columns)| {
+            let mut request = serde_json::Map::new();
+            if let Some(columns) = columns {
+                request.insert("columns".into(), json!(columns));
+            }
+            (table.clone(), Json::Array(vec![Json::Object(request)]))
+        })
+        .collect();
+    let mut params = vec![json!(db), monitor_id.clone(), Json::Object(requests)];
+    if method == MonitorMethod::CondSince {
+        params.push(json!(last_txn_id.unwrap_or(Uuid::nil()).to_string()));
+    }
+    Json::Array(params)
+}
+
+/// A decoded monitor reply.
+#[derive(Debug)]
+pub(crate) struct InitialState {
+    /// Whether the server found our last transaction id (the batch is a delta).
+    pub found: bool,
+    /// The server's last transaction id, when it reports one.
+    pub last_txn_id: Option<Uuid>,
+    /// The rows or changes.
+    pub batch: Batch,
+}
+
+/// Why a monitor message cannot be used.
+pub(crate) fn bad(what: impl Into<String>) -> Inconsistent {
+    Inconsistent(what.into())
+}
+
+/// Decodes the reply to a monitor request.
+pub(crate) fn decode_reply(
+    method: MonitorMethod,
+    schema: &DatabaseSchema,
+    reply: &Json,
+) -> Result<InitialState, Inconsistent> {
+    match method {
+        MonitorMethod::CondSince => {
+            let parts = reply.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
+                bad("monitor_cond_since reply is not [found, last-txn-id, updates]")
+            })?;
+            let found = parts[0]
+                .as_bool()
+                .ok_or_else(|| bad("monitor_cond_since reply: found is not a boolean"))?;
+            Ok(InitialState {
+                found,
+                last_txn_id: txn_id(&parts[1])?,
+                batch: decode_updates2(schema, &parts[2])?,
+            })
+        }
+        MonitorMethod::Cond => Ok(InitialState {
+            found: false,
+            last_txn_id: None,
+            batch: decode_updates2(schema, reply)?,
+        }),
+        MonitorMethod::Plain => Ok(InitialState {
+            found: false,
+            last_txn_id: None,
+            batch: decode_updates(schema, reply)?,
+        }),
+    }
+}
+
+fn txn_id(json: &Json) -> Result<Option<Uuid>, Inconsistent> {
+    let text = json
+        .as_str()
+        .ok_or_else(|| bad("last transaction id is not a string"))?;
+    let id =
+        Uuid::parse_str(text).map_err(|e| bad(format!("last transaction id {text:?}: {e}")))?;
+    Ok((!id.is_nil()).then_some(id))
+}
+
+/// A decoded update notification for our monitor.
+#[derive(Debug)]
+pub(crate) struct Update {
+    /// From `update3`: the transaction id after this update.
+    pub last_txn_id: Option<Uuid>,
+    /// The changes.
+    pub batch: Batch,
+}
+
+/// What a notification means for a monitor with id `monitor_id`.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// Row changes for this monitor.
+    Update(Update),
+    /// The server cancelled this monitor (database removed or converted).
+    Canceled,
+    /// A notification for something else (another monitor, a lock).
+    NotOurs,
+}
+
+/// Decodes `update`, `update2`, `update3` and `monitor_canceled` notifications.
+pub(crate) fn decode_notification(
+    schema: &DatabaseSchema,
+    monitor_id: &Json,
+    notification: &Notification,
+) -> Result<Decoded, Inconsistent> {
+    let params = notification
+        .params
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if params.first() != Some(monitor_id) {
+        return Ok(Decoded::NotOurs);
+    }
+    match (notification.method.as_str(), params) {
+        ("update", [_, updates]) => Ok(Decoded::Update(Update {
+            last_txn_id: None,
+            batch: decode_updates(schema, updates)?,
+        })),
+        ("update2", [_, updates]) => Ok(Decoded::Update(Update {
+            last_txn_id: None,
+            batch: decode_updates2(schema, updates)?,
+        })),
+        ("update3", [_, id, updates]) => Ok(Decoded::Update(Update {
+            last_txn_id: txn_id(id)?,
+            batch: decode_updates2(schema, updates)?,
+        })),
+        ("monitor_canceled", _) => Ok(Decoded::Canceled),
+        (method, _) => Err(bad(format!("malformed {method} notification"))),
+    }
+}
+
+fn each_row<'a>(
+    updates: &'a Json,
+) -> Result<impl Iterator<Item = Result<(&'a str, Uuid, &'a Json), Inconsistent>>, Inconsistent> {
+    let tables = updates
+        .as_object()
+        .ok_or_else(|| bad("table updates are not an object"))?;
+    Ok(tables.iter().flat_map(|(table, rows)| {
+        let rows = match rows.as_object() {
+            Some(rows) => rows.iter().collect::<Vec<_>>(),
+            None => return vec![Err(bad(format!("updates of {table} are not an object")))],
+        };
+        rows.into_iter()
+            .map(|(uuid, update)| {
+                let uuid = Uuid::parse_str(uuid)
+                    .map_err(|e| bad(format!("row uuid {uuid:?} in {table}: {e}")))?;
+                Ok((table.as_str(), uuid, update))
+            })
+            .collect()
+    }))
+}
+
+fn decode_row(
+    schema: &DatabaseSchema,
+    table: &str,
+    json: &Json,
+    fill: bool,
+) -> Result<Row, Inconsistent> {
+    match schema.table(table) {
+        Some(ts) => {
+            let mut row = Row::from_json_typed(json, ts).map_err(|e| bad(e.to_string()))?;
+            if fill {
+                row.fill_defaults(ts);
+            }
+            Ok(row)
+        }
+        None => Row::from_json(json).map_err(|e| bad(e.to_string())),
+    }
+}
+
+/// Decodes `<table-updates2>` (`initial`/`insert`/`modify`/`delete`).
+pub(crate) fn decode_updates2(
+    schema: &DatabaseSchema,
+    updates: &Json,
+) -> Result<Batch, Inconsistent> {
+    let mut batch = Vec::new();
+    for entry in each_row(updates)? {
+        let (table, uuid, update) = entry?;
+        let obj = update.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+            bad(format!(
+                "row update for {table} {uuid} is not a one-member object"
+            ))
+        })?;
+        let change = match obj.iter().next() {
+            Some((kind, row)) if kind == "initial" || kind == "insert" => {
+                RowUpdate::Insert(decode_row(schema, table, row, true)?)
+            }
+            Some((kind, row)) if kind == "modify" => {
+                RowUpdate::Modify(decode_diff(schema, table, row)?)
+            }
+            Some((kind, _)) if kind == "delete" => RowUpdate::Delete,
+            _ => return Err(bad(format!("unknown row update for {table} {uuid}"))),
+        };
+        batch.push((table.to_owned(), uuid, change));
+    }
+    Ok(batch)
+}
+
+/// A `modify` diff: decoded without coercion to the column's bounds, since a set
+/// diff may hold more elements than the column allows.
+fn decode_diff(schema: &DatabaseSchema, table: &str, json: &Json) -> Result<Row, Inconsistent> {
+    let ts = schema.table(table);
+    let obj = json
+        .as_object()
+        .ok_or_else(|| bad(format!("modify for {table} is not an object")))?;
+    obj.iter()
+        .map(|(column, value)| {
+            let value = crate::datum::Value::from_json(value)
+                .map_err(|e| bad(format!("{table} column {column}: {e}")))?;
+            let value = match ts.and_then(|t| t.column(column)) {
+                Some(col) if col.ty.is_scalar() => value
+                    .coerce(&col.ty)
+                    .map_err(|e| bad(format!("{table} column {column}: {e}")))?,
+                _ => value,
+            };
+            Ok((Arc::<str>::from(column.as_str()), value))
+        })
+        .collect()
+}
+
+/// Decodes RFC 7047 `<table-updates>` (`old`/`new` pairs).
+pub(crate) fn decode_updates(
+    schema: &DatabaseSchema,
+    updates: &Json,
+) -> Result<Batch, Inconsistent> {
+    let mut batch = Vec::new();
+    for entry in each_row(updates)? {
+        let (table, uuid, update) = entry?;
+        let old = update.get("old");
+        let change = match update.get("new") {
+            Some(new) if old.is_none() => RowUpdate::Insert(decode_row(schema, table, new, true)?),
+            Some(new) => {
+                // `new` may carry every column; `old` names the ones that changed.
+                let new = decode_row(schema, table, new, false)?;
+                let changed: Vec<&str> = old
+                    .and_then(Json::as_object)
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let mut replace = Row::new();
+                for column in changed {
+                    let value = match new.get(column) {
+                        Some(v) => v.clone(),
+                        None => schema
+                            .table(table)
+                            .and_then(|t| t.column(column))
+                            .map(|c| c.ty.default_value())
+                            .ok_or_else(|| {
+                                bad(format!("{table} column {column} missing from new row"))
+                            })?,
+                    };
+                    replace.insert(column, value);
+                }
+                RowUpdate::Replace(replace)
+            }
+            None => RowUpdate::Delete,
+        };
+        batch.push((table.to_owned(), uuid, change));
+    }
+    Ok(batch)
+}
+
+/// Per-connection monitor progress, guarded together with cache application so
+/// that buffered updates and the initial state are applied in server order.
+#[derive(Debug, Default)]
+pub(crate) struct MonitorState {
+    /// The connection whose updates are accepted; older connections are ignored.
+    pub generation: u64,
+    /// Whether the monitor reply has been applied on this connection.
+    pub established: bool,
+    /// Updates that arrived before the reply was applied.
+    pub buffered: Vec<Update>,
+    /// The last transaction id applied, for `monitor_cond_since` resume.
+    pub last_txn_id: Option<Uuid>,
+}
+
+impl MonitorState {
+    /// Applies or buffers an update for connection `generation`.
+    pub fn on_update(
+        &mut self,
+        generation: u64,
+        update: Update,
+        cache: &Cache,
+    ) -> Result<(), Inconsistent> {
+        if generation != self.generation {
+            return Ok(());
+        }
+        if !self.established {
+            self.buffered.push(update);
+            return Ok(());
+        }
+        self.apply(update, cache)
+    }
+
+    fn apply(&mut self, update: Update, cache: &Cache) -> Result<(), Inconsistent> {
+        if let Err(e) = cache.apply(update.batch) {
+            self.last_txn_id = None;
+            return Err(e);
+        }
+        if update.last_txn_id.is_some() {
+            self.last_txn_id = update.last_txn_id;
+        }
+        Ok(())
+    }
+
+    /// Applies the monitor reply (replacing the cache unless it is a found delta),
+    /// then the buffered updates. Returns whether this was a full reload.
+    pub fn establish(
+        &mut self,
+        initial: InitialState,
+        schema: Arc<DatabaseSchema>,
+        tables: &[String],
+        cache: &Cache,
+    ) -> Result<bool, Inconsistent> {
+        let full = !initial.found;
+        let applied = if full {
+            cache.replace(schema, tables, initial.batch)
+        } else {
+            cache.apply(initial.batch)
+        };
+        if let Err(e) = applied {
+            self.last_txn_id = None;
+            return Err(e);
+        }
+        self.last_txn_id = initial.last_txn_id;
+        for update in std::mem::take(&mut self.buffered) {
+            self.apply(update, cache)?;
+        }
+        self.established = true;
+        cache.synced(full);
+        Ok(full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Event, IndexSpec};
+    use crate::datum::{Atom, Value};
+    use crate::metrics::Metrics;
+
+    fn schema() -> Arc<DatabaseSchema> {
+        Arc::new(DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap())
+    }
+
+    fn tables() -> Vec<String> {
+        vec!["Logical_Switch".into(), "Logical_Switch_Port".into()]
+    }
+
+    fn cache() -> Cache {
+        Cache::new(
+            schema(),
+            &tables(),
+            vec![IndexSpec::new("Logical_Switch_Port", &["external_ids:pod"])],
+            64,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    const LS: &str = "dfe6395f-7d6e-49bc-8ece-07bfb747323a";
+    const LSP: &str = "2d25bea0-c336-47f9-b995-c480b3f42f55";
+
+    fn uuid(s: &str) -> Uuid {
+        Uuid::parse_str(s).unwrap()
+    }
+
+    fn establish(state: &mut MonitorState, cache: &Cache, reply: Json) -> bool {
+        let initial = decode_reply(MonitorMethod::CondSince, &schema(), &reply).unwrap();
+        state
+            .establish(initial, schema(), &tables(), cache)
+            .unwrap()
+    }
+
+    fn notification(method: &str, params: Json) -> Notification {
+        Notification {
+            method: method.into(),
+            params,
+        }
+    }
+
+    fn update(state: &mut MonitorState, cache: &Cache, n: Notification) {
+        let Decoded::Update(u) = decode_notification(&schema(), &json!("mon"), &n).unwrap() else {
+            panic!("not an update")
+        };
+        let generation = state.generation;
+        state.on_update(generation, u, cache).unwrap();
+    }
+
+    #[test]
+    fn request_params_per_method() {
+        let mut t = MonitorTables::new();
+        t.insert("Logical_Switch".into(), Some(vec!["name".into()]));
+        t.insert("NB_Global".into(), None);
+        let since = request_params(
+            MonitorMethod::CondSince,
+            "OVN_Northbound",
+            &json!("m"),
+            &t,
+            None,
+        );
+        assert_eq!(
+            since,
+            json!(["OVN_Northbound", "m",
+                {"Logical_Switch": [{"columns": ["name"]}], "NB_Global": [{}]},
+                "00000000-0000-0000-0000-000000000000"])
+        );
+        let id = uuid(LS);
+        let since = request_params(MonitorMethod::CondSince, "db", &json!("m"), &t, Some(id));
+        assert_eq!(since[3], json!(LS));
+        let plain = request_params(MonitorMethod::Plain, "db", &json!("m"), &t, Some(id));
+        assert_eq!(plain.as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn captured_update3_applies_ports_mutation_and_tracks_txn_id() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        let full = establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+                {"Logical_Switch": {LS: {"initial": {"name": "ls-cl"}}}}]),
+        );
+        assert!(full);
+        assert_eq!(
+            state.last_txn_id,
+            Some(uuid("4953213a-a174-4d2f-96cf-ae35ce618cdf"))
+        );
+        let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
+        assert_eq!(
+            ls.get("ports"),
+            Some(&Value::empty_set()),
+            "defaults are filled"
+        );
+
+        update(
+            &mut state,
+            &cache,
+            notification(
+                "update3",
+                json!(["mon", "1b613307-5e27-4117-8e6c-53e94a9dc8dc", {
+                    "Logical_Switch": {LS: {"modify": {"ports": ["uuid", LSP]}}},
+                    "Logical_Switch_Port": {LSP: {"insert": {"name": "vm2-eth0",
+                        "addresses": "0a:00:00:00:00:07 10.0.0.7"}}}}]),
+            ),
+        );
+        assert_eq!(
+            state.last_txn_id,
+            Some(uuid("1b613307-5e27-4117-8e6c-53e94a9dc8dc"))
+        );
+        let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
+        assert_eq!(ls.get("ports"), Some(&Value::set([Atom::Uuid(uuid(LSP))])));
+        let lsp = cache.get("Logical_Switch_Port", uuid(LSP)).unwrap();
+        assert_eq!(
+            lsp.get("addresses"),
+            Some(&Value::set(["0a:00:00:00:00:07 10.0.0.7"])),
+            "one-element set arrives as a bare atom"
+        );
+    }
+
+    #[test]
+    fn captured_map_diffs_add_then_delete_a_key() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+                {"Logical_Switch_Port": {LSP: {"initial": {"name": "p"}}}}]),
+        );
+        let modify = |options: Json| {
+            notification(
+                "update2",
+                json!(["mon", {"Logical_Switch_Port": {LSP: {"modify": {"options": options}}}}]),
+            )
+        };
+        update(
+            &mut state,
+            &cache,
+            modify(json!([
+                "map",
+                [
+                    ["activation-strategy", "rarp"],
+                    ["requested-chassis", "node-a,node-b"]
+                ]
+            ])),
+        );
+        update(
+            &mut state,
+            &cache,
+            modify(json!(["map", [["activation-strategy", "rarp"]]])),
+        );
+        let row = cache.get("Logical_Switch_Port", uuid(LSP)).unwrap();
+        assert_eq!(
+            row.get("options"),
+            Some(&Value::map([("requested-chassis", "node-a,node-b")]))
+        );
+        // A key present with another value is replaced.
+        update(
+            &mut state,
+            &cache,
+            modify(json!(["map", [["requested-chassis", "node-b"]]])),
+        );
+        let row = cache.get("Logical_Switch_Port", uuid(LSP)).unwrap();
+        assert_eq!(
+            row.get("options"),
+            Some(&Value::map([("requested-chassis", "node-b")]))
+        );
+    }
+
+    #[test]
+    fn updates_before_the_reply_are_buffered_then_replayed_in_order() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        let early = notification(
+            "update3",
+            json!(["mon", "11111111-1111-1111-1111-111111111111",
+                {"Logical_Switch": {LS: {"modify": {"name": "renamed"}}}}]),
+        );
+        update(&mut state, &cache, early);
+        assert!(
+            cache.get("Logical_Switch", uuid(LS)).is_none(),
+            "not applied before the reply"
+        );
+        establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+                {"Logical_Switch": {LS: {"initial": {"name": "ls"}}}}]),
+        );
+        let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
+        assert_eq!(ls.get("name"), Some(&Value::from(Atom::string("renamed"))));
+        assert_eq!(
+            state.last_txn_id,
+            Some(uuid("11111111-1111-1111-1111-111111111111"))
+        );
+    }
+
+    #[test]
+    fn stale_connection_updates_are_ignored() {
+        let cache = cache();
+        let mut state = MonitorState {
+            generation: 2,
+            ..MonitorState::default()
+        };
+        establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf", {}]),
+        );
+        let n = notification(
+            "update2",
+            json!(["mon", {"Logical_Switch": {LS: {"insert": {"name": "x"}}}}]),
+        );
+        let Decoded::Update(u) = decode_notification(&schema(), &json!("mon"), &n).unwrap() else {
+            panic!()
+        };
+        state.on_update(1, u, &cache).unwrap();
+        assert!(cache.get("Logical_Switch", uuid(LS)).is_none());
+    }
+
+    #[test]
+    fn resume_found_true_applies_a_delta_and_keeps_rows() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+                {"Logical_Switch": {LS: {"initial": {"name": "kept"}}}}]),
+        );
+        let mut events = cache.subscribe();
+        let mut state = MonitorState {
+            generation: 1,
+            last_txn_id: state.last_txn_id,
+            ..MonitorState::default()
+        };
+        let other = "ca32aaaa-0000-0000-0000-000000000000";
+        let full = establish(
+            &mut state,
+            &cache,
+            json!([true, "48236a53-0000-0000-0000-000000000000",
+                {"Logical_Switch": {other: {"insert": {"name": "after-X"}}}}]),
+        );
+        assert!(!full);
+        assert!(cache.get("Logical_Switch", uuid(LS)).is_some());
+        assert!(cache.get("Logical_Switch", uuid(other)).is_some());
+        let first = events.try_recv().unwrap();
+        assert!(matches!(first, Event::Insert { .. }), "{first:?}");
+        assert!(matches!(
+            events.try_recv().unwrap(),
+            Event::Synced { full: false }
+        ));
+    }
+
+    #[test]
+    fn resume_found_false_replaces_and_deletes_vanished_rows() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        establish(
+            &mut state,
+            &cache,
+            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+                {"Logical_Switch": {LS: {"initial": {"name": "gone"}}}}]),
+        );
+        let mut events = cache.subscribe();
+        let full = establish(
+            &mut state,
+            &cache,
+            json!([false, "00000000-0000-0000-0000-000000000000", {}]),
+        );
+        assert!(full);
+        assert_eq!(state.last_txn_id, None, "nil id means no resume point");
+        assert!(cache.get("Logical_Switch", uuid(LS)).is_none());
+        assert!(matches!(events.try_recv().unwrap(), Event::Delete { .. }));
+        assert!(matches!(
+            events.try_recv().unwrap(),
+            Event::Synced { full: true }
+        ));
+    }
+
+    #[test]
+    fn rfc_update_old_new_pairs() {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        let initial = decode_reply(
+            MonitorMethod::Plain,
+            &schema(),
+            &json!({"Logical_Switch": {LS: {"new": {"name": "ls-cl", "ports": ["set", []]}}}}),
+        )
+        .unwrap();
+        state
+            .establish(initial, schema(), &tables(), &cache)
+            .unwrap();
+        update(
+            &mut state,
+            &cache,
+            notification(
+                "update",
+                json!(["mon", {"Logical_Switch": {LS: {"new": {"name": "ls-cl-renamed", "ports": ["set", []]}, "old": {"name": "ls-cl"}}}}]),
+            ),
+        );
+        let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
+        assert_eq!(
+            ls.get("name"),
+            Some(&Value::from(Atom::string("ls-cl-renamed")))
+        );
+        update(
+            &mut state,
+            &cache,
+            notification(
+                "update",
+                json!(["mon", {"Logical_Switch": {LS: {"old": {"name": "x"}}}}]),
+            ),
+        );
+        assert!(cache.get("Logical_Switch", uuid(LS)).is_none());
+    }
+
+    #[test]
+    fn other_monitors_and_cancellation() {
+        let n = notification("update2", json!(["other", {}]));
+        assert!(matches!(
+            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            Decoded::NotOurs
+        ));
+        let n = notification("monitor_canceled", json!(["mon"]));
+        assert!(matches!(
+            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            Decoded::Canceled
+        ));
+        let n = notification("locked", json!(["lock"]));
+        assert!(matches!(
+            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            Decoded::NotOurs
+        ));
+    }
+
+    #[test]
+    fn malformed_updates_are_errors() {
+        for bad in [
+            json!(["mon", "not-a-uuid", {}]),
+            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {"zz": {"insert": {}}}}]),
+            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {LS: {"upsert": {}}}}]),
+            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {LS: {"insert": {"name": 7}}}}]),
+            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", []]),
+        ] {
+            let n = notification("update3", bad.clone());
+            assert!(
+                decode_notification(&schema(), &json!("mon"), &n).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
