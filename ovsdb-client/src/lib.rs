@@ -11,3 +11,4 @@ pub mod datum;
 pub mod row;
 pub mod schema;
 pub mod table;
+pub mod operation;
