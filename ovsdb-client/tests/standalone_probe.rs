@@ -1,0 +1,61 @@
+//! The server's inactivity probe against a real ovsdb-server over TCP: after 5 s of silence the
+//! server sends `echo`, and closes the session 5 s later unless the client answers. The client's
+//! own probe is disabled here, so only its answer to the server keeps the session alive.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ovsdb_client::connection::{Connection, ConnectionOptions};
+use ovsdb_client::transport::{self, Remote};
+use serde_json::json;
+use support::Standalone;
+
+#[tokio::test]
+async fn answers_the_server_echo_probe_after_tcp_idle() {
+    let nb = Standalone::start();
+    // Log the server's side of the probe exchange, to prove it happened.
+    nb.server
+        .appctl(&["vlog/set", "jsonrpc:file:dbg", "reconnect:file:dbg"]);
+    let remote = Remote::parse(&nb.tcp).unwrap();
+    let stream = transport::connect(&remote, None).await.unwrap();
+    let options = ConnectionOptions {
+        probe_interval: None,
+        ..ConnectionOptions::default()
+    };
+    let connection = Connection::start(remote, stream, options, Arc::new(|_| Ok(())));
+
+    let dbs = connection.call("list_dbs", &json!([])).await.unwrap();
+    assert!(
+        dbs.as_array()
+            .unwrap()
+            .iter()
+            .any(|db| db == "OVN_Northbound"),
+        "{dbs}"
+    );
+
+    // Two full probe intervals of silence: the server probes at ~5 s and gives up at ~10 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    assert!(
+        connection.close_reason().is_none(),
+        "closed: {:?}",
+        connection.close_reason()
+    );
+    let echoed = connection
+        .call("echo", &json!(["still here"]))
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!(["still here"]));
+    let log = std::fs::read_to_string(&nb.server.log).unwrap();
+    assert!(
+        !log.contains("no response to inactivity probe"),
+        "server dropped us:\n{log}"
+    );
+    assert!(
+        log.contains("sending inactivity probe")
+            && log.contains(r#"received reply, result=[], id="echo""#),
+        "the server never probed or saw no answer, so this test proved nothing:\n{log}"
+    );
+}
