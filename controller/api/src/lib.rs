@@ -9,6 +9,7 @@ pub mod crdgen;
 pub mod ip;
 pub mod ippool;
 pub mod kubevirt;
+pub mod request;
 pub mod subnet;
 
 pub use ip::{IP, IPSpec};
