@@ -188,25 +188,23 @@ pub(crate) fn decode_notification(
     }
 }
 
-fn each_row<'a>(
-    updates: &'a Json,
-) -> Result<impl Iterator<Item = Result<(&'a str, Uuid, &'a Json), Inconsistent>>, Inconsistent> {
+/// Every `(table, uuid, row-update)` of a `<table-updates>` object, in order.
+fn each_row(updates: &Json) -> Result<Vec<(&str, Uuid, &Json)>, Inconsistent> {
     let tables = updates
         .as_object()
         .ok_or_else(|| bad("table updates are not an object"))?;
-    Ok(tables.iter().flat_map(|(table, rows)| {
-        let rows = match rows.as_object() {
-            Some(rows) => rows.iter().collect::<Vec<_>>(),
-            None => return vec![Err(bad(format!("updates of {table} are not an object")))],
-        };
-        rows.into_iter()
-            .map(|(uuid, update)| {
-                let uuid = Uuid::parse_str(uuid)
-                    .map_err(|e| bad(format!("row uuid {uuid:?} in {table}: {e}")))?;
-                Ok((table.as_str(), uuid, update))
-            })
-            .collect()
-    }))
+    let mut out = Vec::new();
+    for (table, rows) in tables {
+        let rows = rows
+            .as_object()
+            .ok_or_else(|| bad(format!("updates of {table} are not an object")))?;
+        for (uuid, update) in rows {
+            let uuid = Uuid::parse_str(uuid)
+                .map_err(|e| bad(format!("row uuid {uuid:?} in {table}: {e}")))?;
+            out.push((table.as_str(), uuid, update));
+        }
+    }
+    Ok(out)
 }
 
 fn decode_row(
@@ -233,8 +231,7 @@ pub(crate) fn decode_updates2(
     updates: &Json,
 ) -> Result<Batch, Inconsistent> {
     let mut batch = Vec::new();
-    for entry in each_row(updates)? {
-        let (table, uuid, update) = entry?;
+    for (table, uuid, update) in each_row(updates)? {
         let obj = update.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
             bad(format!(
                 "row update for {table} {uuid} is not a one-member object"
@@ -283,8 +280,7 @@ pub(crate) fn decode_updates(
     updates: &Json,
 ) -> Result<Batch, Inconsistent> {
     let mut batch = Vec::new();
-    for entry in each_row(updates)? {
-        let (table, uuid, update) = entry?;
+    for (table, uuid, update) in each_row(updates)? {
         let old = update.get("old");
         let change = match update.get("new") {
             Some(new) if old.is_none() => RowUpdate::Insert(decode_row(schema, table, new, true)?),

@@ -1,0 +1,307 @@
+//! The [`Client`]: a session, its cache and its metrics behind one handle.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::time::Instant;
+
+use crate::cache::{Cache, EventStream, IndexSpec};
+use crate::cluster::ServerDatabase;
+use crate::connection::CallError;
+use crate::error::Error;
+use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::schema::DatabaseSchema;
+use crate::session::{Session, SessionConfig, TableSelection};
+use crate::transport::{Remote, TlsConfig};
+
+/// Configures and starts a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    remotes: Result<Vec<Remote>, String>,
+    database: String,
+    leader_only: bool,
+    tls: Option<TlsConfig>,
+    probe_interval: Option<Duration>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    backoff: (Duration, Duration),
+    tables: Option<BTreeMap<String, Option<Vec<String>>>>,
+    indexes: Vec<IndexSpec>,
+    event_capacity: usize,
+    max_message_size: usize,
+}
+
+impl ClientBuilder {
+    /// Leader-only mode (the default): use only the raft leader, and move when
+    /// leadership moves. Off, any connected, up-to-date member is used.
+    pub fn leader_only(mut self, on: bool) -> Self {
+        self.leader_only = on;
+        self
+    }
+
+    /// Certificates for `ssl:` remotes.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Our own inactivity probe on tcp/ssl connections (default 5 s): after this
+    /// long without traffic send an `echo`, and reconnect if nothing arrives for
+    /// another interval. `None` disables it. Unix sockets are never probed.
+    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Bound on one connection attempt, handshake and initial monitor included
+    /// (default 60 s), and how long [`ClientBuilder::connect`] waits.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Default deadline of a transaction, waiting for a reconnection included
+    /// (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Reconnect backoff bounds (default 250 ms to 8 s, jittered).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// Monitors `table`; an empty `columns` means every column. Without any call
+    /// every table of the schema is monitored.
+    pub fn monitor(mut self, table: &str, columns: &[&str]) -> Self {
+        let columns =
+            (!columns.is_empty()).then(|| columns.iter().map(|c| (*c).to_owned()).collect());
+        self.tables
+            .get_or_insert_with(BTreeMap::new)
+            .insert(table.to_owned(), columns);
+        self
+    }
+
+    /// Adds a cache index on `table` over `columns` (`name` or `map_column:key`).
+    /// Schema indexes exist without being declared.
+    pub fn index(mut self, table: &str, columns: &[&str]) -> Self {
+        self.indexes.push(IndexSpec::new(table, columns));
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it gets
+    /// [`crate::cache::Event::Lagged`] (default 65,536).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Largest message accepted from the server (default 1 GiB).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Starts the client; it connects in the background. Must run inside a tokio runtime.
+    pub fn start(self) -> Result<Client, Error> {
+        let remotes = self.remotes.map_err(Error::Config)?;
+        if remotes.is_empty() {
+            return Err(Error::Config("no remote given".into()));
+        }
+        let needs_tls = remotes.iter().any(|r| matches!(r, Remote::Ssl { .. }));
+        let tls = match (&self.tls, needs_tls) {
+            (Some(tls), true) => Some(tls.connector().map_err(|e| Error::Config(e.to_string()))?),
+            (None, true) => {
+                return Err(Error::Config(
+                    "ssl: remotes need a TLS configuration".into(),
+                ));
+            }
+            (_, false) => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let placeholder = Arc::new(DatabaseSchema {
+            name: self.database.clone(),
+            version: None,
+            cksum: None,
+            tables: BTreeMap::new(),
+        });
+        let cache = Arc::new(Cache::new(
+            placeholder,
+            &[],
+            self.indexes,
+            self.event_capacity,
+            metrics.clone(),
+        ));
+        let config = SessionConfig {
+            remotes,
+            database: self.database,
+            leader_only: self.leader_only,
+            tables: self
+                .tables
+                .map_or(TableSelection::All, TableSelection::Only),
+            probe_interval: self.probe_interval,
+            connect_timeout: self.connect_timeout,
+            backoff_min: self.backoff.0,
+            backoff_max: self.backoff.1,
+            max_message_size: self.max_message_size,
+        };
+        let session = Session::new(config, tls, cache, metrics);
+        session.spawn();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                session,
+                request_timeout: self.request_timeout,
+            }),
+        })
+    }
+
+    /// Starts the client and waits until it is connected and its cache is loaded.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let timeout = self.connect_timeout;
+        let client = self.start()?;
+        client.wait_connected(timeout).await?;
+        Ok(client)
+    }
+}
+
+struct Inner {
+    session: Arc<Session>,
+    request_timeout: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.session.shut_down();
+    }
+}
+
+/// An OVSDB client: a self-healing session, the monitored cache and metrics.
+/// Cloning is cheap and shares everything; the session stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("database", &self.database())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A builder for `remotes` (comma-separated `tcp:`, `ssl:`, `unix:`) and `database`.
+    pub fn builder(remotes: &str, database: &str) -> ClientBuilder {
+        ClientBuilder {
+            remotes: Remote::parse_list(remotes).map_err(|e| e.to_string()),
+            database: database.to_owned(),
+            leader_only: true,
+            tls: None,
+            probe_interval: Some(Duration::from_secs(5)),
+            connect_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            backoff: (Duration::from_millis(250), Duration::from_secs(8)),
+            tables: None,
+            indexes: Vec::new(),
+            event_capacity: 65_536,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.inner.session
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The database this client serves.
+    pub fn database(&self) -> &str {
+        self.inner.session.database()
+    }
+
+    /// The replica of the monitored tables.
+    pub fn cache(&self) -> &Cache {
+        &self.inner.session.cache
+    }
+
+    /// The schema the server reported on the last connect.
+    pub fn schema(&self) -> Arc<DatabaseSchema> {
+        self.cache().schema()
+    }
+
+    /// Subscribes to cache changes.
+    pub fn subscribe(&self) -> EventStream {
+        self.cache().subscribe()
+    }
+
+    /// A copy of the counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.session.metrics.snapshot()
+    }
+
+    /// Whether a connection with an established monitor is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.session.current().is_some()
+    }
+
+    /// The remote in use, if connected.
+    pub fn connected_remote(&self) -> Option<Remote> {
+        self.inner.session.current().map(|c| c.remote().clone())
+    }
+
+    /// What the server in use reports about our database (`_Server.Database`).
+    pub fn server_database(&self) -> Option<ServerDatabase> {
+        self.inner.session.server_database()
+    }
+
+    /// Waits until connected with the cache loaded, at most `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        self.inner
+            .session
+            .wait_ready(Instant::now() + timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Drops the current connection; the session reconnects, other remotes first.
+    pub fn reconnect(&self, why: &str) {
+        self.inner.session.disconnect(why);
+    }
+
+    /// Sends any JSON-RPC request (e.g. `list_dbs`) and returns its raw result.
+    pub async fn call(&self, method: &str, params: Json) -> Result<Json, Error> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let conn = self.inner.session.wait_ready(deadline).await?;
+        match tokio::time::timeout_at(deadline, conn.call(method, &params)).await {
+            Err(_) => Err(Error::Timeout(self.inner.request_timeout)),
+            Ok(result) => result.map_err(Error::from),
+        }
+    }
+
+    /// Round-trips an `echo`.
+    pub async fn echo(&self) -> Result<(), Error> {
+        self.call("echo", Json::Array(Vec::new())).await.map(drop)
+    }
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Rpc(e) => Error::Rpc(e),
+            CallError::ConnectionLost { sent, reason } => Error::ConnectionLost {
+                may_have_committed: sent,
+                reason: reason.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! The session: one live connection at a time, re-established forever.
+//!
+//! The session task walks the remotes in shuffled order. For each it dials,
+//! declares itself `set_db_change_aware`, checks the server's `_Server.Database`
+//! row (see [`crate::cluster`]), fetches the schema and starts the data monitor,
+//! resuming from the last transaction id. Only then is the connection handed to
+//! callers. When the connection ends (server gone, probe unanswered, leadership
+//! moved, cache inconsistent) in-flight calls fail with a retriable error and the
+//! session starts over with the other remotes first, sleeping with jittered
+//! exponential backoff after a round in which every remote failed. It never gives
+//! up and never panics; it stops only when the client is dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde_json::{Value as Json, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::cache::Cache;
+use crate::cluster::{ClusterView, SERVER_COLUMNS, ServerDatabase};
+use crate::connection::{CallError, Connection, ConnectionOptions, NotificationHandler};
+use crate::error::Error;
+use crate::jsonrpc::Notification;
+use crate::metrics::Metrics;
+use crate::monitor::{self, Decoded, MonitorMethod, MonitorState, MonitorTables};
+use crate::schema::DatabaseSchema;
+use crate::transport::{self, Remote};
+
+/// Monitor id of the data monitor.
+const DATA_MONITOR: &str = "portkeeper-data";
+/// Monitor id of the `_Server.Database` monitor.
+const SERVER_MONITOR: &str = "portkeeper-server";
+
+/// Which tables to monitor.
+#[derive(Debug, Clone)]
+pub enum TableSelection {
+    /// Every table of the server's schema, every column.
+    All,
+    /// The listed tables; `None` columns means all of a table's columns.
+    Only(MonitorTables),
+}
+
+/// Everything the session needs to (re)connect.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub remotes: Vec<Remote>,
+    pub database: String,
+    pub leader_only: bool,
+    pub tables: TableSelection,
+    pub probe_interval: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_message_size: usize,
+}
+
+/// What callers see of the session.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    /// No usable connection right now.
+    Down,
+    /// A connection with its monitor established.
+    Up(Arc<Connection>),
+    /// The client was dropped.
+    Shutdown,
+}
+
+struct ServerWatch {
+    generation: u64,
+    schema: Arc<DatabaseSchema>,
+    cache: Cache,
+    state: MonitorState,
+}
+
+pub(crate) struct Session {
+    config: SessionConfig,
+    tls: Option<TlsConnector>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) metrics: Arc<Metrics>,
+    link: watch::Sender<Link>,
+    monitor: Mutex<MonitorState>,
+    data_schema: Mutex<Option<Arc<DatabaseSchema>>>,
+    method: Mutex<MonitorMethod>,
+    server: Mutex<Option<ServerWatch>>,
+    cluster: Mutex<ClusterView>,
+    current_server: Mutex<Option<ServerDatabase>>,
+    generation: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    shutdown: CancellationToken,
+}
+
+impl Session {
+    pub(crate) fn new(
+        config: SessionConfig,
+        tls: Option<TlsConnector>,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            tls,
+            cache,
+            metrics,
+            link: watch::Sender::new(Link::Down),
+            monitor: Mutex::new(MonitorState::default()),
+            data_schema: Mutex::new(None),
+            method: Mutex::new(MonitorMethod::CondSince),
+            server: Mutex::new(None),
+            cluster: Mutex::new(ClusterView::default()),
+            current_server: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Starts the session task.
+    pub(crate) fn spawn(self: &Arc<Self>) {
+        let session = self.clone();
+        let span = info_span!("ovsdb_session", database = %self.config.database);
+        tokio::spawn(async move { session.run().await }.instrument(span));
+    }
+
+    /// Stops the session task and closes the connection.
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.link.send_replace(Link::Shutdown);
+    }
+
+    pub(crate) fn database(&self) -> &str {
+        &self.config.database
+    }
+
+    /// The current connection, if the session is up.
+    pub(crate) fn current(&self) -> Option<Arc<Connection>> {
+        match &*self.link.borrow() {
+            Link::Up(conn) if !conn.is_closed() => Some(conn.clone()),
+            _ => None,
+        }
+    }
+
+    /// The `_Server.Database` row of the server in use.
+    pub(crate) fn server_database(&self) -> Option<ServerDatabase> {
+        self.current().and(self.current_server.lock().clone())
+    }
+
+    /// Drops the current connection; the session reconnects (to another remote first).
+    pub(crate) fn disconnect(&self, why: &str) {
+        if let Some(conn) = self.current() {
+            conn.close(why);
+        }
+    }
+
+    /// Waits for an established connection until `deadline`.
+    pub(crate) async fn wait_ready(&self, deadline: Instant) -> Result<Arc<Connection>, Error> {
+        let started = Instant::now();
+        let mut link = self.link.subscribe();
+        loop {
+            match &*link.borrow_and_update() {
+                Link::Up(conn) if !conn.is_closed() => return Ok(conn.clone()),
+                Link::Shutdown => return Err(Error::Shutdown),
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Shutdown),
+                Err(_) => {
+                    return Err(Error::NotConnected {
+                        waited: started.elapsed(),
+                        last_error: self.last_error.lock().clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut order = self.config.remotes.clone();
+        order.shuffle(&mut rand::rng());
+        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        while !self.shutdown.is_cancelled() {
+            let mut used = None;
+            for (i, remote) in order.iter().enumerate() {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                let attempt =
+                    tokio::time::timeout(self.config.connect_timeout, self.establish(remote));
+                let conn = match attempt.await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        self.connect_failed(remote, e);
+                        continue;
+                    }
+                    Err(_) => {
+                        let limit = self.config.connect_timeout;
+                        self.connect_failed(
+                            remote,
+                            format!("handshake took longer than {limit:?}"),
+                        );
+                        continue;
+                    }
+                };
+                backoff.reset();
+                self.metrics.connected();
+                info!(%remote, "connected");
+                self.link.send_replace(Link::Up(conn.clone()));
+                let reason = tokio::select! {
+                    reason = conn.closed() => reason,
+                    _ = self.shutdown.cancelled() => {
+                        conn.close("client shut down");
+                        return;
+                    }
+                };
+                self.link.send_replace(Link::Down);
+                self.metrics.disconnected();
+                *self.last_error.lock() = Some(format!("{remote}: {reason}"));
+                warn!(%remote, %reason, "disconnected; reconnecting");
+                used = Some(i);
+                break;
+            }
+            match used {
+                // Try the other remotes before this one again: a server that just
+                // lost leadership may be busy writing a snapshot.
+                Some(i) => {
+                    let remote = order.remove(i);
+                    order.push(remote);
+                    let pause = Duration::from_millis(rand::rng().random_range(0..=50));
+                    self.sleep(pause).await;
+                }
+                None => {
+                    let pause = backoff.next_delay();
+                    debug!(?pause, "every remote failed; backing off");
+                    self.sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    async fn sleep(&self, pause: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    fn connect_failed(&self, remote: &Remote, error: String) {
+        self.metrics.connect_failed();
+        warn!(%remote, %error, "connection attempt failed");
+        *self.last_error.lock() = Some(format!("{remote}: {error}"));
+    }
+
+    fn handler(self: &Arc<Self>, generation: u64) -> NotificationHandler {
+        let session: Weak<Self> = Arc::downgrade(self);
+        Arc::new(move |notification| match session.upgrade() {
+            Some(session) => session.on_notification(generation, notification),
+            None => Err("client dropped".into()),
+        })
+    }
+
+    fn on_notification(&self, generation: u64, notification: Notification) -> Result<(), String> {
+        let schema = self.data_schema.lock().clone();
+        let Some(schema) = schema else { return Ok(()) };
+        match monitor::decode_notification(&schema, &json!(DATA_MONITOR), &notification)
+            .map_err(|e| e.to_string())?
+        {
+            Decoded::Update(update) => self
+                .monitor
+                .lock()
+                .on_update(generation, update, &self.cache)
+                .map_err(|e| e.to_string()),
+            Decoded::Canceled => Err("the server cancelled the data monitor".into()),
+            Decoded::NotOurs => self.on_server_notification(generation, &notification),
+        }
+    }
+
+    fn on_server_notification(
+        &self,
+        generation: u64,
+        notification: &Notification,
+    ) -> Result<(), String> {
+        let mut server = self.server.lock();
+        let Some(watch) = server.as_mut().filter(|w| w.generation == generation) else {
+            return Ok(());
+        };
+        match monitor::decode_notification(&watch.schema, &json!(SERVER_MONITOR), notification)
+            .map_err(|e| e.to_string())?
+        {
+            Decoded::Update(update) => {
+                watch
+                    .state
+                    .on_update(generation, update, &watch.cache)
+                    .map_err(|e| e.to_string())?;
+                if watch.state.established {
+                    self.check_server(&watch.cache)
+                        .map_err(|e| format!("leadership moved: {e}"))?;
+                }
+                Ok(())
+            }
+            Decoded::Canceled => Err("the server cancelled the _Server monitor".into()),
+            Decoded::NotOurs => {
+                debug!(method = notification.method, "ignoring notification");
+                Ok(())
+            }
+        }
+    }
+
+    /// Evaluates the server's `_Server.Database` row for our database.
+    fn check_server(&self, server_cache: &Cache) -> Result<(), crate::cluster::Refusal> {
+        let db = server_cache
+            .rows("Database")
+            .iter()
+            .filter_map(|row| ServerDatabase::from_row(row))
+            .find(|db| db.name == self.config.database);
+        let verdict = self
+            .cluster
+            .lock()
+            .evaluate(db.as_ref(), self.config.leader_only);
+        *self.current_server.lock() = db;
+        verdict
+    }
+
+    async fn establish(self: &Arc<Self>, remote: &Remote) -> Result<Arc<Connection>, String> {
+        let stream = transport::connect(remote, self.tls.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut monitor = self.monitor.lock();
+            monitor.generation = generation;
+            monitor.established = false;
+            monitor.buffered.clear();
+        }
+        let options = ConnectionOptions {
+            probe_interval: self.config.probe_interval.filter(|_| remote.is_network()),
+            max_message_size: self.config.max_message_size,
+        };
+        let conn = Arc::new(Connection::start(
+            remote.clone(),
+            stream,
+            options,
+            self.handler(generation),
+        ));
+        let call = |method: &'static str, params: Json| {
+            let conn = conn.clone();
+            async move {
+                conn.call(method, &params)
+                    .await
+                    .map_err(|e| format!("{method}: {e}"))
+            }
+        };
+        if let Err(e) = conn.call("set_db_change_aware", &json!([true])).await {
+            match e {
+                CallError::Rpc(e) => {
+                    debug!(error = %e, "server does not support set_db_change_aware")
+                }
+                lost => return Err(lost.to_string()),
+            }
+        }
+        self.watch_server(&conn, generation).await?;
+
+        let schema_json = call("get_schema", json!([self.config.database])).await?;
+        let schema =
+            Arc::new(DatabaseSchema::from_json(&schema_json).map_err(|e| format!("schema: {e}"))?);
+        let tables = self.monitor_tables(&schema)?;
+        let table_names: Vec<String> = tables.keys().cloned().collect();
+        let previous = self.data_schema.lock().replace(schema.clone());
+        if previous.as_deref().is_some_and(|p| *p != *schema) {
+            info!("database schema changed; reloading the whole cache");
+            self.monitor.lock().last_txn_id = None;
+        }
+
+        let mut method = *self.method.lock();
+        let reply = loop {
+            let last_txn_id = self.monitor.lock().last_txn_id;
+            let params = monitor::request_params(
+                method,
+                &self.config.database,
+                &json!(DATA_MONITOR),
+                &tables,
+                last_txn_id,
+            );
+            match conn.call(method.name(), &params).await {
+                Ok(reply) => break reply,
+                Err(CallError::Rpc(e)) if e.is_unknown_method() => match method.fallback() {
+                    Some(older) => {
+                        info!(
+                            from = method.name(),
+                            to = older.name(),
+                            "server lacks monitor method; falling back"
+                        );
+                        method = older;
+                        *self.method.lock() = older;
+                    }
+                    None => return Err(format!("{}: {e}", method.name())),
+                },
+                Err(e) => return Err(format!("{}: {e}", method.name())),
+            }
+        };
+        let initial = monitor::decode_reply(method, &schema, &reply).map_err(|e| e.to_string())?;
+        let resumed = initial.found;
+        let full = {
+            let mut state = self.monitor.lock();
+            if state.generation != generation {
+                return Err("superseded by a newer connection".into());
+            }
+            state
+                .establish(initial, schema, &table_names, &self.cache)
+                .map_err(|e| e.to_string())?
+        };
+        if conn.is_closed() {
+            return Err(conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default());
+        }
+        info!(method = method.name(), resumed, full, "monitor established");
+        Ok(conn)
+    }
+
+    /// Monitors `_Server.Database` on the new connection and checks the server.
+    async fn watch_server(
+        self: &Arc<Self>,
+        conn: &Arc<Connection>,
+        generation: u64,
+    ) -> Result<(), String> {
+        let schema_json = match conn.call("get_schema", &json!(["_Server"])).await {
+            Ok(schema) => schema,
+            Err(CallError::Rpc(e)) => {
+                // A server from before _Server existed is standalone.
+                debug!(error = %e, "no _Server database; assuming a standalone server");
+                *self.server.lock() = None;
+                *self.current_server.lock() = None;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("get_schema _Server: {e}")),
+        };
+        let schema = Arc::new(
+            DatabaseSchema::from_json(&schema_json).map_err(|e| format!("_Server schema: {e}"))?,
+        );
+        let tables = vec!["Database".to_owned()];
+        *self.server.lock() = Some(ServerWatch {
+            generation,
+            schema: schema.clone(),
+            cache: Cache::new(
+                schema.clone(),
+                &tables,
+                Vec::new(),
+                16,
+                Arc::new(Metrics::default()),
+            ),
+            state: MonitorState {
+                generation,
+                ..MonitorState::default()
+            },
+        });
+        let mut request = MonitorTables::new();
+        request.insert(
+            "Database".into(),
+            Some(SERVER_COLUMNS.iter().map(|c| (*c).to_owned()).collect()),
+        );
+        let mut method = MonitorMethod::Cond;
+        let reply = loop {
+            let params =
+                monitor::request_params(method, "_Server", &json!(SERVER_MONITOR), &request, None);
+            match conn.call(method.name(), &params).await {
+                Ok(reply) => break reply,
+                Err(CallError::Rpc(e))
+                    if e.is_unknown_method() && method == MonitorMethod::Cond =>
+                {
+                    method = MonitorMethod::Plain;
+                }
+                Err(e) => return Err(format!("_Server {}: {e}", method.name())),
+            }
+        };
+        let initial = monitor::decode_reply(method, &schema, &reply).map_err(|e| e.to_string())?;
+        let mut server = self.server.lock();
+        let watch = server
+            .as_mut()
+            .filter(|w| w.generation == generation)
+            .ok_or("superseded by a newer connection")?;
+        watch
+            .state
+            .establish(initial, schema, &tables, &watch.cache)
+            .map_err(|e| e.to_string())?;
+        self.check_server(&watch.cache).map_err(|e| e.to_string())
+    }
+
+    fn monitor_tables(&self, schema: &DatabaseSchema) -> Result<MonitorTables, String> {
+        match &self.config.tables {
+            TableSelection::All => Ok(schema.tables.keys().map(|t| (t.clone(), None)).collect()),
+            TableSelection::Only(tables) => {
+                for (table, columns) in tables {
+                    let ts = schema
+                        .table(table)
+                        .ok_or_else(|| format!("the server's schema has no table {table}"))?;
+                    for column in columns.iter().flatten() {
+                        if ts.column(column).is_none() {
+                            return Err(format!(
+                                "the server's table {table} has no column {column}"
+                            ));
+                        }
+                    }
+                }
+                Ok(tables.clone())
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of a
+/// window that doubles from `min` to `max`.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    window: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        Self {
+            min,
+            max: max.max(min),
+            window: min,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.window = self.min;
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let window = self.window;
+        self.window = (self.window * 2).min(self.max);
+        let half = window / 2;
+        half + window.mul_f64(rand::rng().random_range(0.0..=0.5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        for d in &delays {
+            assert!(*d <= Duration::from_secs(1), "{d:?}");
+        }
+        assert!(
+            delays[7] >= Duration::from_millis(500),
+            "reached the cap window: {delays:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn degenerate_backoff_bounds_do_not_panic() {
+        let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
+        for _ in 0..100 {
+            assert!(b.next_delay() <= Duration::from_millis(1));
+        }
+    }
+}
