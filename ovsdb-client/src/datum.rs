@@ -41,8 +41,9 @@ impl DatumError {
 /// One scalar OVSDB value.
 ///
 /// Strings are `Arc<str>` so a row, an index key and an event can share them.
-/// `Real` compares with [`f64::total_cmp`], so atoms have a total order and can be
-/// set members; a non-finite real has no JSON form and encodes as `null`.
+/// `Real` compares like the server (`-0.0 == 0.0`) and otherwise with
+/// [`f64::total_cmp`], so atoms have a total order and can be set members; a
+/// non-finite real has no JSON form and encodes as `null`.
 #[derive(Debug, Clone)]
 pub enum Atom {
     /// A 64-bit signed integer.
@@ -192,6 +193,8 @@ impl Ord for Atom {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {
             (Self::Integer(a), Self::Integer(b)) => a.cmp(b),
+            // As the server compares them: -0.0 == 0.0.
+            (Self::Real(a), Self::Real(b)) if a == b => Ordering::Equal,
             (Self::Real(a), Self::Real(b)) => a.total_cmp(b),
             (Self::Boolean(a), Self::Boolean(b)) => a.cmp(b),
             (Self::String(a), Self::String(b)) => a.cmp(b),
@@ -207,7 +210,7 @@ impl std::hash::Hash for Atom {
         self.rank().hash(state);
         match self {
             Self::Integer(i) => i.hash(state),
-            Self::Real(r) => r.to_bits().hash(state),
+            Self::Real(r) => (if *r == 0.0 { 0.0f64 } else { *r }).to_bits().hash(state),
             Self::Boolean(b) => b.hash(state),
             Self::String(s) | Self::NamedUuid(s) => s.hash(state),
             Self::Uuid(u) => u.hash(state),
@@ -615,12 +618,14 @@ impl Value {
     }
 
     /// Applies an RFC 7047 `update2`/`update3` `modify` diff for a column of type
-    /// `ty`: a scalar column takes the new value; a set column takes the symmetric
-    /// difference; a map column adds absent keys, removes keys given with their
-    /// current value, and replaces keys given with another value.
+    /// `ty`: a column holding at most one value (scalar or optional) takes the new
+    /// value, as ovsdb-server sends it (`ovsdb_datum_diff` diffs only columns with
+    /// `max > 1`; a cleared optional column arrives as `["set",[]]`); a set column
+    /// takes the symmetric difference; a map column adds absent keys, removes keys
+    /// given with their current value, and replaces keys given with another value.
     pub fn apply_diff(&mut self, diff: Value, ty: &ColumnType) -> Result<(), DatumError> {
         let diff = diff.coerce_diff(ty)?;
-        if ty.is_scalar() {
+        if ty.max == Some(1) {
             *self = diff;
             return Ok(());
         }
@@ -654,7 +659,7 @@ impl Value {
 
     /// Coerces a diff, which may hold more elements than the column allows.
     fn coerce_diff(self, ty: &ColumnType) -> Result<Self, DatumError> {
-        if ty.is_scalar() {
+        if ty.max == Some(1) {
             return self.coerce(ty);
         }
         let unbounded = ColumnType {

@@ -17,3 +17,7 @@ pub mod row;
 pub mod schema;
 pub mod table;
 pub mod operation;
+pub mod nb;
+pub mod nonroot;
+pub mod server_db;
+pub mod vswitch;

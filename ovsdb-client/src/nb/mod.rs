@@ -1,0 +1,81 @@
+//! Typed rows of the OVN Northbound database, generated at build time from the
+//! pinned `schemas/ovn-nb.ovsschema` (OVN 23.03, `OVN_Northbound` 7.0.0).
+//!
+//! A server with a newer schema is fine: extra columns and tables are ignored,
+//! and only a missing or retyped column fails, naming the table and column.
+
+include!(concat!(env!("OUT_DIR"), "/ovn_nb.rs"));
+
+use crate::nonroot::{ParentRef, insert_child, remove_child};
+use crate::operation::{Insert, Operation, Wait};
+
+/// A `uuid-name` unique to `name` and valid as an OVSDB identifier.
+fn uuid_name_for(prefix: &str, name: &str) -> String {
+    name.bytes().fold(format!("{prefix}_"), |mut s, b| {
+        s.push_str(&format!("{b:02x}"));
+        s
+    })
+}
+
+/// The insert for a new child row: by client-chosen uuid when `uuid` is set,
+/// otherwise by a `uuid-name` derived from the row's name (unique per name, so
+/// several ports can be added in one transaction).
+fn child_insert<T: Table>(row: &T, prefix: &str, name: &str) -> Insert {
+    let insert = Insert::new(T::TABLE, row.to_row());
+    if row.uuid().is_nil() {
+        insert.uuid_name(uuid_name_for(prefix, name))
+    } else {
+        insert.uuid(row.uuid())
+    }
+}
+
+/// Creates `port` on the switch `switch`: the port insert plus the
+/// `Logical_Switch.ports` mutate, in one transaction, as `ovn-nbctl lsp-add` does.
+/// A non-nil `port.uuid` is used as the client-chosen row uuid. `precondition`
+/// goes first, e.g. [`Wait::absent`] on the port name to make a replay fail with
+/// `timed out` instead of a unique-index violation.
+pub fn add_switch_port(
+    switch: Uuid,
+    port: &LogicalSwitchPort,
+    precondition: Option<Wait>,
+) -> Vec<Operation> {
+    insert_child(
+        &ParentRef::by_uuid(LogicalSwitch::TABLE, switch, "ports"),
+        child_insert(port, "lsp", &port.name),
+        precondition,
+    )
+}
+
+/// Deletes the port `port` of switch `switch` by dropping it from
+/// `Logical_Switch.ports`; the server garbage-collects the row.
+pub fn remove_switch_port(switch: Uuid, port: Uuid, precondition: Option<Wait>) -> Vec<Operation> {
+    remove_child(
+        &ParentRef::by_uuid(LogicalSwitch::TABLE, switch, "ports"),
+        port,
+        precondition,
+    )
+}
+
+/// Creates `port` on the router `router` (insert plus `Logical_Router.ports`
+/// mutate); see [`add_switch_port`].
+pub fn add_router_port(
+    router: Uuid,
+    port: &LogicalRouterPort,
+    precondition: Option<Wait>,
+) -> Vec<Operation> {
+    insert_child(
+        &ParentRef::by_uuid(LogicalRouter::TABLE, router, "ports"),
+        child_insert(port, "lrp", &port.name),
+        precondition,
+    )
+}
+
+/// Deletes the port `port` of router `router` by dropping it from
+/// `Logical_Router.ports`.
+pub fn remove_router_port(router: Uuid, port: Uuid, precondition: Option<Wait>) -> Vec<Operation> {
+    remove_child(
+        &ParentRef::by_uuid(LogicalRouter::TABLE, router, "ports"),
+        port,
+        precondition,
+    )
+}
