@@ -1092,10 +1092,14 @@ mod tests {
         v.apply_diff(Value::set(["x", "z"]), &ports).unwrap();
         assert_eq!(v, Value::set(["z"]));
 
+        // An optional column gets the new value, not a difference (as ovsdb-server
+        // 3.1 sends it: `"up":true`, and `["set",[]]` once cleared).
         let up = col(json!({"key": "boolean", "min": 0, "max": 1}));
         let mut v = Value::set([false]);
-        v.apply_diff(Value::set([false, true]), &up).unwrap();
+        v.apply_diff(Value::Atom(true.into()), &up).unwrap();
         assert_eq!(v, Value::set([true]));
+        v.apply_diff(Value::empty_set(), &up).unwrap();
+        assert_eq!(v, Value::empty_set());
 
         let name = col(json!("string"));
         let mut v = Value::from("old");
