@@ -1,3 +1,3 @@
-//! The portkeeper controller: pods and addressing CRDs to OVN logical switch ports.
+//! The portkeeper controller binary.
 
 fn main() {}

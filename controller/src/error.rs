@@ -1,0 +1,103 @@
+//! The controller's one error type, and the user-facing rejection a bad request becomes.
+
+use portkeeper_api::request::AnnotationError;
+use portkeeper_engine::EngineError;
+use thiserror::Error;
+
+/// The Event reason a rejected pod gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// An annotation value does not parse or contradicts another.
+    InvalidAnnotation,
+    /// The address or MAC is held by another nic, IP resource, OVN port or gateway.
+    AddressConflict,
+    /// Anything else that stops allocation (unknown subnet or pool, exhaustion, out of range).
+    AcquireAddressFailed,
+}
+
+impl RejectReason {
+    /// The Event `reason` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidAnnotation => "InvalidAnnotation",
+            RejectReason::AddressConflict => "AddressConflict",
+            RejectReason::AcquireAddressFailed => "AcquireAddressFailed",
+        }
+    }
+}
+
+/// Why a pod's request cannot be satisfied as it stands. It becomes a Warning Event; nothing
+/// is written, and the pod is retried with backoff.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{}: {message}", reason.as_str())]
+pub struct Rejection {
+    /// The Event reason.
+    pub reason: RejectReason,
+    /// The Event message: names the address, the subnet and the holder.
+    pub message: String,
+}
+
+impl From<AnnotationError> for Rejection {
+    fn from(e: AnnotationError) -> Self {
+        Rejection {
+            reason: RejectReason::InvalidAnnotation,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<EngineError> for Rejection {
+    fn from(e: EngineError) -> Self {
+        let kind = e.reason();
+        let reason = if kind == RejectReason::AddressConflict.as_str() {
+            RejectReason::AddressConflict
+        } else {
+            RejectReason::AcquireAddressFailed
+        };
+        Rejection {
+            reason,
+            message: format!("{kind}: {e}"),
+        }
+    }
+}
+
+/// Everything a reconcile can fail with. Each variant is retried with backoff.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The request was rejected; the pod got an Event.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An OVN Northbound operation failed.
+    #[error("OVN northbound: {0}")]
+    Northbound(String),
+    /// The engine refused a Subnet or IPPool spec.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A watched cache lost its stream or never became ready.
+    #[error("cache: {0}")]
+    Cache(String),
+    /// Leadership was lost; the process stops so a standby takes over.
+    #[error("lost leadership of lease {0}")]
+    LostLeadership(String),
+    /// A JSON (de)serialisation failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Short label for the `error` metric dimension.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Rejected(r) => r.reason.as_str(),
+            Error::Kube(_) => "kube",
+            Error::Northbound(_) => "northbound",
+            Error::Engine(_) => "engine",
+            Error::Cache(_) => "cache",
+            Error::LostLeadership(_) => "leadership",
+            Error::Json(_) => "json",
+        }
+    }
+}

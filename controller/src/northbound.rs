@@ -1,0 +1,285 @@
+//! What the controller needs from the OVN Northbound database, as a small trait: the reconcilers
+//! are written (and unit-tested) against it, and [`crate::ovn`] implements it with the
+//! `ovsdb-client` crate.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use portkeeper_engine::MacAddress;
+
+/// `external_ids:vendor` on every row portkeeper creates; GC touches nothing without it.
+pub const VENDOR: &str = "portkeeper";
+
+/// `external_ids` keys portkeeper writes on ports (Kube-OVN's, plus the pod UID).
+pub mod ids {
+    /// Owner system.
+    pub const VENDOR: &str = "vendor";
+    /// `<namespace>/<pod-or-vm>`.
+    pub const POD: &str = "pod";
+    /// The port's logical switch (= Subnet name).
+    pub const LS: &str = "ls";
+    /// On switches: the Subnet that owns the switch.
+    pub const SUBNET: &str = "subnet";
+}
+
+/// A logical switch port as the Northbound cache has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedPort {
+    /// Port name.
+    pub name: String,
+    /// Name of the logical switch holding the port.
+    pub switch: String,
+    /// `type` column (`""` for VIF ports).
+    pub kind: String,
+    /// `addresses` entries, e.g. `"0a:58:0a:10:00:02 10.16.0.2"`, `"router"`, `"unknown"`.
+    pub addresses: Vec<String>,
+    /// `external_ids`.
+    pub external_ids: BTreeMap<String, String>,
+    /// `options`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl ObservedPort {
+    /// Whether portkeeper created this port.
+    pub fn is_ours(&self) -> bool {
+        self.external_ids.get(ids::VENDOR).map(String::as_str) == Some(VENDOR)
+    }
+
+    /// The MAC and IPs of every `"MAC IP..."` entry (keywords like `router` are skipped).
+    pub fn bindings(&self) -> Vec<(Option<MacAddress>, Vec<IpAddr>)> {
+        self.addresses
+            .iter()
+            .filter_map(|entry| {
+                let mut words = entry.split_whitespace();
+                let mac = MacAddress::parse(words.next()?).ok()?;
+                let ips = words
+                    .filter_map(|w| w.split('/').next()?.parse().ok())
+                    .collect();
+                Some((Some(mac), ips))
+            })
+            .collect()
+    }
+
+    /// Every IP in `addresses`.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> {
+        self.bindings().into_iter().flat_map(|(_, ips)| ips)
+    }
+
+    /// Every MAC in `addresses`.
+    pub fn macs(&self) -> impl Iterator<Item = MacAddress> {
+        self.bindings().into_iter().filter_map(|(mac, _)| mac)
+    }
+}
+
+/// The desired state of a nic's port. Applying it is idempotent by name; `options` (where live
+/// migration keeps its state) are never touched by it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// `<pod>.<ns>[.<provider>]`.
+    pub name: String,
+    /// The logical switch (= Subnet name).
+    pub switch: String,
+    /// One entry `"MAC IP [IP]"`.
+    pub addresses: String,
+    /// `port_security`, set only on request.
+    pub port_security: Option<String>,
+    /// `external_ids`: vendor, pod, ls.
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// The desired state of a Subnet's switch and its gateway on the cluster router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchSpec {
+    /// Switch name (= Subnet name).
+    pub name: String,
+    /// The cluster logical router.
+    pub router: String,
+    /// Router port name, `<router>-<subnet>` as in Kube-OVN.
+    pub router_port: String,
+    /// Router port MAC (the gateway MAC).
+    pub router_port_mac: MacAddress,
+    /// Router port networks: `gateway/prefix` per family.
+    pub networks: Vec<String>,
+}
+
+/// A Northbound failure, with the operation that failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op}: {detail}")]
+pub struct NbError {
+    /// What was attempted.
+    pub op: String,
+    /// Why it failed.
+    pub detail: String,
+}
+
+/// The controller's view of OVN Northbound: reads from a monitored cache, writes as transactions
+/// confirmed by the raft leader.
+pub trait Northbound: Send + Sync + 'static {
+    /// True once the cache holds a full copy and the session is with the leader.
+    fn ready(&self) -> bool;
+    /// Every logical switch port, with its switch.
+    fn ports(&self) -> Vec<ObservedPort>;
+    /// One port by name.
+    fn port(&self, name: &str) -> Option<ObservedPort>;
+    /// The ports on one switch.
+    fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort>;
+    /// The MAC of a logical router port, if it exists.
+    fn router_port_mac(&self, name: &str) -> Option<MacAddress>;
+    /// Creates or updates the switch, the cluster router, the router port and the switch's
+    /// router-type port.
+    fn ensure_switch(&self, spec: &SwitchSpec) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Creates or updates a port; moves it if it sits on another switch.
+    fn upsert_port(&self, spec: &PortSpec) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Deletes a port if it exists.
+    fn delete_port(&self, name: &str) -> impl Future<Output = Result<(), NbError>> + Send;
+}
+
+/// The desired port of a nic.
+pub fn port_spec(
+    name: &str,
+    switch: &str,
+    pod_key: &str,
+    addresses: String,
+    port_security: bool,
+) -> PortSpec {
+    PortSpec {
+        name: name.to_owned(),
+        switch: switch.to_owned(),
+        port_security: port_security.then(|| addresses.clone()),
+        addresses,
+        external_ids: BTreeMap::from([
+            (ids::VENDOR.to_owned(), VENDOR.to_owned()),
+            (ids::POD.to_owned(), pod_key.to_owned()),
+            (ids::LS.to_owned(), switch.to_owned()),
+        ]),
+    }
+}
+
+/// An in-memory Northbound for unit tests: a map of ports, with the same idempotency rules.
+#[cfg(test)]
+pub mod memory {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// Ports and router ports, in memory.
+    #[derive(Default)]
+    pub struct MemoryNb {
+        /// Ports by name.
+        pub ports: Mutex<BTreeMap<String, ObservedPort>>,
+        /// Switches ensured.
+        pub switches: Mutex<BTreeMap<String, SwitchSpec>>,
+    }
+
+    impl MemoryNb {
+        /// Adds a port as another system (no vendor id) would.
+        pub fn add_foreign(&self, name: &str, switch: &str, addresses: &str) {
+            self.ports.lock().insert(
+                name.to_owned(),
+                ObservedPort {
+                    name: name.to_owned(),
+                    switch: switch.to_owned(),
+                    addresses: vec![addresses.to_owned()],
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    impl Northbound for MemoryNb {
+        fn ready(&self) -> bool {
+            true
+        }
+        fn ports(&self) -> Vec<ObservedPort> {
+            self.ports.lock().values().cloned().collect()
+        }
+        fn port(&self, name: &str) -> Option<ObservedPort> {
+            self.ports.lock().get(name).cloned()
+        }
+        fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort> {
+            let ports = self.ports.lock();
+            ports
+                .values()
+                .filter(|p| p.switch == switch)
+                .cloned()
+                .collect()
+        }
+        fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
+            let switches = self.switches.lock();
+            switches
+                .values()
+                .find(|s| s.router_port == name)
+                .map(|s| s.router_port_mac)
+        }
+        async fn ensure_switch(&self, spec: &SwitchSpec) -> Result<(), NbError> {
+            self.switches.lock().insert(spec.name.clone(), spec.clone());
+            Ok(())
+        }
+        async fn upsert_port(&self, spec: &PortSpec) -> Result<(), NbError> {
+            let mut ports = self.ports.lock();
+            let port = ports.entry(spec.name.clone()).or_default();
+            port.name = spec.name.clone();
+            port.switch = spec.switch.clone();
+            port.addresses = vec![spec.addresses.clone()];
+            port.external_ids = spec.external_ids.clone();
+            Ok(())
+        }
+        async fn delete_port(&self, name: &str) -> Result<(), NbError> {
+            self.ports.lock().remove(name);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_skip_keywords_and_prefixes() {
+        let port = ObservedPort {
+            addresses: vec![
+                "router".into(),
+                "0a:00:00:00:00:01 10.0.0.5 fd00::5".into(),
+                "unknown".into(),
+            ],
+            ..Default::default()
+        };
+        let ips: Vec<IpAddr> = port.ips().collect();
+        assert_eq!(
+            ips,
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(port.macs().count(), 1);
+        assert!(!port.is_ours());
+    }
+
+    #[test]
+    fn port_spec_sets_security_only_on_request() {
+        let p = port_spec(
+            "a.b",
+            "ls",
+            "b/a",
+            "0a:00:00:00:00:01 10.0.0.5".into(),
+            false,
+        );
+        assert_eq!(p.port_security, None);
+        assert_eq!(p.external_ids["vendor"], "portkeeper");
+        assert_eq!(p.external_ids["pod"], "b/a");
+        assert_eq!(p.external_ids["ls"], "ls");
+        let p = port_spec(
+            "a.b",
+            "ls",
+            "b/a",
+            "0a:00:00:00:00:01 10.0.0.5".into(),
+            true,
+        );
+        assert_eq!(
+            p.port_security.as_deref(),
+            Some("0a:00:00:00:00:01 10.0.0.5")
+        );
+    }
+}

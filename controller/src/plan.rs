@@ -1,0 +1,613 @@
+//! Pure decisions for one pod nic: which subnet, what to ask the engine for, and what to write
+//! back. No I/O here, so every rule of Kube-OVN's subnet choice is unit-tested.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use portkeeper_api::annotations::{DEFAULT_PROVIDER, NetworkKeys};
+use portkeeper_api::request::{AddressRequest, NetworkRequest};
+use portkeeper_api::{IPPool, IPSpec, Subnet};
+use portkeeper_engine::parse::{CidrBlock, parse_cidr_block, parse_ip_address};
+use portkeeper_engine::{
+    Claim, DualAddress, EngineError, FamilyRequest, IpPoolAnnotation, IpRequest, Lease, ListPick,
+    MacRequest, NicKey,
+};
+
+use crate::error::{RejectReason, Rejection};
+
+/// A StatefulSet pod's position, for `ip_pool` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ordinal {
+    /// The number after the last `-` of the pod name.
+    pub ordinal: u64,
+    /// The StatefulSet's `spec.ordinals.start`.
+    pub start: u64,
+}
+
+/// The pod facts a decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct PodFacts<'a> {
+    /// Pod name.
+    pub name: &'a str,
+    /// Pod namespace.
+    pub namespace: &'a str,
+    /// Pod UID: the owner the engine records.
+    pub uid: &'a str,
+    /// Pod annotations.
+    pub annotations: &'a BTreeMap<String, String>,
+    /// Set for StatefulSet pods.
+    pub ordinal: Option<Ordinal>,
+}
+
+/// The addressing resources a subnet choice looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Catalog<'a> {
+    /// Every Subnet.
+    pub subnets: &'a [Arc<Subnet>],
+    /// Every IPPool.
+    pub pools: &'a [Arc<IPPool>],
+    /// Subnet used when nothing else applies and no Subnet has `spec.default`.
+    pub default_subnet: &'a str,
+}
+
+impl<'a> Catalog<'a> {
+    /// The Subnet named `name`.
+    pub fn subnet(&self, name: &str) -> Option<&'a Subnet> {
+        self.subnets
+            .iter()
+            .map(Arc::as_ref)
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+    }
+
+    fn pool(&self, name: &str) -> Option<&'a IPPool> {
+        self.pools
+            .iter()
+            .map(Arc::as_ref)
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+    }
+
+    /// Primary-network subnets, sorted by name so choices are deterministic.
+    fn primary_subnets(&self) -> Vec<&'a Subnet> {
+        let mut out: Vec<&Subnet> = self
+            .subnets
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|s| s.spec.provider_or_default() == DEFAULT_PROVIDER)
+            .collect();
+        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        out
+    }
+
+    fn default_subnet_name(&self) -> String {
+        self.primary_subnets()
+            .into_iter()
+            .find(|s| s.spec.default)
+            .and_then(|s| s.metadata.name.clone())
+            .unwrap_or_else(|| self.default_subnet.to_owned())
+    }
+}
+
+/// Where a nic's addresses come from: the subnet and the engine request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The Subnet (and logical switch) name.
+    pub subnet: String,
+    /// How the engine picks the IPs.
+    pub ip: IpRequest,
+}
+
+/// Chooses the subnet as Kube-OVN does: the pod's `logical_switch`, else a named pool's subnet,
+/// else the namespace's bound pools and subnets, else the default subnet. `has_room` says whether
+/// a subnet still has a free address (from the engine, never from possibly stale status).
+pub fn choose_target(
+    request: &NetworkRequest,
+    pod: &PodFacts<'_>,
+    catalog: &Catalog<'_>,
+    has_room: impl Fn(&str) -> bool,
+) -> Result<Target, Rejection> {
+    let ip = match &request.addresses {
+        AddressRequest::Any => None,
+        AddressRequest::Static(addresses) => Some(IpRequest::Static(*addresses)),
+        AddressRequest::Pool(IpPoolAnnotation::Named(pool)) => {
+            Some(IpRequest::Pools(vec![pool.clone()]))
+        }
+        AddressRequest::Pool(IpPoolAnnotation::List(entries)) => Some(IpRequest::List {
+            entries: entries.clone(),
+            pick: match pod.ordinal {
+                Some(o) => ListPick::Ordinal {
+                    ordinal: o.ordinal,
+                    start: o.start,
+                },
+                None => ListPick::FirstFree,
+            },
+        }),
+    };
+
+    if let Some(name) = &request.logical_switch {
+        let subnet = catalog
+            .subnet(name)
+            .ok_or_else(|| EngineError::UnknownSubnet {
+                subnet: name.clone(),
+            })?;
+        let ip = match ip {
+            Some(ip) => ip,
+            None => namespace_pools(catalog, pod.namespace, Some(name))
+                .map_or(IpRequest::Dynamic, IpRequest::Pools),
+        };
+        return Ok(Target {
+            subnet: subnet_name(subnet),
+            ip,
+        });
+    }
+
+    if let AddressRequest::Pool(IpPoolAnnotation::Named(pool)) = &request.addresses {
+        let found = catalog
+            .pool(pool)
+            .ok_or_else(|| EngineError::UnknownPool { pool: pool.clone() })?;
+        return Ok(Target {
+            subnet: found.spec.subnet.clone(),
+            ip: IpRequest::Pools(vec![pool.clone()]),
+        });
+    }
+
+    if ip.is_none()
+        && let Some((subnet, pools)) = namespace_pools_with_subnet(catalog, pod.namespace)
+    {
+        return Ok(Target {
+            subnet,
+            ip: IpRequest::Pools(pools),
+        });
+    }
+
+    let bound: Vec<&Subnet> = catalog
+        .primary_subnets()
+        .into_iter()
+        .filter(|s| s.spec.namespaces.iter().any(|n| n == pod.namespace))
+        .collect();
+    let wanted = requested_addresses(&request.addresses);
+    let chosen = if wanted.is_empty() {
+        bound
+            .iter()
+            .find(|s| has_room(&subnet_name(s)))
+            .or(bound.first())
+    } else {
+        bound
+            .iter()
+            .find(|s| contains_any(s, &wanted))
+            .or(bound.first())
+    };
+    let subnet = chosen.map_or_else(|| catalog.default_subnet_name(), |s| subnet_name(s));
+    if catalog.subnet(&subnet).is_none() {
+        return Err(EngineError::UnknownSubnet { subnet }.into());
+    }
+    Ok(Target {
+        subnet,
+        ip: ip.unwrap_or(IpRequest::Dynamic),
+    })
+}
+
+fn subnet_name(subnet: &Subnet) -> String {
+    subnet.metadata.name.clone().unwrap_or_default()
+}
+
+/// Pools bound to `namespace` (sorted by name), restricted to `subnet` when given.
+fn namespace_pools(
+    catalog: &Catalog<'_>,
+    namespace: &str,
+    subnet: Option<&str>,
+) -> Option<Vec<String>> {
+    let mut pools: Vec<&IPPool> = catalog
+        .pools
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|p| p.spec.namespaces.iter().any(|n| n == namespace))
+        .filter(|p| subnet.is_none_or(|s| p.spec.subnet == s))
+        .collect();
+    pools.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let names: Vec<String> = pools
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// The namespace's bound pools that share the first bound pool's subnet, and that subnet.
+fn namespace_pools_with_subnet(
+    catalog: &Catalog<'_>,
+    namespace: &str,
+) -> Option<(String, Vec<String>)> {
+    let all = namespace_pools(catalog, namespace, None)?;
+    let subnet = catalog.pool(&all[0])?.spec.subnet.clone();
+    let pools = namespace_pools(catalog, namespace, Some(&subnet))?;
+    Some((subnet, pools))
+}
+
+fn requested_addresses(request: &AddressRequest) -> Vec<IpAddr> {
+    match request {
+        AddressRequest::Static(a) => a.addresses().collect(),
+        AddressRequest::Pool(IpPoolAnnotation::List(entries)) => {
+            entries.iter().flat_map(|e| e.addresses()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn contains_any(subnet: &Subnet, addresses: &[IpAddr]) -> bool {
+    parse_cidr_block(&subnet.spec.cidr_block).is_ok_and(|block| {
+        addresses.iter().any(|a| match a {
+            IpAddr::V4(v4) => block.v4.is_some_and(|n| n.contains(v4)),
+            IpAddr::V6(v6) => block.v6.is_some_and(|n| n.contains(v6)),
+        })
+    })
+}
+
+/// The engine claim for a nic.
+pub fn claim(target: Target, key: NicKey, request: &NetworkRequest, uid: &str) -> Claim {
+    Claim {
+        subnet: target.subnet,
+        key,
+        uid: uid.to_owned(),
+        ip: target.ip,
+        family: request
+            .family
+            .map_or(FamilyRequest::Subnet, FamilyRequest::Only),
+        mac: request.mac.map_or(MacRequest::Generate, MacRequest::Static),
+    }
+}
+
+/// A subnet's parsed CIDRs and effective gateways: what the router port and the pod's
+/// `cidr`/`gateway` annotations are made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetNetwork {
+    /// The CIDRs, normalised.
+    pub block: CidrBlock,
+    /// The gateway of each family: `spec.gateway`, or the first usable address.
+    pub gateway: DualAddress,
+}
+
+impl SubnetNetwork {
+    /// Reads a Subnet spec; a bad `cidrBlock` or `gateway` is the engine's `InvalidSubnet` error.
+    pub fn of(subnet: &Subnet) -> Result<Self, EngineError> {
+        let name = subnet_name(subnet);
+        let invalid = |field, source| EngineError::InvalidSubnet {
+            subnet: name.clone(),
+            field,
+            source,
+        };
+        let block =
+            parse_cidr_block(&subnet.spec.cidr_block).map_err(|e| invalid("cidrBlock", e))?;
+        let mut gateway = if subnet.spec.gateway.trim().is_empty() {
+            DualAddress::default()
+        } else {
+            parse_ip_address(&subnet.spec.gateway).map_err(|e| invalid("gateway", e))?
+        };
+        if gateway.v4.is_none() {
+            gateway.v4 = block
+                .v4
+                .map(|n| Ipv4Addr::from(u32::from(n.network()).wrapping_add(1)));
+        }
+        if gateway.v6.is_none() {
+            gateway.v6 = block
+                .v6
+                .map(|n| Ipv6Addr::from(u128::from(n.network()).wrapping_add(1)));
+        }
+        Ok(Self { block, gateway })
+    }
+
+    /// `cidr` annotation value: `v4cidr[,v6cidr]`.
+    pub fn cidr_annotation(&self) -> String {
+        let v4 = self.block.v4.map(|n| n.to_string());
+        let v6 = self.block.v6.map(|n| n.to_string());
+        join([v4, v6])
+    }
+
+    /// `gateway` annotation value: `v4gw[,v6gw]`.
+    pub fn gateway_annotation(&self) -> String {
+        join(self.gateway.addresses().map(|a| Some(a.to_string())))
+    }
+
+    /// Router-port networks: each gateway with its subnet's prefix length.
+    pub fn router_networks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some(gw), Some(net)) = (self.gateway.v4, self.block.v4) {
+            out.push(format!("{gw}/{}", net.prefix_len()));
+        }
+        if let (Some(gw), Some(net)) = (self.gateway.v6, self.block.v6) {
+            out.push(format!("{gw}/{}", net.prefix_len()));
+        }
+        out
+    }
+}
+
+fn join(parts: impl IntoIterator<Item = Option<String>>) -> String {
+    parts.into_iter().flatten().collect::<Vec<_>>().join(",")
+}
+
+/// The addresses of a lease as Kube-OVN writes them: v4 first, comma separated.
+pub fn ip_address_value(lease: &Lease) -> String {
+    join(lease.addresses().addresses().map(|a| Some(a.to_string())))
+}
+
+/// The port's `addresses` entry: `"MAC IP [IP]"`.
+pub fn port_addresses(lease: &Lease) -> String {
+    let mut parts: Vec<String> = lease.mac.iter().map(ToString::to_string).collect();
+    parts.extend(lease.addresses().addresses().map(|a| a.to_string()));
+    parts.join(" ")
+}
+
+/// The annotations written once the port and the IP resource exist; `allocated` is among them
+/// and the whole set goes out in one merge patch.
+pub fn allocated_annotations(
+    keys: &NetworkKeys,
+    lease: &Lease,
+    network: &SubnetNetwork,
+    routed: bool,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::from([
+        (keys.allocated.clone(), "true".to_owned()),
+        (keys.ip_address.clone(), ip_address_value(lease)),
+        (keys.cidr.clone(), network.cidr_annotation()),
+        (keys.gateway.clone(), network.gateway_annotation()),
+        (keys.logical_switch.clone(), lease.subnet.clone()),
+    ]);
+    if let Some(mac) = lease.mac {
+        out.insert(keys.mac_address.clone(), mac.to_string());
+    }
+    if routed {
+        out.insert(keys.routed.clone(), "true".to_owned());
+    }
+    out
+}
+
+/// The IP resource spec for a nic.
+pub fn ip_spec(pod: &PodFacts<'_>, lease: &Lease, node: Option<&str>, pod_type: &str) -> IPSpec {
+    let addresses = lease.addresses();
+    IPSpec {
+        pod_name: pod.name.to_owned(),
+        namespace: pod.namespace.to_owned(),
+        subnet: lease.subnet.clone(),
+        node_name: node.unwrap_or_default().to_owned(),
+        ip_address: ip_address_value(lease),
+        v4_ip_address: addresses.v4.map(|a| a.to_string()).unwrap_or_default(),
+        v6_ip_address: addresses.v6.map(|a| a.to_string()).unwrap_or_default(),
+        mac_address: lease.mac.map(|m| m.to_string()).unwrap_or_default(),
+        pod_type: pod_type.to_owned(),
+        ..IPSpec::default()
+    }
+}
+
+/// Whether an engine error is a conflict with another holder (reason `AddressConflict`).
+pub fn is_conflict(error: &EngineError) -> bool {
+    error.reason() == RejectReason::AddressConflict.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portkeeper_api::{IPPoolSpec, SubnetSpec};
+
+    fn subnet(name: &str, cidr: &str, namespaces: &[&str], default: bool) -> Arc<Subnet> {
+        Arc::new(Subnet::new(
+            name,
+            SubnetSpec {
+                cidr_block: cidr.into(),
+                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+                default,
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn pool(name: &str, subnet: &str, namespaces: &[&str]) -> Arc<IPPool> {
+        Arc::new(IPPool::new(
+            name,
+            IPPoolSpec {
+                subnet: subnet.into(),
+                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+                ips: vec![],
+            },
+        ))
+    }
+
+    struct Case {
+        subnets: Vec<Arc<Subnet>>,
+        pools: Vec<Arc<IPPool>>,
+    }
+
+    impl Case {
+        fn choose(&self, annotations: &[(&str, &str)]) -> Result<Target, Rejection> {
+            self.choose_with(annotations, None, |_| true)
+        }
+
+        fn choose_with(
+            &self,
+            annotations: &[(&str, &str)],
+            ordinal: Option<Ordinal>,
+            has_room: impl Fn(&str) -> bool,
+        ) -> Result<Target, Rejection> {
+            let annotations: BTreeMap<String, String> = annotations
+                .iter()
+                .map(|(k, v)| (format!("ovn.kubernetes.io/{k}"), v.to_string()))
+                .collect();
+            let request =
+                NetworkRequest::from_annotations(&NetworkKeys::primary(), &annotations).unwrap();
+            let pod = PodFacts {
+                name: "web-1",
+                namespace: "shop",
+                uid: "u1",
+                annotations: &annotations,
+                ordinal,
+            };
+            let catalog = Catalog {
+                subnets: &self.subnets,
+                pools: &self.pools,
+                default_subnet: "ovn-default",
+            };
+            choose_target(&request, &pod, &catalog, has_room)
+        }
+    }
+
+    fn cluster() -> Case {
+        Case {
+            subnets: vec![
+                subnet("ovn-default", "10.16.0.0/16", &[], true),
+                subnet("net1", "10.17.0.0/24", &[], false),
+                subnet("shop-a", "10.18.0.0/24", &["shop"], false),
+                subnet("shop-b", "10.19.0.0/24", &["shop"], false),
+                subnet("other", "10.20.0.0/24", &["other"], false),
+            ],
+            pools: vec![pool("pool-x", "net1", &[])],
+        }
+    }
+
+    #[test]
+    fn logical_switch_wins() {
+        let t = cluster()
+            .choose(&[("logical_switch", "net1"), ("ip_pool", "pool-x")])
+            .unwrap();
+        assert_eq!(t.subnet, "net1");
+        assert_eq!(t.ip, IpRequest::Pools(vec!["pool-x".into()]));
+    }
+
+    #[test]
+    fn unknown_logical_switch_is_acquire_failure() {
+        let r = cluster().choose(&[("logical_switch", "nope")]).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert!(
+            r.message.contains("subnet nope does not exist"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn named_pool_picks_its_subnet() {
+        let t = cluster().choose(&[("ip_pool", "pool-x")]).unwrap();
+        assert_eq!(t.subnet, "net1");
+        let r = cluster()
+            .choose(&[("ip_pool", "pool-missing")])
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert!(r.message.contains("ippool pool-missing does not exist"));
+    }
+
+    #[test]
+    fn namespace_binding_first_with_room() {
+        let c = cluster();
+        assert_eq!(c.choose(&[]).unwrap().subnet, "shop-a");
+        let t = c.choose_with(&[], None, |s| s != "shop-a").unwrap();
+        assert_eq!(t.subnet, "shop-b");
+        assert_eq!(t.ip, IpRequest::Dynamic);
+        // With no room anywhere the first bound subnet is kept, so the engine reports exhaustion.
+        assert_eq!(
+            c.choose_with(&[], None, |_| false).unwrap().subnet,
+            "shop-a"
+        );
+    }
+
+    #[test]
+    fn static_address_finds_its_bound_subnet() {
+        let t = cluster().choose(&[("ip_address", "10.19.0.7")]).unwrap();
+        assert_eq!(t.subnet, "shop-b");
+    }
+
+    #[test]
+    fn namespace_pools_confine_plain_pods() {
+        let mut c = cluster();
+        c.pools.push(pool("shop-pool", "shop-b", &["shop"]));
+        let t = c.choose(&[]).unwrap();
+        assert_eq!(t.subnet, "shop-b");
+        assert_eq!(t.ip, IpRequest::Pools(vec!["shop-pool".into()]));
+        // A static address is not confined.
+        let t = c.choose(&[("ip_address", "10.18.0.9")]).unwrap();
+        assert_eq!(t.subnet, "shop-a");
+    }
+
+    #[test]
+    fn default_subnet_when_unbound() {
+        let mut c = cluster();
+        c.subnets
+            .retain(|s| !s.spec.namespaces.contains(&"shop".to_owned()));
+        assert_eq!(c.choose(&[]).unwrap().subnet, "ovn-default");
+        c.subnets.clear();
+        let r = c.choose(&[]).unwrap_err();
+        assert!(r.message.contains("subnet ovn-default does not exist"));
+    }
+
+    #[test]
+    fn statefulset_list_uses_ordinal_and_start() {
+        let t = cluster()
+            .choose_with(
+                &[("ip_pool", "10.18.0.10,10.18.0.11")],
+                Some(Ordinal {
+                    ordinal: 11,
+                    start: 10,
+                }),
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(t.subnet, "shop-a");
+        assert!(matches!(
+            t.ip,
+            IpRequest::List {
+                pick: ListPick::Ordinal {
+                    ordinal: 11,
+                    start: 10
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn network_values() {
+        let s = subnet("d", "fd00:10:16::/64,10.16.0.0/16", &[], false);
+        let n = SubnetNetwork::of(&s).unwrap();
+        assert_eq!(n.cidr_annotation(), "10.16.0.0/16,fd00:10:16::/64");
+        assert_eq!(n.gateway_annotation(), "10.16.0.1,fd00:10:16::1");
+        assert_eq!(
+            n.router_networks(),
+            vec!["10.16.0.1/16".to_owned(), "fd00:10:16::1/64".to_owned()]
+        );
+        let mut s = (*s).clone();
+        s.spec.gateway = "10.16.0.254".into();
+        assert_eq!(
+            SubnetNetwork::of(&s).unwrap().gateway_annotation(),
+            "10.16.0.254,fd00:10:16::1"
+        );
+        s.spec.cidr_block = "10.16.0.0/33".into();
+        assert!(SubnetNetwork::of(&s).is_err());
+    }
+
+    #[test]
+    fn written_values_use_kube_ovn_formats() {
+        let lease = Lease {
+            subnet: "ovn-default".into(),
+            key: NicKey::new("web-1", "shop", None),
+            uid: "u1".into(),
+            generation: 1,
+            v4: Some("10.16.0.2".parse().unwrap()),
+            v6: Some("fd00::2".parse().unwrap()),
+            mac: Some(portkeeper_engine::MacAddress::parse("0A:58:0A:10:00:02").unwrap()),
+        };
+        assert_eq!(
+            port_addresses(&lease),
+            "0a:58:0a:10:00:02 10.16.0.2 fd00::2"
+        );
+        let s = subnet("ovn-default", "10.16.0.0/16,fd00::/64", &[], true);
+        let a = allocated_annotations(
+            &NetworkKeys::primary(),
+            &lease,
+            &SubnetNetwork::of(&s).unwrap(),
+            false,
+        );
+        assert_eq!(a["ovn.kubernetes.io/allocated"], "true");
+        assert_eq!(a["ovn.kubernetes.io/ip_address"], "10.16.0.2,fd00::2");
+        assert_eq!(a["ovn.kubernetes.io/mac_address"], "0a:58:0a:10:00:02");
+        assert_eq!(a["ovn.kubernetes.io/cidr"], "10.16.0.0/16,fd00::/64");
+        assert_eq!(a["ovn.kubernetes.io/gateway"], "10.16.0.1,fd00::1");
+        assert_eq!(a["ovn.kubernetes.io/logical_switch"], "ovn-default");
+        assert!(!a.contains_key("ovn.kubernetes.io/routed"));
+    }
+}
