@@ -1,39 +1,66 @@
 //! Feeds arbitrary bytes, parsed as JSON, to every data-layer decoder: datums
-//! (untyped and against every column type of the OVN NB schema), rows, schemas,
-//! typed NB tables and `transact` results. None of them may panic.
+//! (untyped and against every column type of the OVN NB schema), rows, typed NB
+//! and `_Server` rows, schemas, error objects and `transact` results. None of
+//! them may panic, and whatever decodes must re-encode to the same value.
 #![no_main]
-
-use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use ovsdb_client::datum::Value;
+use ovsdb_client::nb;
+use ovsdb_client::operation::{
+    Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil, parse_results,
+};
 use ovsdb_client::row::Row;
 use ovsdb_client::schema::DatabaseSchema;
+use ovsdb_client::server_db;
+use ovsdb_client::table::Table;
 
-static NB: LazyLock<DatabaseSchema> = LazyLock::new(|| {
-    DatabaseSchema::parse(include_str!("../../schemas/ovn-nb.ovsschema")).expect("pinned schema")
-});
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return;
-    };
-    if let Ok(v) = Value::from_json(&json) {
-        // What decodes must re-encode to JSON that decodes to the same value.
+fn decode(json: &serde_json::Value) {
+    if let Ok(v) = Value::from_json(json) {
         assert_eq!(Value::from_json(&v.to_json()).as_ref(), Ok(&v));
     }
-    for table in NB.tables.values() {
+    let schema = nb::schema();
+    for table in schema.tables.values() {
         for column in table.columns.values() {
-            if let Ok(v) = Value::from_json_typed(&json, &column.ty) {
+            if let Ok(v) = Value::from_json_typed(json, &column.ty) {
                 let _ = v.validate(&column.ty);
                 let mut diffed = column.ty.default_value();
                 let _ = diffed.apply_diff(v, &column.ty);
             }
         }
-        if let Ok(mut row) = Row::from_json_typed(&json, table) {
+        if let Ok(mut row) = Row::from_json_typed(json, table) {
             row.fill_defaults(table);
+            if table.name == nb::LogicalSwitchPort::TABLE
+                && let Ok(lsp) = nb::LogicalSwitchPort::from_uuid_row(Default::default(), &row)
+            {
+                let back = lsp.to_row();
+                assert_eq!(nb::LogicalSwitchPort::from_uuid_row(lsp.uuid, &back).as_ref(), Ok(&lsp));
+            }
         }
     }
-    let _ = Row::from_json(&json);
-    let _ = DatabaseSchema::from_json(&json);
+    if let Ok(row) = Row::from_json_typed(json, server_db::schema().table("Database").expect("pinned")) {
+        let _ = server_db::Database::from_uuid_row(Default::default(), &row);
+    }
+    let _ = Row::from_json(json);
+    let _ = DatabaseSchema::from_json(json);
+    let _ = OvsdbError::from_json(json);
+    let ops: Vec<Operation> = vec![
+        Insert::new("Logical_Switch_Port", Row::new()).into(),
+        Select::new("Logical_Switch_Port").into(),
+        Update::new("Logical_Switch", Row::new()).into(),
+        Mutate::new("Logical_Switch").into(),
+        Delete::new("ACL").into(),
+        Wait::new("NB_Global", ["name"], WaitUntil::Equal, vec![]).into(),
+        Operation::Commit { durable: false },
+    ];
+    for n in 0..=ops.len() {
+        let _ = parse_results(&ops[..n], json, Some(schema));
+        let _ = parse_results(&ops[..n], json, None);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) {
+        decode(&json);
+    }
 });
