@@ -17,10 +17,8 @@ fn process_exists(pid: u32) -> bool {
 fn standalone_serves_nbctl_and_cleans_up() {
     let nb = Standalone::start();
     nb.nbctl(&["ls-add", "fixture-ls"]);
-    assert_eq!(
-        support::nbctl(&nb.tcp, &["ls-list"]).contains("fixture-ls"),
-        true
-    );
+    let listed = support::nbctl(&nb.tcp, &["ls-list"]);
+    assert!(listed.contains("fixture-ls"), "{listed}");
     let (pid, dir) = (nb.server.pid(), nb.dir().to_owned());
     drop(nb);
     assert!(
