@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::datum::{Atom, Uuid, Value};
 use crate::metrics::Metrics;
+use crate::monitor::MonitorTables;
 use crate::row::Row;
 use crate::schema::{ColumnType, DatabaseSchema, TableSchema};
 use crate::table::Table;
@@ -237,12 +238,18 @@ impl Index {
 struct TableCache {
     name: Arc<str>,
     schema: TableSchema,
+    /// The monitored columns; `None` is all of them.
+    columns: Option<Vec<String>>,
     rows: HashMap<Uuid, Arc<Row>>,
     indexes: Vec<Index>,
 }
 
 impl TableCache {
-    fn new(schema: &TableSchema, client_indexes: &[IndexSpec]) -> Self {
+    fn new(
+        schema: &TableSchema,
+        columns: Option<Vec<String>>,
+        client_indexes: &[IndexSpec],
+    ) -> Self {
         let mut indexes: Vec<Index> = schema
             .indexes
             .iter()
@@ -267,6 +274,7 @@ impl TableCache {
         Self {
             name: Arc::from(schema.name.as_str()),
             schema: schema.clone(),
+            columns,
             rows: HashMap::new(),
             indexes,
         }
@@ -292,6 +300,23 @@ impl TableCache {
             }
         }
         old
+    }
+
+    /// Monitor `initial`/`insert` rows omit columns holding their default value:
+    /// put the defaults of the monitored columns back.
+    fn fill_defaults(&self, row: &mut Row) {
+        match &self.columns {
+            None => row.fill_defaults(&self.schema),
+            Some(columns) => {
+                for column in columns {
+                    if row.get(column).is_none()
+                        && let Some(col) = self.schema.column(column)
+                    {
+                        row.insert(col.name.clone(), col.ty.default_value());
+                    }
+                }
+            }
+        }
     }
 
     fn take(&mut self, uuid: Uuid) -> Option<Arc<Row>> {
@@ -372,7 +397,7 @@ impl Cache {
     /// receives [`Event::Lagged`].
     pub(crate) fn new(
         schema: Arc<DatabaseSchema>,
-        tables: &[String],
+        tables: &MonitorTables,
         client_indexes: Vec<IndexSpec>,
         event_capacity: usize,
         metrics: Arc<Metrics>,
@@ -395,12 +420,15 @@ impl Cache {
     fn empty_tables(
         &self,
         schema: &DatabaseSchema,
-        tables: &[String],
+        tables: &MonitorTables,
     ) -> HashMap<String, TableCache> {
         tables
             .iter()
-            .filter_map(|t| schema.table(t))
-            .map(|t| (t.name.clone(), TableCache::new(t, &self.client_indexes)))
+            .filter_map(|(name, columns)| Some((schema.table(name)?, columns)))
+            .map(|(t, columns)| {
+                let cache = TableCache::new(t, columns.clone(), &self.client_indexes);
+                (t.name.clone(), cache)
+            })
             .collect()
     }
 
@@ -495,7 +523,7 @@ impl Cache {
     pub(crate) fn replace(
         &self,
         schema: Arc<DatabaseSchema>,
-        tables: &[String],
+        tables: &MonitorTables,
         batch: Batch,
     ) -> Result<(), Inconsistent> {
         let mut fresh = State {
@@ -561,6 +589,7 @@ fn apply_changes(
         };
         match update {
             RowUpdate::Insert(mut row) => {
+                table.fill_defaults(&mut row);
                 row.insert("_uuid", Value::uuid(uuid));
                 let row = Arc::new(row);
                 match table.put(uuid, row.clone(), touched) {
@@ -737,10 +766,14 @@ mod tests {
         Arc::new(DatabaseSchema::parse(text).unwrap())
     }
 
+    fn tables(names: &[&str]) -> MonitorTables {
+        names.iter().map(|t| ((*t).to_owned(), None)).collect()
+    }
+
     fn cache(capacity: usize) -> Cache {
         Cache::new(
             schema(),
-            &["Logical_Switch".into(), "Logical_Switch_Port".into()],
+            &tables(&["Logical_Switch", "Logical_Switch_Port"]),
             vec![IndexSpec::new("Logical_Switch_Port", &["external_ids:pod"])],
             capacity,
             Arc::new(Metrics::default()),
@@ -944,10 +977,7 @@ mod tests {
             ])
             .unwrap();
         let mut events = cache.subscribe();
-        let tables = [
-            "Logical_Switch".to_owned(),
-            "Logical_Switch_Port".to_owned(),
-        ];
+        let tables = tables(&["Logical_Switch", "Logical_Switch_Port"]);
         cache
             .replace(
                 schema(),
@@ -1013,7 +1043,7 @@ mod tests {
     fn lookup_key_is_canonicalised_for_optional_columns() {
         let cache = Cache::new(
             schema(),
-            &["Logical_Switch_Port".into()],
+            &tables(&["Logical_Switch_Port"]),
             vec![IndexSpec::new("Logical_Switch_Port", &["tag_request"])],
             4,
             Arc::new(Metrics::default()),

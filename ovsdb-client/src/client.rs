@@ -13,6 +13,7 @@ use crate::connection::CallError;
 use crate::error::Error;
 use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::monitor::MonitorTables;
 use crate::schema::DatabaseSchema;
 use crate::session::{Session, SessionConfig, TableSelection};
 use crate::transport::{Remote, TlsConfig};
@@ -28,7 +29,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     backoff: (Duration, Duration),
-    tables: Option<BTreeMap<String, Option<Vec<String>>>>,
+    tables: Option<MonitorTables>,
     indexes: Vec<IndexSpec>,
     event_capacity: usize,
     max_message_size: usize,
@@ -132,7 +133,7 @@ impl ClientBuilder {
         });
         let cache = Arc::new(Cache::new(
             placeholder,
-            &[],
+            &MonitorTables::new(),
             self.indexes,
             self.event_capacity,
             metrics.clone(),

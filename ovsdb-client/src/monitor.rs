@@ -207,20 +207,11 @@ fn each_row(updates: &Json) -> Result<Vec<(&str, Uuid, &Json)>, Inconsistent> {
     Ok(out)
 }
 
-fn decode_row(
-    schema: &DatabaseSchema,
-    table: &str,
-    json: &Json,
-    fill: bool,
-) -> Result<Row, Inconsistent> {
+/// Decodes a row with its table's column types (untyped for a table the schema lacks).
+/// Omitted default values are filled in by the cache, which knows the monitored columns.
+fn decode_row(schema: &DatabaseSchema, table: &str, json: &Json) -> Result<Row, Inconsistent> {
     match schema.table(table) {
-        Some(ts) => {
-            let mut row = Row::from_json_typed(json, ts).map_err(|e| bad(e.to_string()))?;
-            if fill {
-                row.fill_defaults(ts);
-            }
-            Ok(row)
-        }
+        Some(ts) => Row::from_json_typed(json, ts).map_err(|e| bad(e.to_string())),
         None => Row::from_json(json).map_err(|e| bad(e.to_string())),
     }
 }
@@ -239,7 +230,7 @@ pub(crate) fn decode_updates2(
         })?;
         let change = match obj.iter().next() {
             Some((kind, row)) if kind == "initial" || kind == "insert" => {
-                RowUpdate::Insert(decode_row(schema, table, row, true)?)
+                RowUpdate::Insert(decode_row(schema, table, row)?)
             }
             Some((kind, row)) if kind == "modify" => {
                 RowUpdate::Modify(decode_diff(schema, table, row)?)
@@ -283,10 +274,10 @@ pub(crate) fn decode_updates(
     for (table, uuid, update) in each_row(updates)? {
         let old = update.get("old");
         let change = match update.get("new") {
-            Some(new) if old.is_none() => RowUpdate::Insert(decode_row(schema, table, new, true)?),
+            Some(new) if old.is_none() => RowUpdate::Insert(decode_row(schema, table, new)?),
             Some(new) => {
                 // `new` may carry every column; `old` names the ones that changed.
-                let new = decode_row(schema, table, new, false)?;
+                let new = decode_row(schema, table, new)?;
                 let changed: Vec<&str> = old
                     .and_then(Json::as_object)
                     .map(|o| o.keys().map(String::as_str).collect())
@@ -363,7 +354,7 @@ impl MonitorState {
         &mut self,
         initial: InitialState,
         schema: Arc<DatabaseSchema>,
-        tables: &[String],
+        tables: &MonitorTables,
         cache: &Cache,
     ) -> Result<bool, Inconsistent> {
         let full = !initial.found;
@@ -397,8 +388,11 @@ mod tests {
         Arc::new(DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap())
     }
 
-    fn tables() -> Vec<String> {
-        vec!["Logical_Switch".into(), "Logical_Switch_Port".into()]
+    fn tables() -> MonitorTables {
+        ["Logical_Switch", "Logical_Switch_Port"]
+            .iter()
+            .map(|t| ((*t).to_owned(), None))
+            .collect()
     }
 
     fn cache() -> Cache {

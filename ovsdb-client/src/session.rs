@@ -371,7 +371,6 @@ impl Session {
         let schema =
             Arc::new(DatabaseSchema::from_json(&schema_json).map_err(|e| format!("schema: {e}"))?);
         let tables = self.monitor_tables(&schema)?;
-        let table_names: Vec<String> = tables.keys().cloned().collect();
         let previous = self.data_schema.lock().replace(schema.clone());
         if previous.as_deref().is_some_and(|p| *p != *schema) {
             info!("database schema changed; reloading the whole cache");
@@ -413,7 +412,7 @@ impl Session {
                 return Err("superseded by a newer connection".into());
             }
             state
-                .establish(initial, schema, &table_names, &self.cache)
+                .establish(initial, schema, &tables, &self.cache)
                 .map_err(|e| e.to_string())?
         };
         if conn.is_closed() {
@@ -446,7 +445,11 @@ impl Session {
         let schema = Arc::new(
             DatabaseSchema::from_json(&schema_json).map_err(|e| format!("_Server schema: {e}"))?,
         );
-        let tables = vec!["Database".to_owned()];
+        let mut tables = MonitorTables::new();
+        tables.insert(
+            "Database".into(),
+            Some(SERVER_COLUMNS.iter().map(|c| (*c).to_owned()).collect()),
+        );
         *self.server.lock() = Some(ServerWatch {
             generation,
             schema: schema.clone(),
@@ -462,15 +465,10 @@ impl Session {
                 ..MonitorState::default()
             },
         });
-        let mut request = MonitorTables::new();
-        request.insert(
-            "Database".into(),
-            Some(SERVER_COLUMNS.iter().map(|c| (*c).to_owned()).collect()),
-        );
         let mut method = MonitorMethod::Cond;
         let reply = loop {
             let params =
-                monitor::request_params(method, "_Server", &json!(SERVER_MONITOR), &request, None);
+                monitor::request_params(method, "_Server", &json!(SERVER_MONITOR), &tables, None);
             match conn.call(method.name(), &params).await {
                 Ok(reply) => break reply,
                 Err(CallError::Rpc(e))

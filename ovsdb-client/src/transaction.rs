@@ -98,6 +98,9 @@ impl Client {
             self.session().metrics.retried();
             debug!(error = %error, "retrying transaction");
             if error.is_precondition_failed() {
+                // The server sends the update for the conflicting commit before our
+                // reply, so the cache has normally moved on already; if not (the
+                // precondition read unmonitored data), wait for it to move.
                 let caught_up = self.cache().changed_after(version);
                 if tokio::time::timeout_at(deadline, caught_up).await.is_err() {
                     return Err(error);
