@@ -129,9 +129,10 @@ fn server_json(v: &Value) -> serde_json::Value {
     }
 }
 
-/// The update2 diff the server sends for a change from `old` to `new`.
+/// The update2 diff the server sends for a change from `old` to `new`: the new
+/// value for columns of at most one element, a difference otherwise.
 fn server_diff(old: &Value, new: &Value, ty: &ColumnType) -> Value {
-    if ty.is_scalar() {
+    if ty.max == Some(1) {
         return new.clone();
     }
     match (old, new) {
