@@ -1,10 +1,24 @@
 //! The portkeeper controller: watches pods, namespaces and the `kubeovn.io/v1` addressing
 //! resources, allocates each nic's IP and MAC with the address engine, realises it as an OVN
 //! logical switch port, and publishes it on the pod with Kube-OVN's annotations.
+//!
+//! Reconcilers are functions from observed state to actions ([`plan`] holds the pure
+//! decisions); [`northbound::Northbound`] is the seam to OVN.
 
+pub mod addressing;
 pub mod allocate;
+pub mod config;
+pub mod context;
 pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod northbound;
 pub mod plan;
+pub mod pod;
+pub mod rebuild;
+pub mod run;
+pub mod stores;
 
+pub use config::Config;
 pub use error::{Error, RejectReason, Rejection};

@@ -1,0 +1,300 @@
+//! Subnets and IPPools: into the engine, into OVN (a switch per subnet with its gateway on the
+//! cluster router), and their address counters and ranges back into their status.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use parking_lot::Mutex;
+use portkeeper_api::{Condition, IPPool, IPPoolStatus, Subnet, SubnetSpec, SubnetStatus};
+use portkeeper_engine::{AddressStatus, MacAddress, PoolSpec};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::Error;
+use crate::northbound::{Northbound, SwitchSpec};
+use crate::plan::SubnetNetwork;
+
+/// How often counters are republished even without a Subnet or IPPool event.
+const STATUS_PERIOD: Duration = Duration::from_secs(2);
+
+/// Creates the default Subnet from the flags if it does not exist (Kube-OVN's `--default-cidr`).
+pub async fn ensure_default_subnet(client: &Client, config: &Config) -> Result<(), Error> {
+    let Some(cidr) = &config.default_cidr else {
+        return Ok(());
+    };
+    let api: Api<Subnet> = Api::all(client.clone());
+    if api.get_opt(&config.default_ls).await?.is_some() {
+        return Ok(());
+    }
+    let subnet = Subnet::new(
+        &config.default_ls,
+        SubnetSpec {
+            cidr_block: cidr.clone(),
+            exclude_ips: config
+                .default_exclude_ips
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            default: true,
+            provider: "ovn".into(),
+            vpc: config.cluster_router.clone(),
+            ..SubnetSpec::default()
+        },
+    );
+    match api.create(&PostParams::default(), &subnet).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The engine's view of a Subnet.
+pub fn engine_subnet(
+    subnet: &Subnet,
+    network: &SubnetNetwork,
+    gateway_mac: Option<MacAddress>,
+) -> portkeeper_engine::SubnetSpec {
+    portkeeper_engine::SubnetSpec {
+        name: subnet.name_any(),
+        cidr_block: subnet.spec.cidr_block.clone(),
+        gateway: network.gateway_annotation(),
+        exclude_ips: subnet.spec.exclude_ips.clone(),
+        gateway_mac,
+    }
+}
+
+/// The engine's view of an IPPool.
+pub fn engine_pool(pool: &IPPool) -> PoolSpec {
+    PoolSpec {
+        name: pool.name_any(),
+        subnet: pool.spec.subnet.clone(),
+        ips: pool.spec.ips.clone(),
+    }
+}
+
+/// The router port of a subnet's gateway, named as Kube-OVN names it.
+pub fn router_port_name(router: &str, subnet: &str) -> String {
+    format!("{router}-{subnet}")
+}
+
+/// Remembers what was last pushed, so unchanged specs cost nothing.
+#[derive(Default)]
+pub struct Applied {
+    subnets: Mutex<HashMap<String, (portkeeper_engine::SubnetSpec, SwitchSpec)>>,
+    pools: Mutex<HashMap<String, PoolSpec>>,
+}
+
+/// Applies every Subnet and IPPool whenever one changes, and republishes status periodically.
+pub async fn run<N: Northbound>(
+    ctx: std::sync::Arc<Context<N>>,
+    mut triggers: UnboundedReceiver<()>,
+) {
+    let applied = Applied::default();
+    let mut tick = tokio::time::interval(STATUS_PERIOD);
+    loop {
+        tokio::select! {
+            t = triggers.next() => if t.is_none() { return },
+            _ = tick.tick() => {}
+        }
+        while triggers.try_recv().is_ok() {}
+        sync(&ctx, &applied).await;
+    }
+}
+
+/// One pass over every Subnet and IPPool.
+pub async fn sync<N: Northbound>(ctx: &Context<N>, applied: &Applied) {
+    let subnets = ctx.stores.subnets.state();
+    for subnet in &subnets {
+        let result = sync_subnet(ctx, applied, subnet).await;
+        let status = match &result {
+            Ok(()) => ctx.engine.subnet_status(&subnet.name_any()).ok(),
+            Err(_) => None,
+        };
+        publish_subnet_status(ctx, subnet, status, result.err()).await;
+    }
+    let names: Vec<String> = subnets.iter().map(|s| s.name_any()).collect();
+    applied.subnets.lock().retain(|name, _| {
+        names.contains(name) || {
+            if let Err(e) = ctx.engine.remove_subnet(name) {
+                tracing::warn!(subnet = %name, error = %e, "deleted Subnet still has holders");
+            }
+            false
+        }
+    });
+
+    let pools = ctx.stores.pools.state();
+    for pool in &pools {
+        let spec = engine_pool(pool);
+        let result = if applied.pools.lock().get(&spec.name) == Some(&spec) {
+            Ok(())
+        } else {
+            ctx.engine.upsert_pool(&spec).map(|()| {
+                applied.pools.lock().insert(spec.name.clone(), spec.clone());
+            })
+        };
+        let status = match &result {
+            Ok(()) => ctx.engine.pool_status(&spec.name).ok(),
+            Err(_) => None,
+        };
+        publish_pool_status(ctx, pool, status, result.err().map(Error::from)).await;
+    }
+    let names: Vec<String> = pools.iter().map(|p| p.name_any()).collect();
+    applied.pools.lock().retain(|name, _| {
+        names.contains(name) || {
+            if let Err(e) = ctx.engine.remove_pool(name) {
+                tracing::warn!(pool = %name, error = %e, "could not remove IPPool");
+            }
+            false
+        }
+    });
+}
+
+async fn sync_subnet<N: Northbound>(
+    ctx: &Context<N>,
+    applied: &Applied,
+    subnet: &Subnet,
+) -> Result<(), Error> {
+    let name = subnet.name_any();
+    let network = SubnetNetwork::of(subnet)?;
+    let router_port = router_port_name(&ctx.config.cluster_router, &name);
+    let previous = applied.subnets.lock().get(&name).cloned();
+    let gateway_mac = previous
+        .as_ref()
+        .map(|(_, s)| s.router_port_mac)
+        .or_else(|| ctx.nb.router_port_mac(&router_port))
+        .unwrap_or_else(|| MacAddress::random(&mut rand::rng()));
+    let spec = engine_subnet(subnet, &network, Some(gateway_mac));
+    let switch = SwitchSpec {
+        name: name.clone(),
+        router: ctx.config.cluster_router.clone(),
+        router_port,
+        router_port_mac: gateway_mac,
+        networks: network.router_networks(),
+    };
+    if previous.as_ref() == Some(&(spec.clone(), switch.clone())) {
+        return Ok(());
+    }
+    let stranded = ctx.engine.upsert_subnet(&spec)?;
+    for s in stranded {
+        tracing::warn!(subnet = %name, nic = %s.key, address = %s.address, reason = ?s.reason,
+            "holder no longer fits its subnet; kept until it is released");
+    }
+    let started = Instant::now();
+    let result = ctx.nb.ensure_switch(&switch).await;
+    ctx.metrics
+        .nb_transaction("ensure_switch", started.elapsed().as_secs_f64());
+    result.map_err(|e| Error::Northbound(e.to_string()))?;
+    applied.subnets.lock().insert(name, (spec, switch));
+    Ok(())
+}
+
+fn count(n: u128) -> f64 {
+    n as f64
+}
+
+fn ready_condition(previous: &[Condition], error: Option<&Error>) -> Vec<Condition> {
+    let (status, reason, message) = match error {
+        None => ("True", "ReconcileSucceeded", String::new()),
+        Some(e) => ("False", "ReconcileFailed", e.to_string()),
+    };
+    let old = previous.iter().find(|c| c.type_ == "Ready");
+    if let Some(old) = old
+        && old.status == status
+        && old.reason == reason
+        && old.message == message
+    {
+        return vec![old.clone()];
+    }
+    let now = Timestamp::now().to_string();
+    vec![Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_update_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    }]
+}
+
+async fn publish_subnet_status<N>(
+    ctx: &Context<N>,
+    subnet: &Subnet,
+    counters: Option<AddressStatus>,
+    error: Option<Error>,
+) {
+    let old = subnet.status.clone().unwrap_or_default();
+    let mut status = SubnetStatus {
+        conditions: ready_condition(&old.conditions, error.as_ref()),
+        ..old.clone()
+    };
+    if let Some(c) = counters {
+        status.v4_available_ips = count(c.v4_available_ips);
+        status.v4_using_ips = count(c.v4_using_ips);
+        status.v6_available_ips = count(c.v6_available_ips);
+        status.v6_using_ips = count(c.v6_using_ips);
+        status.v4_available_ip_range = c.v4_available_ip_range;
+        status.v4_using_ip_range = c.v4_using_ip_range;
+        status.v6_available_ip_range = c.v6_available_ip_range;
+        status.v6_using_ip_range = c.v6_using_ip_range;
+    }
+    if status == old {
+        return;
+    }
+    if let Some(e) = &error {
+        tracing::warn!(subnet = %subnet.name_any(), error = %e, "subnet not ready");
+    }
+    let api: Api<Subnet> = Api::all(ctx.client.clone());
+    patch_status(api, &subnet.name_any(), json!({ "status": status })).await;
+}
+
+async fn publish_pool_status<N>(
+    ctx: &Context<N>,
+    pool: &IPPool,
+    counters: Option<AddressStatus>,
+    error: Option<Error>,
+) {
+    let old = pool.status.clone().unwrap_or_default();
+    let mut status = IPPoolStatus {
+        conditions: ready_condition(&old.conditions, error.as_ref()),
+        ..old.clone()
+    };
+    if let Some(c) = counters {
+        status.v4_available_ips = count(c.v4_available_ips);
+        status.v4_using_ips = count(c.v4_using_ips);
+        status.v6_available_ips = count(c.v6_available_ips);
+        status.v6_using_ips = count(c.v6_using_ips);
+        status.v4_available_ip_range = c.v4_available_ip_range;
+        status.v4_using_ip_range = c.v4_using_ip_range;
+        status.v6_available_ip_range = c.v6_available_ip_range;
+        status.v6_using_ip_range = c.v6_using_ip_range;
+    }
+    if status == old {
+        return;
+    }
+    if let Some(e) = &error {
+        tracing::warn!(ippool = %pool.name_any(), error = %e, "ippool not ready");
+    }
+    let api: Api<IPPool> = Api::all(ctx.client.clone());
+    patch_status(api, &pool.name_any(), json!({ "status": status })).await;
+}
+
+async fn patch_status<K>(api: Api<K>, name: &str, body: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    if let Err(e) = api.patch_status(name, &params, &Patch::Merge(body)).await {
+        tracing::warn!(%name, error = %e, "status update failed");
+    }
+}

@@ -1,0 +1,89 @@
+//! Command-line flags (each also settable from the environment).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// portkeeper-controller: pod addresses as OVN logical switch ports, Kube-OVN compatible.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// OVN Northbound database: comma-separated `tcp:host:port`, `ssl:host:port` or `unix:path`.
+    #[arg(
+        long,
+        env = "OVN_NB_DB",
+        default_value = "unix:/var/run/ovn/ovnnb_db.sock"
+    )]
+    pub ovn_nb_db: String,
+
+    /// Subnet used by pods with no other choice, when no Subnet has `spec.default: true`.
+    #[arg(long, env = "PORTKEEPER_DEFAULT_LS", default_value = "ovn-default")]
+    pub default_ls: String,
+
+    /// CIDR block of the default subnet; when set, the Subnet is created if missing.
+    #[arg(long, env = "PORTKEEPER_DEFAULT_CIDR")]
+    pub default_cidr: Option<String>,
+
+    /// Excluded addresses of the default subnet when it is created (`ip` or `a..b`, comma separated).
+    #[arg(long, env = "PORTKEEPER_DEFAULT_EXCLUDE_IPS", default_value = "")]
+    pub default_exclude_ips: String,
+
+    /// The cluster logical router that holds every subnet's gateway.
+    #[arg(long, env = "PORTKEEPER_CLUSTER_ROUTER", default_value = "ovn-cluster")]
+    pub cluster_router: String,
+
+    /// Seconds between garbage collections of portkeeper's own orphaned ports and IP resources
+    /// (one also runs at start); 0 disables the periodic run.
+    #[arg(long, env = "PORTKEEPER_GC_INTERVAL", default_value_t = 360)]
+    pub gc_interval: u64,
+
+    /// Parallel pod reconciles.
+    #[arg(long, env = "PORTKEEPER_WORKERS", default_value_t = 16)]
+    pub workers: u16,
+
+    /// Address of the metrics and health server.
+    #[arg(long, env = "PORTKEEPER_METRICS_ADDR", default_value = "0.0.0.0:10660")]
+    pub metrics_addr: SocketAddr,
+
+    /// Leader-election Lease name.
+    #[arg(
+        long,
+        env = "PORTKEEPER_LEASE_NAME",
+        default_value = "portkeeper-controller"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the controller's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (its pod name); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a silent leader keeps the Lease.
+    #[arg(long, env = "PORTKEEPER_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+}
+
+impl Config {
+    /// The Lease duration.
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_duration.max(3))
+    }
+
+    /// The GC period, if periodic GC is on.
+    pub fn gc_interval(&self) -> Option<Duration> {
+        (self.gc_interval > 0).then(|| Duration::from_secs(self.gc_interval))
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("portkeeper-{}", std::process::id()))
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Shared state of the running controller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use parking_lot::Mutex;
+use portkeeper_api::annotations::NetworkKeys;
+use portkeeper_engine::Engine;
+
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::metrics::Metrics;
+use crate::northbound::Northbound;
+use crate::stores::Stores;
+
+/// The field manager of every write portkeeper makes.
+pub const FIELD_MANAGER: &str = "portkeeper-controller";
+
+/// Everything a reconcile needs.
+pub struct Context<N> {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Flags.
+    pub config: Config,
+    /// The address engine, rebuilt before any reconcile runs.
+    pub engine: Engine,
+    /// OVN Northbound.
+    pub nb: Arc<N>,
+    /// Watched caches.
+    pub stores: Stores,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Annotation keys of the primary network.
+    pub keys: NetworkKeys,
+    /// Serialises allocation, release and GC of one nic.
+    pub locks: KeyLocks,
+    /// Consecutive failures per pod UID, for backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<N: Northbound> Context<N> {
+    /// Publishes a Warning Event for a rejected request. Failing to publish is logged, not fatal.
+    pub async fn warn(&self, reference: &ObjectReference, action: &str, rejection: &Rejection) {
+        self.metrics.rejected(rejection.reason.as_str());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: rejection.reason.as_str().to_owned(),
+            note: Some(truncate(&rejection.message)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, "could not publish event");
+        }
+    }
+
+    /// Publishes a Normal Event.
+    pub async fn note(
+        &self,
+        reference: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_owned(),
+            note: Some(truncate(&note)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, "could not publish event");
+        }
+    }
+
+    /// The delay before retrying a failed object: 1 s doubling to 5 min.
+    pub fn backoff(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock();
+        let n = failures.entry(uid.to_owned()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// Forgets an object's failures after a success.
+    pub fn succeeded(&self, uid: &str) {
+        self.failures.lock().remove(uid);
+    }
+}
+
+/// Event notes are limited to 1 KiB by the API server.
+fn truncate(note: &str) -> String {
+    let mut end = note.len().min(1000);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note[..end].to_owned()
+}
+
+/// One async mutex per nic key, created on demand and dropped when unused.
+#[derive(Default)]
+pub struct KeyLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a nic's lock.
+pub struct KeyGuard<'a> {
+    owner: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    /// Waits for exclusive use of `key`.
+    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let lock = self.locks.lock().entry(key.to_owned()).or_default().clone();
+        let guard = lock.lock_owned().await;
+        KeyGuard {
+            owner: self,
+            key: key.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.owner.locks.lock();
+        if locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}

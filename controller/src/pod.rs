@@ -1,0 +1,372 @@
+//! The pod reconciler: observed pod → port, IP resource, annotations (in that order), and the
+//! release of a deleted pod's nic.
+//!
+//! Crash safety comes from the order and from idempotency by name: the port and the IP resource
+//! are named after the nic, so a retry after a crash rewrites the same objects, and `allocated`
+//! is written last, in the one annotation patch, so a pod is never marked allocated before its
+//! port and IP resource exist.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use portkeeper_api::request::NetworkRequest;
+use portkeeper_api::{IP, annotations};
+use portkeeper_engine::{IpRequest, Lease, NicKey};
+use serde_json::json;
+
+use crate::allocate::{FOREIGN_PORT_OWNER, claim_checked};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::Error;
+use crate::northbound::{Northbound, port_spec};
+use crate::plan::{self, Catalog, Ordinal, PodFacts, SubnetNetwork};
+
+/// Annotation on IP resources (and `external_ids` key on ports) recording the owning pod's UID,
+/// so that a restart can tell a recreated pod from the one that held the address.
+pub const POD_UID: &str = "portkeeper.io/pod-uid";
+/// `external_ids` key on ports recording the owning pod's UID.
+pub const PORT_POD_UID: &str = "pod_uid";
+
+/// Allocates a pod's primary nic, or confirms it is in place.
+pub async fn reconcile<N: Northbound>(
+    pod: Arc<Pod>,
+    ctx: Arc<Context<N>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = allocate(&pod, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&pod.uid().unwrap_or_default());
+    }
+    result.map(|()| Action::await_change())
+}
+
+/// Retries a failed pod with per-pod exponential backoff.
+pub fn error_policy<N: Northbound>(pod: Arc<Pod>, error: &Error, ctx: Arc<Context<N>>) -> Action {
+    ctx.metrics.failed(error.metric_label());
+    if !matches!(error, Error::Rejected(_)) {
+        tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), %error, "reconcile failed");
+    }
+    Action::requeue(ctx.backoff(&pod.uid().unwrap_or_default()))
+}
+
+/// Whether a pod needs (or keeps) addresses: not host-network, not finished, not terminating.
+pub fn wants_address(pod: &Pod) -> bool {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The nic key of a pod's primary network.
+pub fn nic_key(pod: &Pod) -> NicKey {
+    NicKey::new(&pod.name_any(), &pod.namespace().unwrap_or_default(), None)
+}
+
+async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
+    if !wants_address(pod) {
+        return Ok(());
+    }
+    let (name, namespace, uid) = (
+        pod.name_any(),
+        pod.namespace().unwrap_or_default(),
+        pod.uid().unwrap_or_default(),
+    );
+    let key = nic_key(pod);
+    let _guard = ctx.locks.lock(key.as_str()).await;
+    let keys = &ctx.keys;
+    let annotations = pod.annotations();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+
+    if annotations.get(&keys.allocated).map(String::as_str) == Some("true")
+        && ctx.engine.lease(&key).is_some_and(|l| l.uid == uid)
+        && ctx.nb.port(key.as_str()).is_some()
+    {
+        if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
+            patch_annotations(
+                ctx,
+                pod,
+                BTreeMap::from([(keys.routed.clone(), "true".into())]),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+
+    let reference = pod.object_ref(&());
+    let rejected = |r| Error::Rejected(r);
+    let request = match NetworkRequest::from_annotations(keys, annotations) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = e.into();
+            ctx.warn(&reference, "Allocate", &r).await;
+            return Err(rejected(r));
+        }
+    };
+    let subnets = ctx.stores.subnets.state();
+    let pools = ctx.stores.pools.state();
+    let catalog = Catalog {
+        subnets: &subnets,
+        pools: &pools,
+        default_subnet: &ctx.config.default_ls,
+    };
+    let facts = PodFacts {
+        name: &name,
+        namespace: &namespace,
+        uid: &uid,
+        annotations,
+        ordinal: statefulset_ordinal(pod, ctx),
+    };
+    let planned = plan::choose_target(&request, &facts, &catalog, |s| has_room(ctx, s))
+        .map(|target| plan::claim(target, key.clone(), &request, &uid))
+        .and_then(|claim| {
+            let statics = !matches!(claim.ip, IpRequest::Dynamic | IpRequest::Pools(_));
+            claim_checked(
+                &ctx.engine,
+                ctx.nb.as_ref(),
+                &claim,
+                |subnet, ip, except| {
+                    statics
+                        .then(|| ip_resource_holder(ctx, subnet, ip, except))
+                        .flatten()
+                },
+            )
+        })
+        .and_then(|lease| {
+            let subnet = catalog.subnet(&lease.subnet).ok_or_else(|| {
+                portkeeper_engine::EngineError::UnknownSubnet {
+                    subnet: lease.subnet.clone(),
+                }
+            })?;
+            Ok((SubnetNetwork::of(subnet)?, lease))
+        });
+    let (network, lease) = match planned {
+        Ok(v) => v,
+        Err(r) => {
+            ctx.warn(&reference, "Allocate", &r).await;
+            return Err(rejected(r));
+        }
+    };
+
+    write_port(ctx, &lease, &namespace, &name, &uid, request.port_security).await?;
+    apply_ip(ctx, &facts, &lease, node.as_deref(), "").await?;
+    let written = plan::allocated_annotations(keys, &lease, &network, node.is_some());
+    patch_annotations(ctx, pod, written).await?;
+    ctx.metrics.allocations.inc();
+    tracing::debug!(pod = %name, %namespace, addresses = %plan::ip_address_value(&lease), "allocated");
+    Ok(())
+}
+
+fn has_room<N>(ctx: &Context<N>, subnet: &str) -> bool {
+    ctx.engine
+        .subnet_status(subnet)
+        .is_ok_and(|s| s.v4_available_ips > 0 || s.v6_available_ips > 0)
+}
+
+/// The ordinal and `spec.ordinals.start` of a StatefulSet pod.
+fn statefulset_ordinal<N>(pod: &Pod, ctx: &Context<N>) -> Option<Ordinal> {
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))?;
+    let name = pod.name_any();
+    let ordinal = name
+        .strip_prefix(&owner.name)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()?;
+    let start = ctx
+        .stores
+        .statefulsets
+        .get(&kube::runtime::reflector::ObjectRef::new(&owner.name).within(&pod.namespace()?))
+        .and_then(|s| s.spec.as_ref()?.ordinals.as_ref()?.start)
+        .map_or(0, |s| s.max(0) as u64);
+    Some(Ordinal { ordinal, start })
+}
+
+/// Another IP resource holding `ip` in `subnet`.
+fn ip_resource_holder<N>(
+    ctx: &Context<N>,
+    subnet: &str,
+    ip: IpAddr,
+    except: &str,
+) -> Option<String> {
+    let text = ip.to_string();
+    ctx.stores.ips.state().into_iter().find_map(|r| {
+        let name = r.name_any();
+        (name != except && r.spec.subnet == subnet && r.spec.addresses().contains(&text.as_str()))
+            .then_some(name)
+    })
+}
+
+async fn write_port<N: Northbound>(
+    ctx: &Context<N>,
+    lease: &Lease,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    port_security: bool,
+) -> Result<(), Error> {
+    let mut spec = port_spec(
+        lease.key.as_str(),
+        &lease.subnet,
+        &format!("{namespace}/{name}"),
+        plan::port_addresses(lease),
+        port_security,
+    );
+    spec.external_ids
+        .insert(PORT_POD_UID.to_owned(), uid.to_owned());
+    let started = Instant::now();
+    let result = ctx.nb.upsert_port(&spec).await;
+    ctx.metrics
+        .nb_transaction("upsert_port", started.elapsed().as_secs_f64());
+    result.map_err(|e| Error::Northbound(e.to_string()))
+}
+
+/// Creates or updates the nic's IP resource by server-side apply.
+async fn apply_ip<N>(
+    ctx: &Context<N>,
+    pod: &PodFacts<'_>,
+    lease: &Lease,
+    node: Option<&str>,
+    pod_type: &str,
+) -> Result<(), Error> {
+    let mut labels = BTreeMap::from([
+        (annotations::LABEL_SUBNET.to_owned(), lease.subnet.clone()),
+        (
+            annotations::LABEL_IP_RESERVED.to_owned(),
+            "false".to_owned(),
+        ),
+        (lease.subnet.clone(), String::new()),
+    ]);
+    if let Some(node) = node {
+        labels.insert(annotations::LABEL_NODE_NAME.to_owned(), node.to_owned());
+    }
+    let body = json!({
+        "apiVersion": "kubeovn.io/v1",
+        "kind": "IP",
+        "metadata": {
+            "name": lease.key.as_str(),
+            "labels": labels,
+            "annotations": { POD_UID: pod.uid },
+        },
+        "spec": plan::ip_spec(pod, lease, node, pod_type),
+    });
+    Api::<IP>::all(ctx.client.clone())
+        .patch(
+            lease.key.as_str(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn patch_annotations<N>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    values: BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let body = json!({ "metadata": { "annotations": values } });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    api.patch(&pod.name_any(), &params, &Patch::Merge(body))
+        .await?;
+    Ok(())
+}
+
+/// Whether a departed pod's identity is kept for a successor. Ordinary pods release; the
+/// StatefulSet and KubeVirt rules of the next issue plug in here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Release port, IP resource and engine binding.
+    Release,
+    /// Keep them, for this reason.
+    Keep(String),
+}
+
+/// Decides the fate of a deleted pod's nic.
+pub fn retention<N>(_pod: &Pod, _ctx: &Context<N>) -> Retention {
+    Retention::Release
+}
+
+/// Releases a deleted pod's nic: compare-and-swap on the pod UID, so a late delete of an old
+/// incarnation never frees what a new pod of the same name holds.
+pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
+    let key = nic_key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let _guard = ctx.locks.lock(key.as_str()).await;
+    let namespace = pod.namespace().unwrap_or_default();
+    if let Some(current) = ctx.stores.pod(&namespace, &pod.name_any())
+        && current.uid().as_deref() != Some(uid.as_str())
+    {
+        return Ok(());
+    }
+    if let Retention::Keep(reason) = retention(pod, ctx) {
+        tracing::info!(nic = %key, %reason, "keeping the identity of a deleted pod");
+        return Ok(());
+    }
+    release_nic(ctx, &key, Some(&uid)).await
+}
+
+/// Deletes a nic's port (if portkeeper made it for this owner) and IP resource, then frees the
+/// engine binding. `uid` limits the release to that owner; `None` releases whoever holds it
+/// (garbage collection of a nic whose pod is gone). Callers hold the nic's lock.
+pub async fn release_nic<N: Northbound>(
+    ctx: &Context<N>,
+    key: &NicKey,
+    uid: Option<&str>,
+) -> Result<(), Error> {
+    let lease = ctx.engine.lease(key);
+    if let (Some(l), Some(uid)) = (&lease, uid)
+        && l.uid != uid
+    {
+        return Ok(());
+    }
+    if lease.as_ref().is_some_and(|l| l.uid == FOREIGN_PORT_OWNER) {
+        return Ok(());
+    }
+    if let Some(port) = ctx.nb.port(key.as_str())
+        && port.is_ours()
+        && uid.is_none_or(|u| port.external_ids.get(PORT_POD_UID).is_none_or(|p| p == u))
+    {
+        let started = Instant::now();
+        let result = ctx.nb.delete_port(key.as_str()).await;
+        ctx.metrics
+            .nb_transaction("delete_port", started.elapsed().as_secs_f64());
+        result.map_err(|e| Error::Northbound(e.to_string()))?;
+    }
+    let ips: Api<IP> = Api::all(ctx.client.clone());
+    if let Some(ip) = ips.get_opt(key.as_str()).await?
+        && uid.is_none_or(|u| ip.annotations().get(POD_UID).is_none_or(|p| p == u))
+    {
+        match ips.delete(key.as_str(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(lease) = lease
+        && ctx.engine.release(key, &lease.owner()).is_ok()
+    {
+        ctx.metrics.releases.inc();
+    }
+    Ok(())
+}

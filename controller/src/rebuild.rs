@@ -1,0 +1,267 @@
+//! Start-up rebuild and garbage collection.
+//!
+//! The engine is rebuilt from three sources together: IP resources, the annotations of
+//! allocated pods, and the ports in OVN Northbound (including ports portkeeper did not make).
+//! A pod deleted while the controller was down therefore still holds its address through its
+//! leftover port or IP resource until garbage collection releases it; a new pod can never be
+//! handed that address in between (Kube-OVN issue #4304).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use kube::{Api, ResourceExt};
+use portkeeper_api::IP;
+use portkeeper_api::annotations::NetworkKeys;
+use portkeeper_engine::parse::parse_ip_address;
+use portkeeper_engine::{
+    DualAddress, Engine, Lease, MacAddress, NicKey, RebuildReport, Record, RecordSource, Snapshot,
+};
+
+use crate::addressing::{engine_pool, engine_subnet, router_port_name};
+use crate::allocate::FOREIGN_PORT_OWNER;
+use crate::context::Context;
+use crate::error::Error;
+use crate::northbound::{Northbound, ObservedPort};
+use crate::plan::SubnetNetwork;
+use crate::pod::{self, POD_UID, PORT_POD_UID};
+use crate::stores::Stores;
+
+/// Builds the engine from the synced caches and Northbound.
+pub fn rebuild<N: Northbound>(
+    stores: &Stores,
+    nb: &N,
+    keys: &NetworkKeys,
+    router: &str,
+) -> (Engine, RebuildReport) {
+    let mut snapshot = Snapshot::default();
+    let mut subnet_names = Vec::new();
+    for subnet in stores.subnets.state() {
+        let Ok(network) = SubnetNetwork::of(&subnet) else {
+            continue;
+        };
+        let mac = nb.router_port_mac(&router_port_name(router, &subnet.name_any()));
+        snapshot.subnets.push(engine_subnet(&subnet, &network, mac));
+        subnet_names.push(subnet.name_any());
+    }
+    snapshot.pools = stores
+        .pools
+        .state()
+        .iter()
+        .map(|p| engine_pool(p))
+        .collect();
+
+    let pod_uid = |namespace: &str, name: &str| {
+        stores
+            .pod(namespace, name)
+            .and_then(|p| p.uid())
+            .unwrap_or_default()
+    };
+    for ip in stores.ips.state() {
+        let addresses = ip.spec.addresses().join(",");
+        let Some(lease) = lease(
+            &ip.spec.subnet,
+            NicKey::from(ip.name_any().as_str()),
+            ip.annotations()
+                .get(POD_UID)
+                .cloned()
+                .unwrap_or_else(|| pod_uid(&ip.spec.namespace, &ip.spec.pod_name)),
+            &addresses,
+            &ip.spec.mac_address,
+        ) else {
+            continue;
+        };
+        snapshot.records.push(Record {
+            lease,
+            source: RecordSource::IpResource,
+        });
+    }
+    for p in stores.pods.state() {
+        let a = p.annotations();
+        if a.get(&keys.allocated).map(String::as_str) != Some("true") || !pod::wants_address(&p) {
+            continue;
+        }
+        let (Some(subnet), Some(addresses)) =
+            (a.get(&keys.logical_switch), a.get(&keys.ip_address))
+        else {
+            continue;
+        };
+        let mac = a.get(&keys.mac_address).cloned().unwrap_or_default();
+        if let Some(lease) = lease(
+            subnet,
+            pod::nic_key(&p),
+            p.uid().unwrap_or_default(),
+            addresses,
+            &mac,
+        ) {
+            snapshot.records.push(Record {
+                lease,
+                source: RecordSource::PodAnnotation,
+            });
+        }
+    }
+    for port in nb.ports() {
+        if !subnet_names.contains(&port.switch) || !port.kind.is_empty() {
+            continue;
+        }
+        if let Some(lease) = port_lease(&port, &pod_uid) {
+            snapshot.records.push(Record {
+                lease,
+                source: RecordSource::OvnPort,
+            });
+        }
+    }
+    Engine::rebuild(
+        &snapshot,
+        <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
+    )
+}
+
+fn port_lease(port: &ObservedPort, pod_uid: &impl Fn(&str, &str) -> String) -> Option<Lease> {
+    let (mac, ips) = port.bindings().into_iter().next()?;
+    let addresses = ips
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let uid = if port.is_ours() {
+        port.external_ids
+            .get(PORT_POD_UID)
+            .cloned()
+            .unwrap_or_else(|| {
+                let owner = port.external_ids.get(crate::northbound::ids::POD);
+                owner
+                    .and_then(|o| o.split_once('/'))
+                    .map(|(ns, name)| pod_uid(ns, name))
+                    .unwrap_or_default()
+            })
+    } else {
+        FOREIGN_PORT_OWNER.to_owned()
+    };
+    lease(
+        &port.switch,
+        NicKey::from(port.name.as_str()),
+        uid,
+        &addresses,
+        &mac.map(|m| m.to_string()).unwrap_or_default(),
+    )
+}
+
+fn lease(subnet: &str, key: NicKey, uid: String, addresses: &str, mac: &str) -> Option<Lease> {
+    let parsed: DualAddress = parse_ip_address(addresses).ok()?;
+    Some(Lease {
+        subnet: subnet.to_owned(),
+        key,
+        uid,
+        generation: 0,
+        v4: parsed.v4,
+        v6: parsed.v6,
+        mac: MacAddress::parse(mac).ok(),
+    })
+}
+
+/// Releases every nic portkeeper holds for a pod that no longer exists (or was recreated under
+/// the same name, for pods that do not keep their identity), and deletes portkeeper's own
+/// ports and IP resources that nothing holds. Never touches objects without portkeeper's vendor
+/// id or ownership annotation.
+pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usize, Error> {
+    let mut released = 0;
+    for record in ctx.engine.snapshot().records {
+        let lease = record.lease;
+        if lease.uid == FOREIGN_PORT_OWNER {
+            continue;
+        }
+        let Some((name, namespace)) = lease.key.as_str().rsplit_once('.') else {
+            continue;
+        };
+        let _guard = ctx.locks.lock(lease.key.as_str()).await;
+        let current = ctx.stores.pod(namespace, name);
+        let orphaned = match &current {
+            None => true,
+            Some(p) => {
+                p.uid().as_deref() != Some(lease.uid.as_str())
+                    && p.annotations().get(&ctx.keys.allocated).map(String::as_str) != Some("true")
+            }
+        };
+        if !orphaned || ctx.engine.lease(&lease.key) != Some(lease.clone()) {
+            continue;
+        }
+        if let Some(p) = &current
+            && let pod::Retention::Keep(_) = pod::retention(p, ctx)
+        {
+            continue;
+        }
+        pod::release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
+        released += 1;
+        ctx.metrics
+            .garbage_collected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "nic".into(),
+            })
+            .inc();
+    }
+    released += collect_unheld(ctx).await?;
+    Ok(released)
+}
+
+/// Ports and IP resources of portkeeper that the engine does not hold (their nic was released
+/// while a write failed half-way).
+async fn collect_unheld<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usize, Error> {
+    let mut removed = 0;
+    let owner_gone = |owner: Option<&String>| {
+        owner
+            .and_then(|o| o.split_once('/'))
+            .is_none_or(|(ns, name)| ctx.stores.pod(ns, name).is_none())
+    };
+    for port in ctx.nb.ports() {
+        if !port.is_ours()
+            || ctx
+                .engine
+                .lease(&NicKey::from(port.name.as_str()))
+                .is_some()
+        {
+            continue;
+        }
+        if owner_gone(port.external_ids.get(crate::northbound::ids::POD)) {
+            let _guard = ctx.locks.lock(&port.name).await;
+            ctx.nb
+                .delete_port(&port.name)
+                .await
+                .map_err(|e| Error::Northbound(e.to_string()))?;
+            removed += 1;
+        }
+    }
+    let api: Api<IP> = Api::all(ctx.client.clone());
+    for ip in ctx.stores.ips.state() {
+        let name = ip.name_any();
+        if !ip.annotations().contains_key(POD_UID)
+            || ctx.engine.lease(&NicKey::from(name.as_str())).is_some()
+        {
+            continue;
+        }
+        let owner = format!("{}/{}", ip.spec.namespace, ip.spec.pod_name);
+        if owner_gone(Some(&owner)) {
+            let _guard = ctx.locks.lock(&name).await;
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => removed += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Logs what the rebuild could not take as given.
+pub fn report(report: &RebuildReport) {
+    for c in &report.conflicts {
+        tracing::warn!(kept = %c.kept.lease.key, kept_source = ?c.kept.source,
+            rejected = %c.rejected.lease.key, rejected_source = ?c.rejected.source, on = ?c.on,
+            "rebuild: two records claim one address, MAC or key; the lower-ranked one is left out");
+    }
+    for e in &report.rejected_specs {
+        tracing::warn!(error = %e, "rebuild: spec refused");
+    }
+    for (r, e) in &report.unplaced {
+        tracing::warn!(nic = %r.lease.key, error = %e, "rebuild: record fits no subnet");
+    }
+}

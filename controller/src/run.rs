@@ -1,0 +1,145 @@
+//! Start-up sequence and the long-running tasks.
+//!
+//! 1. Serve `/healthz`, `/readyz` and `/metrics`; wait for the leader Lease.
+//! 2. Start the watches; wait until every cache is synced and Northbound is synced with the
+//!    raft leader. Nothing is allocated before this point.
+//! 3. Rebuild the engine from IP resources, pod annotations and Northbound ports together.
+//! 4. Apply Subnets and IPPools, collect garbage once, then start the pod controller, the
+//!    release worker and periodic GC. `/readyz` turns ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::runtime::Controller;
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::events::{Recorder, Reporter};
+use portkeeper_api::annotations::NetworkKeys;
+use prometheus_client::registry::Registry;
+
+use crate::addressing;
+use crate::config::Config;
+use crate::context::{Context, KeyLocks};
+use crate::error::Error;
+use crate::http::{self, Health};
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::northbound::Northbound;
+use crate::pod;
+use crate::rebuild;
+use crate::stores;
+
+/// Runs the controller until leadership is lost or a fatal error occurs.
+pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let ready = Arc::new(AtomicBool::new(true));
+    let health = Health {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let addr = config.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(addr, health).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+
+    let identity = config.identity();
+    let leadership = leader::acquire(
+        client.clone(),
+        LeaseConfig {
+            name: config.lease_name.clone(),
+            namespace: config.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration: config.lease_duration(),
+        },
+    )
+    .await?;
+    ready.store(false, Ordering::Release);
+    let lost = tokio::spawn(leadership.keep());
+
+    addressing::ensure_default_subnet(&client, &config).await?;
+    let (stores, triggers, watches) = stores::start(&client);
+    for w in watches {
+        tokio::spawn(w);
+    }
+    stores.wait_synced(&metrics).await?;
+    while !nb.ready() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    metrics.synced("northbound");
+
+    let keys = NetworkKeys::primary();
+    let (engine, report) = rebuild::rebuild(&stores, nb.as_ref(), &keys, &config.cluster_router);
+    rebuild::report(&report);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portkeeper-controller".into(),
+            instance: Some(identity),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        config: config.clone(),
+        engine,
+        nb,
+        stores: stores.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        keys,
+        locks: KeyLocks::default(),
+        failures: Default::default(),
+    });
+    addressing::sync(&ctx, &addressing::Applied::default()).await;
+    let collected = rebuild::collect_garbage(&ctx).await?;
+    tracing::info!(collected, "start-up garbage collection done");
+
+    tokio::spawn(addressing::run(ctx.clone(), triggers.addressing));
+    tokio::spawn(release_worker(ctx.clone(), triggers.deleted_pods));
+    if let Some(period) = config.gc_interval() {
+        tokio::spawn(periodic_gc(ctx.clone(), period));
+    }
+    metrics.startup_seconds.set(started.elapsed().as_secs_f64());
+    ready.store(true, Ordering::Release);
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
+
+    let controller = Controller::for_stream(triggers.applied_pods.map(Ok), stores.pods.clone())
+        .with_config(ControllerConfig::default().concurrency(config.workers))
+        .run(pod::reconcile, pod::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    tokio::select! {
+        () = controller => Err(Error::Cache("pod watch ended".into())),
+        lost = lost => Err(lost.unwrap_or_else(|e| Error::Cache(e.to_string()))),
+    }
+}
+
+async fn release_worker<N: Northbound>(
+    ctx: Arc<Context<N>>,
+    mut deleted: futures::channel::mpsc::UnboundedReceiver<k8s_openapi::api::core::v1::Pod>,
+) {
+    while let Some(pod) = deleted.next().await {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = pod::release_deleted(&pod, &ctx).await {
+            tracing::warn!(pod = ?pod.metadata.name, error = %e, "release failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+async fn periodic_gc<N: Northbound>(ctx: Arc<Context<N>>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match rebuild::collect_garbage(&ctx).await {
+            Ok(n) => tracing::info!(collected = n, "garbage collection done"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}
