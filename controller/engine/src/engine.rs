@@ -145,14 +145,20 @@ impl Engine {
     }
 
     /// An empty engine drawing MACs from `rng` (seed it in tests).
-    pub fn with_rng(rng: impl RngCore + Send + 'static) -> Engine {
+    ///
+    /// Generations start at a random point of a 2^62 range so that,
+    /// after a restart, a new binding is very unlikely to reuse the
+    /// generation of a binding released before it (which a late release
+    /// could otherwise match).
+    pub fn with_rng(mut rng: impl RngCore + Send + 'static) -> Engine {
+        let start = rng.next_u64() >> 2;
         Engine {
             pool_index: Mutex::new(HashMap::new()),
             subnets: RwLock::new(HashMap::new()),
             keys: Sharded::new(),
             macs: Sharded::new(),
             rng: Mutex::new(Box::new(rng)),
-            generation: AtomicU64::new(0),
+            generation: AtomicU64::new(start),
         }
     }
 
@@ -516,14 +522,16 @@ impl Engine {
                 }
                 Ok(false) => {}
                 Err(Restore::Conflict(kept, on)) => report.conflicts.push(RecordConflict {
-                    kept,
+                    kept: *kept,
                     rejected: record.clone(),
                     on,
                 }),
                 Err(Restore::Refused(error)) => report.unplaced.push((record.clone(), error)),
             }
         }
-        engine.generation.store(max_generation, Ordering::Relaxed);
+        engine
+            .generation
+            .fetch_max(max_generation, Ordering::Relaxed);
         (engine, report)
     }
 
@@ -537,7 +545,7 @@ impl Engine {
             return if same {
                 Ok(false)
             } else {
-                Err(Restore::Conflict(kept.clone(), ConflictOn::Key))
+                Err(Restore::Conflict(Box::new(kept.clone()), ConflictOn::Key))
             };
         }
         let state = self.subnet(&lease.subnet).map_err(Restore::Refused)?;
@@ -548,7 +556,7 @@ impl Engine {
         }
         if let Some((address, holder)) = state.holder_of_any(&addr, &lease.key) {
             return Err(Restore::Conflict(
-                applied[&holder].clone(),
+                Box::new(applied[&holder].clone()),
                 ConflictOn::Address(address),
             ));
         }
@@ -561,7 +569,7 @@ impl Engine {
                 Ok(()) => {}
                 Err(MacHolder::Nic { key, .. }) => {
                     return Err(Restore::Conflict(
-                        applied[&key].clone(),
+                        Box::new(applied[&key].clone()),
                         ConflictOn::Mac(mac),
                     ));
                 }
@@ -591,6 +599,6 @@ impl Engine {
 }
 
 enum Restore {
-    Conflict(Record, ConflictOn),
+    Conflict(Box<Record>, ConflictOn),
     Refused(EngineError),
 }

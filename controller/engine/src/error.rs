@@ -118,16 +118,6 @@ pub enum EngineError {
         /// The parse failure.
         source: ParseError,
     },
-    /// An IPPool entry has no usable address inside its subnet.
-    #[error("ippool {pool}: entry {entry} has no usable address in subnet {subnet}")]
-    PoolEntryOutsideSubnet {
-        /// The pool.
-        pool: String,
-        /// The entry.
-        entry: String,
-        /// The pool's subnet.
-        subnet: String,
-    },
     /// Two pools of one subnet share addresses.
     #[error("ippool {pool} has conflict IPs with ippool {other} in subnet {subnet}: {range}")]
     PoolOverlap {
@@ -167,7 +157,7 @@ pub enum EngineError {
         subnet: String,
     },
     /// A family was asked for that the subnet does not have.
-    #[error("requested ip family {requested} does not match subnet {subnet} protocol {protocol}")]
+    #[error("requested ip family {} does not match subnet {subnet} protocol {protocol}", requested.annotation_value())]
     FamilyMismatch {
         /// The requested family.
         requested: Family,
@@ -178,7 +168,8 @@ pub enum EngineError {
     },
     /// A static address of another family than the `ip_family` asked for.
     #[error(
-        "static address {address} does not match the requested ip family {requested} in subnet {subnet}"
+        "static address {address} does not match the requested ip family {} in subnet {subnet}",
+        requested.annotation_value()
     )]
     StaticFamilyMismatch {
         /// The address.
@@ -348,9 +339,7 @@ impl EngineError {
             InvalidSubnet { .. } | GatewayOutsideSubnet { .. } | GatewayFamily { .. } => {
                 "CIDRInvalid"
             }
-            InvalidPool { .. } | PoolEntryOutsideSubnet { .. } | PoolOverlap { .. } => {
-                "InvalidIPPool"
-            }
+            InvalidPool { .. } | PoolOverlap { .. } => "InvalidIPPool",
             PoolSubnetChanged { .. } => "InvalidIPPool",
             UnknownSubnet { .. } | UnknownPool { .. } | PoolInOtherSubnet { .. } => "NotFound",
             SubnetInUse { .. } => "SubnetInUse",

@@ -28,10 +28,6 @@ impl RangeSet {
         self.len
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
     pub(crate) fn contains(&self, value: u128) -> bool {
         self.ranges
             .range(..=value)

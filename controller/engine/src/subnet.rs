@@ -396,34 +396,17 @@ impl SubnetState {
         out
     }
 
-    /// Adds or replaces a named pool after checking it against the others.
+    /// Adds or replaces a named pool. Pools of one subnet may not share an
+    /// address, whatever the subnet's current CIDR, so that no later subnet
+    /// change can make them overlap. Entries outside the subnet are kept but
+    /// have no effect until the subnet covers them (as in Kube-OVN).
     pub(crate) fn upsert_pool(&mut self, pool: PoolConfig) -> Result<(), EngineError> {
         let name = &pool.spec.name;
-        for entry in &pool.spec.ips {
-            let range =
-                parse::parse_pool_entry(entry).map_err(|source| EngineError::InvalidPool {
-                    pool: name.clone(),
-                    source,
-                })?;
-            let (s, e) = range.bounds();
-            let fits = self
-                .family(range.family())
-                .is_some_and(|f| !RangeSet::from_range(s, e).clipped(f.lo, f.hi).is_empty());
-            if !fits {
-                return Err(EngineError::PoolEntryOutsideSubnet {
-                    pool: name.clone(),
-                    entry: entry.clone(),
-                    subnet: self.name().to_owned(),
-                });
-            }
-        }
         for (other_name, other) in self.pools.iter().filter(|(n, _)| *n != name) {
             for family in Family::ALL {
-                let Some(fam) = self.family(family) else {
-                    continue;
-                };
-                let mine = pool.ips[family.index()].clipped(fam.lo, fam.hi);
-                if let Some((s, e)) = mine.first_overlap(&other.ips[family.index()]) {
+                if let Some((s, e)) =
+                    pool.ips[family.index()].first_overlap(&other.ips[family.index()])
+                {
                     return Err(EngineError::PoolOverlap {
                         pool: name.clone(),
                         other: other_name.clone(),
@@ -728,7 +711,11 @@ impl SubnetState {
             .iter()
             .find(|n| need.iter().all(|&f| pool_has(n, f).is_some()))
             .ok_or_else(|| EngineError::PoolExhausted {
-                family: need[0],
+                family: need
+                    .iter()
+                    .copied()
+                    .find(|&f| names.iter().all(|n| pool_has(n, f).is_none()))
+                    .unwrap_or(need[0]),
                 pools: names.join(","),
                 subnet: self.name().to_owned(),
                 key: key.clone(),
