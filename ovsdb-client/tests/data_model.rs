@@ -1,11 +1,18 @@
 //! Property tests of the data model: JSON round trips, schema-typed decoding of
-//! the forms the server sends, update2 diffs, and typed NB rows.
+//! the forms the server sends, update2 diffs, and typed NB rows; and the typed
+//! tables and port helpers against a real ovsdb-server, driven with the OVS
+//! `ovsdb-client` tool so only this crate's data layer is under test.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ovsdb_client::datum::{Atom, Map, Set, Uuid, Value};
 use ovsdb_client::nb::{self, LogicalRouterPort, LogicalSwitchPort};
-use ovsdb_client::operation::{Condition, Operation, Wait};
+use ovsdb_client::operation::{
+    Condition, ErrorKind, Operation, OperationResult, Select, TransactError, Wait, parse_results,
+    transact_params,
+};
 use ovsdb_client::row::{Row, RowError};
 use ovsdb_client::schema::{AtomicType, BaseType, ColumnType};
 use ovsdb_client::server_db::Database;
@@ -453,4 +460,251 @@ fn switch_port_helpers_build_one_transaction() {
         nb::remove_router_port(switch, port_uuid, None)[0].to_json()["table"],
         "Logical_Router"
     );
+}
+
+/// Runs one transaction with the OVS `ovsdb-client transact` tool.
+fn transact(
+    server: &support::Standalone,
+    ops: &[Operation],
+) -> Result<Vec<OperationResult>, TransactError> {
+    let params = transact_params(nb::DATABASE, ops).to_string();
+    let out = support::run("ovsdb-client", &["transact", &server.unix, &params]);
+    let result: serde_json::Value = serde_json::from_str(out.trim()).expect("transact prints JSON");
+    parse_results(ops, &result, Some(nb::schema()))
+}
+
+fn select_all<T: Table>(server: &support::Standalone) -> Vec<T> {
+    let results = transact(server, &[Select::new(T::TABLE).into()]).expect("select");
+    results[0]
+        .rows()
+        .expect("select returns rows")
+        .iter()
+        .map(|row| T::from_row(row).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+fn one_named<T: Table>(server: &support::Standalone, name: &str) -> T {
+    let ops = [Select::new(T::TABLE)
+        .filter(Condition::eq("name", name))
+        .into()];
+    let results = transact(server, &ops).expect("select");
+    let rows = results[0].rows().expect("rows");
+    assert_eq!(rows.len(), 1, "{} rows named {name}", T::TABLE);
+    T::from_row(&rows[0]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn typed_rows_decode_what_ovn_nbctl_writes() {
+    let server = support::Standalone::start();
+    server.nbctl(&[
+        "ls-add",
+        "ls1",
+        "--",
+        "set",
+        "Logical_Switch",
+        "ls1",
+        "other_config:subnet=10.0.0.0/24",
+    ]);
+    server.nbctl(&[
+        "lsp-add",
+        "ls1",
+        "p1",
+        "--",
+        "lsp-set-addresses",
+        "p1",
+        "0a:00:00:00:00:05 10.0.0.5",
+        "--",
+        "lsp-set-options",
+        "p1",
+        "requested-chassis=node-a,node-b",
+        "activation-strategy=rarp",
+    ]);
+    server.nbctl(&["lsp-add", "ls1", "p2", "--", "lsp-set-type", "p2", "router"]);
+    server.nbctl(&[
+        "lr-add",
+        "lr1",
+        "--",
+        "lrp-add",
+        "lr1",
+        "lrp1",
+        "0a:00:00:00:00:01",
+        "10.0.0.1/24",
+        "fd00::1/64",
+    ]);
+    server.nbctl(&["dhcp-options-create", "10.0.0.0/24", "k=v"]);
+    server.nbctl(&[
+        "create",
+        "Address_Set",
+        "name=as1",
+        "addresses=\"10.0.0.5\",\"10.0.0.6\"",
+    ]);
+    server.nbctl(&["pg-add", "pg1", "p1"]);
+    server.nbctl(&[
+        "acl-add",
+        "ls1",
+        "to-lport",
+        "1000",
+        "ip4.dst == 10.0.0.5",
+        "allow-related",
+    ]);
+    server.nbctl(&["set", "NB_Global", ".", "options:mac_prefix=0a:00:00"]);
+
+    let ls: nb::LogicalSwitch = one_named(&server, "ls1");
+    assert_eq!(ls.other_config["subnet"], "10.0.0.0/24");
+    assert_eq!(ls.ports.len(), 2);
+    assert_eq!(ls.acls.len(), 1);
+    let p1: LogicalSwitchPort = one_named(&server, "p1");
+    assert_eq!(
+        p1.addresses,
+        BTreeSet::from(["0a:00:00:00:00:05 10.0.0.5".to_string()])
+    );
+    assert_eq!(p1.options["requested-chassis"], "node-a,node-b");
+    assert_eq!(p1.options["activation-strategy"], "rarp");
+    assert_eq!((p1.up, p1.tag, p1.type_.as_str()), (None, None, ""));
+    assert!(ls.ports.contains(&p1.uuid));
+    let p2: LogicalSwitchPort = one_named(&server, "p2");
+    assert_eq!(p2.type_, "router");
+    let lrp: LogicalRouterPort = one_named(&server, "lrp1");
+    assert_eq!(
+        lrp.networks,
+        BTreeSet::from(["10.0.0.1/24".to_string(), "fd00::1/64".to_string()])
+    );
+    let lr: nb::LogicalRouter = one_named(&server, "lr1");
+    assert_eq!(lr.ports, BTreeSet::from([lrp.uuid]));
+    let dhcp: Vec<nb::DhcpOptions> = select_all(&server);
+    assert_eq!((dhcp.len(), dhcp[0].cidr.as_str()), (1, "10.0.0.0/24"));
+    assert_eq!(dhcp[0].external_ids["k"], "v");
+    let set: nb::AddressSet = one_named(&server, "as1");
+    assert_eq!(set.addresses.len(), 2);
+    let pg: nb::PortGroup = one_named(&server, "pg1");
+    assert_eq!(pg.ports, BTreeSet::from([p1.uuid]));
+    let acls: Vec<nb::Acl> = select_all(&server);
+    assert_eq!(
+        (acls[0].priority, acls[0].action.as_str()),
+        (1000, "allow-related")
+    );
+    assert_eq!(acls[0].match_, "ip4.dst == 10.0.0.5");
+    let global: Vec<nb::NbGlobal> = select_all(&server);
+    assert_eq!(global[0].options["mac_prefix"], "0a:00:00");
+}
+
+#[test]
+fn port_helpers_against_a_real_server() {
+    let server = support::Standalone::start();
+    server.nbctl(&["ls-add", "ls1", "--", "lr-add", "lr1"]);
+    let ls: nb::LogicalSwitch = one_named(&server, "ls1");
+    let lr: nb::LogicalRouter = one_named(&server, "lr1");
+
+    // Insert + mutate in one transaction, guarded against replays.
+    let port = LogicalSwitchPort {
+        name: "vm1-eth0".into(),
+        addresses: BTreeSet::from(["0a:00:00:00:00:05 10.0.0.5".to_string()]),
+        external_ids: BTreeMap::from([("pod".to_string(), "ns/vm1".to_string())]),
+        ..Default::default()
+    };
+    let guard = || {
+        Some(Wait::absent(
+            LogicalSwitchPort::TABLE,
+            vec![Condition::eq("name", "vm1-eth0")],
+        ))
+    };
+    let ops = nb::add_switch_port(ls.uuid, &port, guard());
+    let results = transact(&server, &ops).expect("add port");
+    let port_uuid = results[1].uuid().expect("insert result");
+    assert_eq!(results[2].count(), Some(1));
+    assert_eq!(
+        server.nbctl(&["lsp-get-addresses", "vm1-eth0"]).trim(),
+        "0a:00:00:00:00:05 10.0.0.5"
+    );
+    assert_eq!(
+        server
+            .nbctl(&["get", "Logical_Switch_Port", "vm1-eth0", "external_ids:pod"])
+            .trim(),
+        "\"ns/vm1\""
+    );
+    assert!(server.nbctl(&["show"]).contains("port vm1-eth0"));
+    let stored: LogicalSwitchPort = one_named(&server, "vm1-eth0");
+    assert_eq!(
+        stored,
+        LogicalSwitchPort {
+            uuid: port_uuid,
+            ..port.clone()
+        }
+    );
+
+    let replay = transact(&server, &nb::add_switch_port(ls.uuid, &port, guard())).unwrap_err();
+    assert!(replay.is_timed_out(), "{replay}");
+    assert!(matches!(
+        replay,
+        TransactError::Operation {
+            index: 0,
+            op: "wait",
+            ..
+        }
+    ));
+    // Without the guard the unique index on name catches it at commit.
+    let unguarded = transact(&server, &nb::add_switch_port(ls.uuid, &port, None)).unwrap_err();
+    assert_eq!(
+        unguarded.ovsdb_error().unwrap().kind,
+        ErrorKind::ConstraintViolation,
+        "{unguarded}"
+    );
+    assert!(matches!(unguarded, TransactError::Commit { .. }));
+
+    // A client-chosen uuid is kept, and a replay is a duplicate uuid.
+    let chosen = LogicalSwitchPort {
+        uuid: Uuid::new_v4(),
+        name: "vm2-eth0".into(),
+        ..Default::default()
+    };
+    let results =
+        transact(&server, &nb::add_switch_port(ls.uuid, &chosen, None)).expect("add chosen");
+    assert_eq!(results[0].uuid(), Some(chosen.uuid));
+    let dup = transact(&server, &nb::add_switch_port(ls.uuid, &chosen, None)).unwrap_err();
+    assert_eq!(
+        dup.ovsdb_error().unwrap().kind,
+        ErrorKind::DuplicateUuid,
+        "{dup}"
+    );
+
+    // An insert without the parent mutate is collected at commit.
+    let orphan = nb::add_switch_port(
+        ls.uuid,
+        &LogicalSwitchPort {
+            name: "orphan".into(),
+            ..Default::default()
+        },
+        None,
+    );
+    transact(&server, &orphan[..1]).expect("insert alone succeeds");
+    assert!(!server.nbctl(&["show"]).contains("orphan"));
+
+    // Delete by dereferencing: the row is garbage-collected.
+    let results =
+        transact(&server, &nb::remove_switch_port(ls.uuid, port_uuid, None)).expect("remove port");
+    assert_eq!(results[0].count(), Some(1));
+    let left = transact(
+        &server,
+        &[Select::new(LogicalSwitchPort::TABLE)
+            .filter(Condition::uuid_is(port_uuid))
+            .into()],
+    )
+    .expect("select");
+    assert_eq!(left[0].rows().map(<[Row]>::len), Some(0));
+    assert_eq!(server.nbctl(&["lsp-list", "ls1"]).lines().count(), 1);
+
+    // The same for a router port.
+    let lrp = LogicalRouterPort {
+        name: "lrp1".into(),
+        mac: "0a:00:00:00:00:01".into(),
+        networks: BTreeSet::from(["10.0.0.1/24".to_string()]),
+        ..Default::default()
+    };
+    let results =
+        transact(&server, &nb::add_router_port(lr.uuid, &lrp, None)).expect("add router port");
+    let lrp_uuid = results[0].uuid().unwrap();
+    assert!(server.nbctl(&["lrp-list", "lr1"]).contains("(lrp1)"));
+    transact(&server, &nb::remove_router_port(lr.uuid, lrp_uuid, None))
+        .expect("remove router port");
+    assert_eq!(server.nbctl(&["lrp-list", "lr1"]).trim(), "");
 }

@@ -34,11 +34,16 @@ fn decode(json: &serde_json::Value) {
                 && let Ok(lsp) = nb::LogicalSwitchPort::from_uuid_row(Default::default(), &row)
             {
                 let back = lsp.to_row();
-                assert_eq!(nb::LogicalSwitchPort::from_uuid_row(lsp.uuid, &back).as_ref(), Ok(&lsp));
+                assert_eq!(
+                    nb::LogicalSwitchPort::from_uuid_row(lsp.uuid, &back).as_ref(),
+                    Ok(&lsp)
+                );
             }
         }
     }
-    if let Ok(row) = Row::from_json_typed(json, server_db::schema().table("Database").expect("pinned")) {
+    if let Ok(row) =
+        Row::from_json_typed(json, server_db::schema().table("Database").expect("pinned"))
+    {
         let _ = server_db::Database::from_uuid_row(Default::default(), &row);
     }
     let _ = Row::from_json(json);
