@@ -21,3 +21,4 @@ pub mod nb;
 pub mod nonroot;
 pub mod server_db;
 pub mod vswitch;
+pub mod validate;
