@@ -1,1 +1,31 @@
-//! Local cluster node agent and the end-to-end suite.
+//! portkeeper's local cluster: the node agent that plays the kubelet, and the harness the
+//! end-to-end suite drives clusters with.
+//!
+//! - [`cni`] runs CNI plugins as a container runtime does.
+//! - [`sandbox`] keeps one network namespace per pod and what was done to it.
+//! - [`node`] registers the Node and keeps it Ready.
+//! - [`pods`] reconciles the pods bound to the node.
+//! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
+
+pub mod cni;
+pub mod harness;
+pub mod node;
+pub mod pods;
+pub mod sandbox;
+
+pub use harness::{Cluster, ClusterOptions, HarnessError, Provider};
+
+/// Errors of the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Cni(#[from] cni::CniError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("pod has no {0}")]
+    MissingField(&'static str),
+}

@@ -1,0 +1,350 @@
+//! The e2e harness: one [`Cluster`] per test binary, brought up by the local scripts (or attached
+//! to a kind cluster), torn down by [`Cluster::down`] or, failing that, on drop.
+//!
+//! The provider is chosen by `PORTKEEPER_E2E_PROVIDER`: `local` (default) runs
+//! `kind-e2e/local/up` in a private run folder; `kind` attaches to the cluster named by
+//! `KUBECONFIG`, `OVN_NB_DB` and `OVN_SB_DB` (set up by `kind-e2e/kind/up`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Which kind of cluster the suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// The local cluster of `kind-e2e/local/` (needs root).
+    Local,
+    /// An existing kind cluster described by the environment.
+    Kind,
+}
+
+impl Provider {
+    /// Reads `PORTKEEPER_E2E_PROVIDER` (`local` when unset).
+    pub fn from_env() -> Result<Self, HarnessError> {
+        match std::env::var("PORTKEEPER_E2E_PROVIDER").as_deref() {
+            Err(_) | Ok("") | Ok("local") => Ok(Provider::Local),
+            Ok("kind") => Ok(Provider::Kind),
+            Ok(other) => Err(HarnessError::Env(format!(
+                "PORTKEEPER_E2E_PROVIDER={other:?}: expected \"local\" or \"kind\""
+            ))),
+        }
+    }
+}
+
+/// How to bring a cluster up.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Run the OVN NB database as a 3-server raft cluster.
+    pub raft: bool,
+    /// The node-agent binary; `None` lets the script build it with cargo.
+    /// Tests in this crate pass `env!("CARGO_BIN_EXE_node-agent")`.
+    pub node_agent: Option<PathBuf>,
+    /// Run folder; `None` picks a fresh one under the system temporary folder.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 2,
+            raft: false,
+            node_agent: None,
+            run_dir: None,
+        }
+    }
+}
+
+/// Why the harness could not do what a test asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{script} failed ({status}); its logs are in {run_dir}")]
+    Script {
+        script: String,
+        status: std::process::ExitStatus,
+        run_dir: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("environment: {0}")]
+    Env(String),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("not supported by the {0:?} provider: {1}")]
+    Unsupported(Provider, &'static str),
+}
+
+/// A running cluster: Kubernetes API, OVN databases, nodes.
+#[derive(Debug)]
+pub struct Cluster {
+    provider: Provider,
+    run_dir: PathBuf,
+    kubeconfig: PathBuf,
+    nb: String,
+    sb: String,
+    nodes: Vec<String>,
+    running: bool,
+}
+
+static CLUSTERS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// The folder holding the local-cluster scripts.
+pub fn local_scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("local")
+}
+
+impl Cluster {
+    /// Brings a cluster up (local provider) or attaches to one (kind provider).
+    pub fn up(opts: ClusterOptions) -> Result<Self, HarnessError> {
+        match Provider::from_env()? {
+            Provider::Local => Self::up_local(opts),
+            Provider::Kind => Self::attach_kind(),
+        }
+    }
+
+    fn up_local(opts: ClusterOptions) -> Result<Self, HarnessError> {
+        let run_dir = opts.run_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "portkeeper-e2e-{}-{}",
+                std::process::id(),
+                CLUSTERS_STARTED.fetch_add(1, Ordering::SeqCst)
+            ))
+        });
+        let mut cmd = Command::new(local_scripts().join("up"));
+        cmd.env("PORTKEEPER_RUN_DIR", &run_dir)
+            .args(["--nodes", &opts.nodes.to_string()])
+            .stdin(Stdio::null());
+        if opts.raft {
+            cmd.arg("--raft");
+        }
+        if let Some(agent) = &opts.node_agent {
+            cmd.arg("--agent").arg(agent);
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            return Err(HarnessError::Script {
+                script: "kind-e2e/local/up".into(),
+                status,
+                run_dir: run_dir.display().to_string(),
+            });
+        }
+        let env = read_env_file(&run_dir.join("env"))?;
+        let var = |k: &str| {
+            env.get(k)
+                .cloned()
+                .ok_or_else(|| HarnessError::Env(format!("{k} missing from the env file")))
+        };
+        Ok(Self {
+            provider: Provider::Local,
+            kubeconfig: var("KUBECONFIG")?.into(),
+            nb: var("OVN_NB_DB")?,
+            sb: var("OVN_SB_DB")?,
+            nodes: (1..=opts.nodes).map(|i| format!("node{i}")).collect(),
+            run_dir,
+            running: true,
+        })
+    }
+
+    fn attach_kind() -> Result<Self, HarnessError> {
+        let var = |k: &str| {
+            std::env::var(k).map_err(|_| HarnessError::Env(format!("{k} must be set for kind")))
+        };
+        let kubeconfig = PathBuf::from(var("KUBECONFIG")?);
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
+            .output()?;
+        Ok(Self {
+            provider: Provider::Kind,
+            run_dir: std::env::temp_dir(),
+            kubeconfig,
+            nb: var("OVN_NB_DB")?,
+            sb: var("OVN_SB_DB")?,
+            nodes: String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            running: false,
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A kube client for the cluster's admin user.
+    pub async fn client(&self) -> Result<kube::Client, HarnessError> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// The OVN northbound database remote(s), as `OVN_NB_DB` spells them.
+    pub fn nb_remote(&self) -> &str {
+        &self.nb
+    }
+
+    /// The OVN southbound database remote, as `OVN_SB_DB` spells it.
+    pub fn sb_remote(&self) -> &str {
+        &self.sb
+    }
+
+    /// Node names (`node1`… for the local provider).
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The local run folder (logs in `log/`, per-node state in `nodes/<node>/`).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// A node's folder: its Open_vSwitch database socket `db.sock`, CNI config and IPAM state.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.run_dir.join("nodes").join(node)
+    }
+
+    /// Runs a command in a pod's network namespace (local) or container (kind).
+    pub fn pod_exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        cmd: &[&str],
+    ) -> Result<Output, HarnessError> {
+        let mut command = match self.provider {
+            Provider::Local => {
+                let mut c = Command::new(local_scripts().join("pod-exec"));
+                c.env("PORTKEEPER_RUN_DIR", &self.run_dir);
+                c.args([namespace, pod]);
+                c
+            }
+            Provider::Kind => {
+                let mut c = Command::new("kubectl");
+                c.args(["exec", "-n", namespace, pod]);
+                c
+            }
+        };
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::null());
+        Ok(command.output()?)
+    }
+
+    /// Runs `ovn-nbctl` against the cluster's northbound database.
+    pub fn ovn_nbctl(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        Ok(Command::new("ovn-nbctl")
+            .arg(format!("--db={}", self.nb))
+            .arg("--timeout=20")
+            .args(args)
+            .output()?)
+    }
+
+    /// Runs `ovn-sbctl` against the cluster's southbound database.
+    pub fn ovn_sbctl(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        Ok(Command::new("ovn-sbctl")
+            .arg(format!("--db={}", self.sb))
+            .arg("--timeout=20")
+            .args(args)
+            .output()?)
+    }
+
+    /// Stops and starts one component (`agent-node1`, `nb`, `nb-2`, `northd`, `apiserver`, …).
+    pub fn restart(&self, component: &str) -> Result<(), HarnessError> {
+        self.component(component, None)
+    }
+
+    /// Stops one component, leaving it down until [`Cluster::start`].
+    pub fn stop(&self, component: &str) -> Result<(), HarnessError> {
+        self.component(component, Some("--stop"))
+    }
+
+    /// Starts a component stopped by [`Cluster::stop`].
+    pub fn start(&self, component: &str) -> Result<(), HarnessError> {
+        self.component(component, Some("--start"))
+    }
+
+    fn component(&self, component: &str, mode: Option<&str>) -> Result<(), HarnessError> {
+        if self.provider != Provider::Local {
+            return Err(HarnessError::Unsupported(
+                self.provider,
+                "restarting a component",
+            ));
+        }
+        let status = Command::new(local_scripts().join("restart"))
+            .env("PORTKEEPER_RUN_DIR", &self.run_dir)
+            .arg(component)
+            .args(mode)
+            .stdin(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Script {
+                script: format!("kind-e2e/local/restart {component}"),
+                status,
+                run_dir: self.run_dir.display().to_string(),
+            })
+        }
+    }
+
+    /// Tears the cluster down: every process, namespace and file of the run (local provider).
+    pub fn down(mut self) -> Result<(), HarnessError> {
+        self.tear_down()
+    }
+
+    fn tear_down(&mut self) -> Result<(), HarnessError> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        let status = Command::new(local_scripts().join("down"))
+            .env("PORTKEEPER_RUN_DIR", &self.run_dir)
+            .stdin(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Script {
+                script: "kind-e2e/local/down".into(),
+                status,
+                run_dir: self.run_dir.display().to_string(),
+            })
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.tear_down() {
+            eprintln!("tearing the cluster down: {e}");
+        }
+    }
+}
+
+/// A kube client from a kubeconfig file (for code that must not hold the [`Cluster`] meanwhile).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, HarnessError> {
+    let kubeconfig =
+        Kubeconfig::read_from(path).map_err(|e| HarnessError::Kubeconfig(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| HarnessError::Kubeconfig(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| HarnessError::Kubeconfig(e.to_string()))
+}
+
+/// Reads `export KEY=VALUE` lines.
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, HarnessError> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        .collect())
+}

@@ -1,0 +1,353 @@
+//! The pod half of the kubelet: every pod bound to this node gets a network namespace wired by the
+//! CNI plugin, its addresses in `status`, and `Running`/`Ready`; a deleted pod gets `DEL`, loses its
+//! namespace, and its deletion is completed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::cni::{Attachment, CniRuntime, result_ips};
+use crate::node::time_now;
+use crate::sandbox::{Sandbox, SandboxStore, create_netns, delete_netns};
+
+/// The reason kubelet gives when a pod's network cannot be set up; tools and people grep for it.
+pub const SANDBOX_FAILURE_REASON: &str = "FailedCreatePodSandBox";
+const IFNAME: &str = "eth0";
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const GC_PERIOD: Duration = Duration::from_secs(10);
+
+/// Everything the pod reconciler needs.
+pub struct PodAgent {
+    pub client: Client,
+    pub node_name: String,
+    pub node_ip: String,
+    pub cni: CniRuntime,
+    pub sandboxes: SandboxStore,
+    /// Prefix of every network namespace this agent makes (`<prefix><pod uid>`).
+    pub netns_prefix: String,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl PodAgent {
+    pub fn new(
+        client: Client,
+        node_name: String,
+        node_ip: String,
+        cni: CniRuntime,
+        sandboxes: SandboxStore,
+        netns_prefix: String,
+    ) -> Self {
+        Self {
+            client,
+            node_name,
+            node_ip,
+            cni,
+            sandboxes,
+            netns_prefix,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Watches the pods bound to this node and reconciles them until the watch ends.
+    pub async fn run(self: Arc<Self>) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let config =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
+        let controller = Controller::new(pods, config);
+        tokio::spawn(collect_orphans(self.clone(), controller.store()));
+        controller
+            .run(reconcile, error_policy, self)
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await;
+    }
+
+    fn attachment(&self, sandbox: &Sandbox) -> Attachment {
+        let args: BTreeMap<String, String> = [
+            ("K8S_POD_NAMESPACE", sandbox.namespace.as_str()),
+            ("K8S_POD_NAME", sandbox.name.as_str()),
+            ("K8S_POD_INFRA_CONTAINER_ID", sandbox.container_id.as_str()),
+            ("K8S_POD_UID", sandbox.uid.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Attachment {
+            container_id: sandbox.container_id.clone(),
+            netns: sandbox.netns_path(),
+            ifname: IFNAME.into(),
+            args,
+        }
+    }
+
+    /// Makes the pod's namespace and runs `ADD`; on failure undoes what it did.
+    async fn set_up(&self, pod: &Pod, uid: &str) -> Result<Sandbox, Error> {
+        let mut sandbox = Sandbox {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: uid.into(),
+            netns: format!("{}{uid}", self.netns_prefix),
+            container_id: uid.replace('-', ""),
+            result: None,
+        };
+        self.sandboxes.save(&sandbox)?;
+        create_netns(&sandbox.netns).await?;
+        let att = self.attachment(&sandbox);
+        match self.cni.add(&att).await {
+            Ok(result) => {
+                let ips = result_ips(&result);
+                sandbox.result = Some(result);
+                self.sandboxes.save(&sandbox)?;
+                tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name),
+                    ips = ?ips, "sandbox ready");
+                Ok(sandbox)
+            }
+            Err(e) => {
+                if let Err(cleanup) = self.tear_down(uid).await {
+                    tracing::warn!(error = %cleanup, "cleanup after failed ADD");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `DEL`, removes the namespace and forgets the sandbox; a missing sandbox is fine.
+    async fn tear_down(&self, uid: &str) -> Result<(), Error> {
+        let Some(sandbox) = self.sandboxes.load(uid)? else {
+            return Ok(());
+        };
+        let att = self.attachment(&sandbox);
+        self.cni.del(&att, sandbox.result.as_ref()).await?;
+        delete_netns(&sandbox.netns).await?;
+        self.sandboxes.remove(uid)?;
+        tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "sandbox removed");
+        Ok(())
+    }
+
+    /// Completes a graceful deletion once the sandbox is gone, as the kubelet does.
+    async fn finish_deletion(&self, pod: &Pod, uid: &str) -> Result<(), Error> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.into()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&pod.name_any(), &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes addresses, `Running` and `Ready` into the pod's status unless already there.
+    async fn report_running(&self, pod: &Pod, ips: &[String]) -> Result<(), Error> {
+        let status = pod.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let reported: Vec<String> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.clone())
+            .collect();
+        if ready && status.phase.as_deref() == Some("Running") && reported == ips {
+            return Ok(());
+        }
+        let now = time_now();
+        let started = status
+            .start_time
+            .map(serde_json::to_value)
+            .transpose()?
+            .unwrap_or_else(|| now.clone());
+        let condition =
+            |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
+        let spec = pod.spec.clone().unwrap_or_default();
+        let containers: Vec<Value> = spec
+            .containers
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "image": c.image.clone().unwrap_or_default(),
+                    "imageID": "",
+                    "containerID": format!("portkeeper://{}", pod.uid().unwrap_or_default()),
+                    "ready": true,
+                    "started": true,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": started}},
+                })
+            })
+            .collect();
+        let conditions = ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map(condition);
+        let patch = json!({
+            "status": {
+                "phase": "Running",
+                "hostIP": self.node_ip,
+                "podIP": ips.first(),
+                "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                "startTime": started,
+                "conditions": conditions,
+                "containerStatuses": containers,
+            }
+        });
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        api.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records a Warning event on the pod, as kubelet does when a sandbox cannot be made.
+    async fn report_sandbox_failure(&self, pod: &Pod, error: &Error) {
+        let namespace = pod.namespace().unwrap_or_default();
+        let now = time_now();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let event = json!({
+            "metadata": {"name": format!("{}.{nanos:x}", pod.name_any()), "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod.name_any(),
+                "uid": pod.uid(), "resourceVersion": pod.resource_version(),
+            },
+            "reason": SANDBOX_FAILURE_REASON,
+            "message": format!("Failed to create pod sandbox: {error}"),
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": "portkeeper-node-agent", "reportingInstance": self.node_name,
+        });
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let created = match serde_json::from_value::<Event>(event) {
+            Ok(event) => api
+                .create(&PostParams::default(), &event)
+                .await
+                .map(drop)
+                .map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = created {
+            tracing::warn!(error = %e, "could not record sandbox failure event");
+        }
+    }
+}
+
+async fn reconcile(pod: Arc<Pod>, agent: Arc<PodAgent>) -> Result<Action, Error> {
+    let uid = pod.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if pod.metadata.deletion_timestamp.is_some() {
+        agent.tear_down(&uid).await?;
+        agent.finish_deletion(&pod, &uid).await?;
+        return Ok(Action::await_change());
+    }
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        agent.tear_down(&uid).await?;
+        return Ok(Action::await_change());
+    }
+    let ips: Vec<String> = if host_network {
+        vec![agent.node_ip.clone()]
+    } else {
+        let sandbox = match agent.sandboxes.load(&uid)? {
+            Some(sandbox) if sandbox.result.is_some() => sandbox,
+            _ => match agent.set_up(&pod, &uid).await {
+                Ok(sandbox) => sandbox,
+                Err(e) => {
+                    agent.report_sandbox_failure(&pod, &e).await;
+                    return Err(e);
+                }
+            },
+        };
+        let result = sandbox.result.unwrap_or(Value::Null);
+        result_ips(&result)
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect()
+    };
+    agent.report_running(&pod, &ips).await?;
+    agent.failures.lock().expect("not poisoned").remove(&uid);
+    Ok(Action::await_change())
+}
+
+/// Exponential backoff per pod: 1 s, 2 s, 4 s … up to 30 s.
+fn error_policy(pod: Arc<Pod>, error: &Error, agent: Arc<PodAgent>) -> Action {
+    let uid = pod.uid().unwrap_or_default();
+    let mut failures = agent.failures.lock().expect("not poisoned");
+    let count = failures.entry(uid).or_insert(0);
+    *count += 1;
+    let delay = backoff(*count);
+    tracing::warn!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+        error = %error, retry_in = ?delay, "pod not set up");
+    Action::requeue(delay)
+}
+
+/// The retry delay after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF)
+}
+
+/// Tears down sandboxes whose pod is gone (deleted with grace 0 by someone else, or while the
+/// agent was down), once the pod cache is complete.
+async fn collect_orphans(agent: Arc<PodAgent>, store: Store<Pod>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(GC_PERIOD);
+    loop {
+        tick.tick().await;
+        let live: HashSet<String> = store.state().iter().filter_map(|p| p.uid()).collect();
+        let sandboxes = match agent.sandboxes.list() {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing sandboxes");
+                continue;
+            }
+        };
+        for sandbox in sandboxes.into_iter().filter(|s| !live.contains(&s.uid)) {
+            tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "removing orphaned sandbox");
+            if let Err(e) = agent.tear_down(&sandbox.uid).await {
+                tracing::warn!(error = %e, "removing orphaned sandbox");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Pod sandboxes: one network namespace per pod, and what the agent must remember about it.
+//!
+//! The record is written before the CNI `ADD` so that a crash in the middle still leaves enough to
+//! run `DEL` and remove the namespace later, and it holds the `ADD` result that `CHECK` and `DEL`
+//! need (a runtime caches it the same way).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::process::Command;
+
+/// What the agent knows about one pod's sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// `ip netns` name of the pod's network namespace.
+    pub netns: String,
+    pub container_id: String,
+    /// The final CNI `ADD` result; `None` while the `ADD` has not completed.
+    pub result: Option<Value>,
+}
+
+impl Sandbox {
+    pub fn netns_path(&self) -> PathBuf {
+        netns_path(&self.netns)
+    }
+}
+
+/// Sandbox records, one JSON file per pod UID in a folder.
+#[derive(Clone, Debug)]
+pub struct SandboxStore {
+    dir: PathBuf,
+}
+
+impl SandboxStore {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self { dir: dir.into() })
+    }
+
+    fn file(&self, uid: &str) -> PathBuf {
+        self.dir.join(format!("{uid}.json"))
+    }
+
+    pub fn load(&self, uid: &str) -> io::Result<Option<Sandbox>> {
+        match std::fs::read(self.file(uid)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn save(&self, sandbox: &Sandbox) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{}.tmp", sandbox.uid));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(sandbox)?)?;
+        std::fs::rename(&tmp, self.file(&sandbox.uid))
+    }
+
+    pub fn remove(&self, uid: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.file(uid)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn list(&self) -> io::Result<Vec<Sandbox>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(uid) = name.strip_suffix(".json")
+                && let Some(sandbox) = self.load(uid)?
+            {
+                out.push(sandbox);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where `ip netns` keeps a named namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// Creates a named network namespace with its loopback up; an existing one is kept.
+pub async fn create_netns(name: &str) -> io::Result<()> {
+    if !netns_path(name).exists() {
+        ip(&["netns", "add", name]).await?;
+    }
+    ip(&["-n", name, "link", "set", "lo", "up"]).await
+}
+
+/// Deletes a named network namespace (and with it every link inside); a missing one is fine.
+pub async fn delete_netns(name: &str) -> io::Result<()> {
+    if netns_path(name).exists() {
+        ip(&["netns", "delete", name]).await?;
+    }
+    Ok(())
+}
+
+async fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output().await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_round_trips_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SandboxStore::open(dir.path()).unwrap();
+        let sandbox = Sandbox {
+            namespace: "ns".into(),
+            name: "web-0".into(),
+            uid: "u1".into(),
+            netns: "pk-u1".into(),
+            container_id: "c1".into(),
+            result: Some(serde_json::json!({"ips": []})),
+        };
+        assert_eq!(store.load("u1").unwrap(), None);
+        store.save(&sandbox).unwrap();
+        assert_eq!(store.load("u1").unwrap(), Some(sandbox.clone()));
+        assert_eq!(store.list().unwrap(), vec![sandbox]);
+        store.remove("u1").unwrap();
+        store.remove("u1").unwrap();
+        assert!(store.list().unwrap().is_empty());
+    }
+}

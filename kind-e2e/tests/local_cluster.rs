@@ -1,0 +1,669 @@
+//! The local cluster's proof, against a real control plane and real OVN.
+//!
+//! One cluster serves the whole binary (brought up by the first trial that needs it); trials run
+//! one at a time in the order below, and the last one tears the cluster down and checks that
+//! nothing of it is left. If a trial is filtered out or fails, the cluster is still torn down
+//! before the binary exits. Without root the trials are ignored, except under `CI=true`, where
+//! they run and fail.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use kind_e2e::harness::client_from_kubeconfig;
+use kind_e2e::pods::SANDBOX_FAILURE_REASON;
+use kind_e2e::{Cluster, ClusterOptions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::json;
+
+type TestResult = Result<(), Failed>;
+
+const NS: &str = "proof";
+
+static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
+static UP_FAILURE: OnceLock<String> = OnceLock::new();
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let runnable = is_root() || std::env::var("CI").as_deref() == Ok("true");
+    let trials = [
+        trial(
+            "nodes_are_ready_and_are_ovn_chassis",
+            nodes_are_ready_and_are_ovn_chassis,
+        ),
+        trial(
+            "statefulset_and_deployment_pods_run_with_addresses",
+            statefulset_and_deployment_pods_run_with_addresses,
+        ),
+        trial(
+            "two_pods_on_one_node_ping_each_other",
+            two_pods_on_one_node_ping_each_other,
+        ),
+        trial(
+            "deleted_statefulset_pod_comes_back_under_its_name",
+            deleted_statefulset_pod_comes_back_under_its_name,
+        ),
+        trial(
+            "cni_failure_is_an_event_and_is_retried",
+            cni_failure_is_an_event_and_is_retried,
+        ),
+        trial(
+            "restarted_node_agent_keeps_pods_and_wires_new_ones",
+            restarted_node_agent_keeps_pods_and_wires_new_ones,
+        ),
+        trial(
+            "restarted_nb_database_keeps_its_data",
+            restarted_nb_database_keeps_its_data,
+        ),
+        trial(
+            "down_leaves_no_process_namespace_or_port",
+            down_leaves_no_process_namespace_or_port,
+        ),
+    ]
+    .into_iter()
+    .map(|t| t.with_ignored_flag(!runnable))
+    .collect();
+    if !runnable {
+        eprintln!("local cluster e2e needs root (set CI=true to make that a failure): ignored");
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()).take());
+    conclusion.exit();
+}
+
+fn trial<F, Fut>(name: &'static str, body: F) -> Trial
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult>,
+{
+    Trial::test(name, move || {
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async move {
+            let kubeconfig = with_cluster(|c| c.kubeconfig().to_path_buf())?;
+            let client = client_from_kubeconfig(&kubeconfig).await?;
+            body(client).await
+        })
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The shared cluster, brought up on first use; a failed start fails every later trial too.
+fn cluster() -> Result<MutexGuard<'static, Option<Cluster>>, Failed> {
+    let mut guard = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        if let Some(failure) = UP_FAILURE.get() {
+            return Err(failure.clone().into());
+        }
+        let opts = ClusterOptions {
+            node_agent: Some(env!("CARGO_BIN_EXE_node-agent").into()),
+            ..ClusterOptions::default()
+        };
+        let started = Instant::now();
+        match Cluster::up(opts) {
+            Ok(c) => {
+                eprintln!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
+                *guard = Some(c);
+            }
+            Err(e) => {
+                let msg = format!("cluster did not start: {e}");
+                let _ = UP_FAILURE.set(msg.clone());
+                return Err(msg.into());
+            }
+        }
+    }
+    Ok(guard)
+}
+
+fn with_cluster<T>(f: impl FnOnce(&Cluster) -> T) -> Result<T, Failed> {
+    let guard = cluster()?;
+    Ok(f(guard.as_ref().expect("cluster is up")))
+}
+
+/// Polls until `check` yields a value, or fails with the last observation after `timeout`.
+async fn wait_for<T, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> Result<T, Failed>
+where
+    Fut: Future<Output = Result<Result<T, String>, Failed>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await? {
+            Ok(value) => return Ok(value),
+            Err(seen) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+                )
+                .into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+fn is_running_with_ip(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready
+        && status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status.and_then(|s| s.pod_ip.as_ref()).is_some()
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+/// The pod subnet the default CNI configuration gives `nodeN`: 10.244.N.0/24.
+fn node_subnet_prefix(node: &str) -> String {
+    format!("10.244.{}.", node.trim_start_matches("node"))
+}
+
+async fn running_pods(client: &Client, selector: &str, want: usize) -> Result<Vec<Pod>, Failed> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        Duration::from_secs(90),
+        &format!("{want} running pods {selector}"),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods.list(&ListParams::default().labels(selector)).await?;
+                let running: Vec<Pod> = list
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                let summary: Vec<String> = running
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{:?}:{}",
+                            p.name_any(),
+                            p.status.as_ref().and_then(|s| s.phase.clone()),
+                            pod_ip(p)
+                        )
+                    })
+                    .collect();
+                if running.len() == want && running.iter().all(is_running_with_ip) {
+                    Ok(Ok(running))
+                } else {
+                    Ok(Err(summary.join(", ")))
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn exec_ok(namespace: &str, pod: &str, cmd: &[&str]) -> Result<String, Failed> {
+    let out = with_cluster(|c| c.pod_exec(namespace, pod, cmd))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{cmd:?} in {namespace}/{pod} failed: {}{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
+    }
+}
+
+async fn nodes_are_ready_and_are_ovn_chassis(client: Client) -> TestResult {
+    let expected = with_cluster(|c| c.nodes().to_vec())?;
+    let nodes: Api<Node> = Api::all(client);
+    let list = nodes.list(&ListParams::default()).await?;
+    let names: Vec<String> = list.items.iter().map(|n| n.name_any()).collect();
+    assert_eq!(names, expected);
+    for node in &list.items {
+        let status = node.status.as_ref().expect("node status");
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready");
+        assert_eq!(
+            ready.map(|c| c.status.as_str()),
+            Some("True"),
+            "{} Ready",
+            node.name_any()
+        );
+        let pods = status.allocatable.as_ref().and_then(|a| a.get("pods"));
+        assert_eq!(
+            pods.map(|q| q.0.as_str()),
+            Some("110"),
+            "{} allocatable pods",
+            node.name_any()
+        );
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        assert!(
+            taints.is_empty(),
+            "{} still tainted: {taints:?}",
+            node.name_any()
+        );
+        let out =
+            with_cluster(|c| c.ovn_sbctl(&["get", "chassis", &node.name_any(), "hostname"]))??;
+        assert!(
+            out.status.success(),
+            "no OVN chassis {}: {}",
+            node.name_any(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .trim_matches('"'),
+            node.name_any()
+        );
+    }
+    Ok(())
+}
+
+async fn statefulset_and_deployment_pods_run_with_addresses(client: Client) -> TestResult {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+        )
+        .await?;
+    let template = |app: &str| {
+        json!({
+            "metadata": {"labels": {"app": app}},
+            "spec": {"containers": [{"name": "main", "image": "pause"}]},
+        })
+    };
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"serviceName": "web", "replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": template("web")},
+    }))?;
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api", "namespace": NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}}, "template": template("api")},
+    }))?;
+    Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &sts)
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &deploy)
+        .await?;
+
+    let web = running_pods(&client, "app=web", 3).await?;
+    let api = running_pods(&client, "app=api", 2).await?;
+    let mut web_names: Vec<String> = web.iter().map(|p| p.name_any()).collect();
+    web_names.sort();
+    assert_eq!(web_names, ["web-0", "web-1", "web-2"]);
+
+    let all: Vec<&Pod> = web.iter().chain(&api).collect();
+    let used_nodes: HashSet<String> = all.iter().map(|p| node_of(p)).collect();
+    let expected: HashSet<String> = with_cluster(|c| c.nodes().iter().cloned().collect())?;
+    assert_eq!(
+        used_nodes, expected,
+        "the scheduler spreads the pods over both nodes"
+    );
+    let ips: HashSet<String> = all.iter().map(|p| pod_ip(p)).collect();
+    assert_eq!(ips.len(), all.len(), "every pod has its own address");
+    for pod in all {
+        let ip = pod_ip(pod);
+        assert!(
+            ip.starts_with(&node_subnet_prefix(&node_of(pod))),
+            "{} got {ip} on {}",
+            pod.name_any(),
+            node_of(pod)
+        );
+        let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.clone());
+        assert!(host_ip.is_some(), "{} has a hostIP", pod.name_any());
+        let listed = exec_ok(
+            NS,
+            &pod.name_any(),
+            &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+        )?;
+        assert!(
+            listed.contains(&format!(" {ip}/")),
+            "eth0 of {} carries {ip}: {listed}",
+            pod.name_any()
+        );
+    }
+    Ok(())
+}
+
+async fn two_pods_on_one_node_ping_each_other(client: Client) -> TestResult {
+    let pods = Api::<Pod>::namespaced(client, NS)
+        .list(&ListParams::default())
+        .await?;
+    let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+    for pod in pods.items.iter().filter(|p| is_running_with_ip(p)) {
+        by_node.entry(node_of(pod)).or_default().push(pod);
+    }
+    let (node, pair) = by_node
+        .iter()
+        .find(|(_, pods)| pods.len() >= 2)
+        .ok_or("no node holds two running pods")?;
+    let (from, to) = (pair[0], pair[1]);
+    let out = exec_ok(
+        NS,
+        &from.name_any(),
+        &["ping", "-c", "3", "-W", "2", &pod_ip(to)],
+    )?;
+    assert!(
+        out.contains(" 0% packet loss"),
+        "ping {} -> {} on {node}: {out}",
+        from.name_any(),
+        to.name_any()
+    );
+    Ok(())
+}
+
+async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> TestResult {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let old = pods.get("web-1").await?;
+    let old_uid = old.uid().expect("uid");
+    pods.delete("web-1", &DeleteParams::default()).await?;
+    let new = wait_for(Duration::from_secs(60), "web-1 to come back", || {
+        let pods = pods.clone();
+        let old_uid = old_uid.clone();
+        async move {
+            Ok(match pods.get_opt("web-1").await? {
+                Some(p) if p.uid().as_deref() != Some(&old_uid) && is_running_with_ip(&p) => Ok(p),
+                Some(p) => Err(format!(
+                    "uid {:?} phase {:?}",
+                    p.uid(),
+                    p.status.and_then(|s| s.phase)
+                )),
+                None => Err("absent".into()),
+            })
+        }
+    })
+    .await?;
+    assert!(!pod_ip(&new).is_empty(), "new web-1 has an address");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&old_uid),
+        "the old web-1 sandbox {old_uid} is gone: {netns}"
+    );
+    running_pods(&client, "app=web", 3).await?;
+    Ok(())
+}
+
+/// Exhausts node1's address range (host-local IPAM) so the plugin's ADD really fails, then frees it.
+async fn cni_failure_is_an_event_and_is_retried(client: Client) -> TestResult {
+    let ipam = with_cluster(|c| c.node_dir("node1").join("cni/ipam/portkeeper-local"))?;
+    std::fs::create_dir_all(&ipam)?;
+    let mut reserved = Vec::new();
+    for last in 2..=254 {
+        let file = ipam.join(format!("10.244.1.{last}"));
+        if !file.exists() {
+            std::fs::write(&file, "e2e-reserved")?;
+            reserved.push(file);
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "starved", "namespace": NS, "labels": {"app": "starved"}},
+        "spec": {"nodeName": "node1", "containers": [{"name": "main", "image": "pause"}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let event = wait_for(
+        Duration::from_secs(30),
+        "a FailedCreatePodSandBox event",
+        || {
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&ListParams::default().fields("involvedObject.name=starved"))
+                    .await?;
+                Ok(list
+                    .items
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some(SANDBOX_FAILURE_REASON))
+                    .ok_or_else(|| "no event yet".to_string()))
+            }
+        },
+    )
+    .await;
+    let still_pending = pods.get("starved").await.map(|p| !is_running_with_ip(&p));
+    for file in &reserved {
+        std::fs::remove_file(file)?;
+    }
+    let event = event?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let message = event.message.unwrap_or_default();
+    assert!(
+        message.contains("no IP addresses available"),
+        "event names the plugin's error: {message}"
+    );
+    assert!(
+        still_pending?,
+        "the pod is not Running while its sandbox fails"
+    );
+    running_pods(&client, "app=starved", 1).await?;
+    Ok(())
+}
+
+async fn restarted_node_agent_keeps_pods_and_wires_new_ones(client: Client) -> TestResult {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let before: BTreeMap<String, String> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|p| node_of(p) == "node1")
+        .map(|p| (p.name_any(), pod_ip(p)))
+        .collect();
+    assert!(!before.is_empty(), "node1 runs pods");
+    with_cluster(|c| c.restart("agent-node1"))??;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "after-restart", "namespace": NS, "labels": {"app": "after-restart"}},
+        "spec": {"nodeName": "node1", "containers": [{"name": "main", "image": "pause"}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let new = running_pods(&client, "app=after-restart", 1).await?;
+    let after: BTreeMap<String, String> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|p| before.contains_key(&p.name_any()) && is_running_with_ip(p))
+        .map(|p| (p.name_any(), pod_ip(p)))
+        .collect();
+    assert_eq!(
+        after, before,
+        "pods on node1 keep running with their addresses"
+    );
+    let (old_name, old_ip) = before.iter().next().expect("non-empty");
+    let out = exec_ok(
+        NS,
+        &new[0].name_any(),
+        &["ping", "-c", "2", "-W", "2", old_ip],
+    )?;
+    assert!(
+        out.contains(" 0% packet loss"),
+        "new pod reaches {old_name}: {out}"
+    );
+    Ok(())
+}
+
+async fn restarted_nb_database_keeps_its_data(_client: Client) -> TestResult {
+    let run = |args: &[&str]| -> Result<String, Failed> {
+        let out = with_cluster(|c| c.ovn_nbctl(args))??;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "ovn-nbctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into())
+        }
+    };
+    run(&["ls-add", "e2e-restart"])?;
+    with_cluster(|c| c.restart("nb"))??;
+    let switches = run(&["ls-list"])?;
+    assert!(
+        switches.contains("(e2e-restart)"),
+        "switch survives the restart: {switches}"
+    );
+    Ok(())
+}
+
+/// What the cluster holds on this machine, read from its run folder before tear-down.
+struct Footprint {
+    processes: Vec<(String, u32, String)>,
+    ports: Vec<u16>,
+    netns_prefix: String,
+}
+
+fn footprint(cluster: &Cluster) -> Result<Footprint, Failed> {
+    let dir = cluster.run_dir();
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir(dir.join("pid"))? {
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
+        let mut fields = text.split_whitespace();
+        let pid: u32 = fields.next().ok_or("empty pid file")?.parse()?;
+        let start = fields
+            .next()
+            .ok_or("pid file has no start time")?
+            .to_string();
+        processes.push((entry.file_name().to_string_lossy().into_owned(), pid, start));
+    }
+    let state = std::fs::read_to_string(dir.join("state"))?;
+    let ports = state
+        .lines()
+        .filter_map(|l| l.strip_prefix("PK_PORT="))
+        .map(str::parse)
+        .collect::<Result<Vec<u16>, _>>()?;
+    let netns_prefix = state
+        .lines()
+        .find_map(|l| l.strip_prefix("PK_PREFIX="))
+        .ok_or("no PK_PREFIX in state")?
+        .to_string();
+    Ok(Footprint {
+        processes,
+        ports,
+        netns_prefix,
+    })
+}
+
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(") ")?.1;
+    after_comm.split_whitespace().nth(19).map(str::to_string)
+}
+
+fn listening_ports() -> Result<HashSet<u16>, Failed> {
+    let mut ports = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) == Some(&"0A") {
+                let port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .ok_or("bad /proc/net/tcp line")?;
+                ports.insert(u16::from_str_radix(port, 16)?);
+            }
+        }
+    }
+    Ok(ports)
+}
+
+async fn down_leaves_no_process_namespace_or_port(_client: Client) -> TestResult {
+    let cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or("no cluster to tear down")?;
+    let run_dir = cluster.run_dir().to_path_buf();
+    let before = footprint(&cluster)?;
+    assert!(
+        before.processes.len() >= 10,
+        "the cluster ran its processes: {:?}",
+        before.processes
+    );
+    let listening = listening_ports()?;
+    assert!(
+        before.ports.iter().any(|p| listening.contains(p)),
+        "the cluster listened on its ports"
+    );
+    let started = Instant::now();
+    cluster.down()?;
+    eprintln!("down in {:.1}s", started.elapsed().as_secs_f64());
+
+    let alive: Vec<_> = before
+        .processes
+        .iter()
+        .filter(|(_, pid, start)| process_start(*pid).as_ref() == Some(start))
+        .collect();
+    assert!(alive.is_empty(), "processes left running: {alive:?}");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&before.netns_prefix))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "network namespaces left: {left:?}");
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(&before.netns_prefix),
+        "links left in the root namespace: {links}"
+    );
+    let listening = listening_ports()?;
+    let open: Vec<&u16> = before
+        .ports
+        .iter()
+        .filter(|p| listening.contains(p))
+        .collect();
+    assert!(open.is_empty(), "ports still listening: {open:?}");
+    assert!(
+        !run_dir.exists(),
+        "run folder {} removed",
+        run_dir.display()
+    );
+    Ok(())
+}
