@@ -144,10 +144,11 @@ fn generate_table(out: &mut String, table: &TableSchema) {
     let _ = writeln!(
         out,
         "}}\n\nimpl {ty} {{\n    /// The table name on the wire.\n    pub const TABLE: &'static str = {name:?};\n}}\n\n\
-         impl Table for {ty} {{\n    const TABLE: &'static str = {name:?};\n\n    \
+         impl Table for {ty} {{\n    const TABLE: &'static str = {name:?};\n    const COLUMNS: &'static [&'static str] = &{columns:?};\n\n    \
          fn uuid(&self) -> Uuid {{\n        self.uuid\n    }}\n\n    \
          fn from_uuid_row(uuid: Uuid, row: &Row) -> Result<Self, RowError> {{\n        Ok(Self {{\n            uuid,",
-        name = table.name
+        name = table.name,
+        columns = fields.iter().map(|(_, c)| &*c.name).collect::<Vec<_>>(),
     );
     for (f, c) in &fields {
         let _ = writeln!(

@@ -16,6 +16,10 @@ pub trait Table: Sized + Clone + Send + Sync + 'static {
     /// The table name on the wire.
     const TABLE: &'static str;
 
+    /// The columns the typed row reads (without `_uuid`): what a monitor or a
+    /// `select` must ask for.
+    const COLUMNS: &'static [&'static str];
+
     /// The row's `_uuid`.
     fn uuid(&self) -> Uuid;
 

@@ -326,6 +326,15 @@ fn required_nb_tables_are_typed() {
     row.fill_defaults(schema.table("DHCP_Options").unwrap());
     let d = nb::DhcpOptions::from_uuid_row(Uuid::nil(), &row).unwrap();
     assert_eq!(d.to_row(), row);
+    let lsp_columns: Vec<&str> = schema.tables["Logical_Switch_Port"]
+        .columns
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        <LogicalSwitchPort as Table>::COLUMNS,
+        lsp_columns.as_slice()
+    );
     assert_eq!(nb::DATABASE, "OVN_Northbound");
     assert_eq!(schema.tables.len(), 30);
 }
