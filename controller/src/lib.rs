@@ -14,6 +14,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod northbound;
+pub mod ovn;
 pub mod plan;
 pub mod pod;
 pub mod rebuild;

@@ -1,0 +1,374 @@
+//! [`Northbound`] over the `ovsdb-client` crate: reads from its monitored replica, writes as
+//! transactions guarded by preconditions on what was read, so a replay after a lost connection
+//! or a concurrent writer re-plans instead of duplicating or clobbering.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ovsdb_client::cache::CacheView;
+use ovsdb_client::client::Client;
+use ovsdb_client::datum::Uuid;
+use ovsdb_client::nb::{
+    LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
+    add_switch_port, remove_switch_port,
+};
+use ovsdb_client::operation::{Condition, Insert, Operation, Update, Wait};
+use ovsdb_client::row::Row;
+use ovsdb_client::table::Table;
+use ovsdb_client::transaction::{wait_absent, wait_unchanged};
+use portkeeper_engine::MacAddress;
+use tokio::time::Instant;
+
+use crate::northbound::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids};
+
+/// How long one write may take, retries included.
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// OVN Northbound through a leader-only `ovsdb-client` session.
+pub struct OvnNorthbound {
+    client: Client,
+}
+
+impl OvnNorthbound {
+    /// Starts a session to `remotes` (comma-separated `tcp:`/`ssl:`/`unix:`) monitoring the
+    /// switch and router tables. It connects in the background; [`Northbound::ready`] says when
+    /// the replica is loaded from the leader.
+    pub fn start(remotes: &str) -> Result<Self, ovsdb_client::error::Error> {
+        let client = Client::builder(remotes, "OVN_Northbound")
+            .monitor(LogicalSwitch::TABLE, &[])
+            .monitor(LogicalSwitchPort::TABLE, &[])
+            .monitor(LogicalRouter::TABLE, &[])
+            .monitor(LogicalRouterPort::TABLE, &[])
+            .start()?;
+        Ok(Self { client })
+    }
+}
+
+fn by_name(view: &CacheView<'_>, table: &str, name: &str) -> Option<Row> {
+    let rows = view.find(table, &["name"], &[name.into()])?;
+    rows.first().map(|r| (**r).clone())
+}
+
+fn switches(view: &CacheView<'_>) -> Vec<LogicalSwitch> {
+    view.rows(LogicalSwitch::TABLE)
+        .iter()
+        .filter_map(|r| LogicalSwitch::from_row(r).ok())
+        .collect()
+}
+
+fn switch_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalSwitch> {
+    view.rows(LogicalSwitch::TABLE)
+        .iter()
+        .filter_map(|r| LogicalSwitch::from_row(r).ok())
+        .find(|s| s.name == name)
+}
+
+fn router_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalRouter> {
+    view.rows(LogicalRouter::TABLE)
+        .iter()
+        .filter_map(|r| LogicalRouter::from_row(r).ok())
+        .find(|s| s.name == name)
+}
+
+fn observed(port: LogicalSwitchPort, switch: &str) -> ObservedPort {
+    ObservedPort {
+        name: port.name,
+        switch: switch.to_owned(),
+        kind: port.type_,
+        addresses: port.addresses.into_iter().collect(),
+        external_ids: port.external_ids,
+        options: port.options,
+    }
+}
+
+fn nb_error(op: &str, e: impl std::fmt::Display) -> NbError {
+    NbError {
+        op: op.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// The update of `columns` of the row `uuid` to their values in `wanted`.
+fn update_columns(table: &str, uuid: Uuid, wanted: &Row, columns: &[&str]) -> Operation {
+    let mut row = Row::new();
+    for column in columns {
+        if let Some(value) = wanted.get(column) {
+            row.insert(*column, value.clone());
+        }
+    }
+    Update::new(table, row)
+        .filter(Condition::uuid_is(uuid))
+        .into()
+}
+
+const PORT_COLUMNS: [&str; 4] = ["addresses", "port_security", "external_ids", "type"];
+
+impl OvnNorthbound {
+    async fn write(
+        &self,
+        op: &str,
+        build: impl FnMut(&CacheView<'_>) -> Vec<Operation>,
+    ) -> Result<(), NbError> {
+        self.client
+            .transact_with_retry(Instant::now() + WRITE_DEADLINE, build)
+            .await
+            .map(drop)
+            .map_err(|e| nb_error(op, e))
+    }
+
+    /// Creates the named root row (switch or router) if absent.
+    async fn ensure_named_root(
+        &self,
+        table: &'static str,
+        row: Row,
+        name: &str,
+    ) -> Result<(), NbError> {
+        if by_name_scan(&self.client.cache().read(), table, name) {
+            return Ok(());
+        }
+        self.write("create", |view| {
+            if by_name_scan(view, table, name) {
+                return Vec::new();
+            }
+            vec![
+                wait_absent(table, vec![Condition::eq("name", name)]),
+                Insert::new(table, row.clone()).into(),
+            ]
+        })
+        .await
+    }
+
+    /// Creates or updates a switch port (never its `options`).
+    async fn ensure_switch_port(
+        &self,
+        switch: &str,
+        wanted: LogicalSwitchPort,
+    ) -> Result<(), NbError> {
+        let wanted_row = wanted.to_row();
+        let same = |p: &LogicalSwitchPort| {
+            p.addresses == wanted.addresses
+                && p.port_security == wanted.port_security
+                && p.external_ids == wanted.external_ids
+                && p.type_ == wanted.type_
+        };
+        let located = |view: &CacheView<'_>| {
+            let row = by_name(view, LogicalSwitchPort::TABLE, &wanted.name)?;
+            let port = LogicalSwitchPort::from_row(&row).ok()?;
+            let holder = switches(view)
+                .into_iter()
+                .find(|s| s.ports.contains(&port.uuid));
+            Some((row, port, holder))
+        };
+        let (target, stale) = {
+            let view = self.client.cache().read();
+            let Some(target) = switch_by_name(&view, switch) else {
+                return Err(nb_error(
+                    "upsert_port",
+                    format!("logical switch {switch} does not exist"),
+                ));
+            };
+            match located(&view) {
+                Some((_, port, Some(holder))) if holder.uuid == target.uuid && same(&port) => {
+                    return Ok(());
+                }
+                Some((_, port, Some(holder))) if holder.uuid != target.uuid => {
+                    (target, Some((holder.uuid, port.uuid)))
+                }
+                _ => (target, None),
+            }
+        };
+        if let Some((holder, port)) = stale {
+            self.write("move_port", |_| remove_switch_port(holder, port, None))
+                .await?;
+        }
+        self.write("upsert_port", |view| match located(view) {
+            Some((row, port, Some(_))) => {
+                let mut ops: Vec<Operation> =
+                    wait_unchanged(LogicalSwitchPort::TABLE, &row, &PORT_COLUMNS)
+                        .into_iter()
+                        .collect();
+                ops.push(update_columns(
+                    LogicalSwitchPort::TABLE,
+                    port.uuid,
+                    &wanted_row,
+                    &PORT_COLUMNS,
+                ));
+                ops
+            }
+            _ => {
+                let absent = Wait::absent(
+                    LogicalSwitchPort::TABLE,
+                    vec![Condition::eq("name", wanted.name.as_str())],
+                );
+                add_switch_port(target.uuid, &wanted, Some(absent))
+            }
+        })
+        .await
+    }
+}
+
+fn by_name_scan(view: &CacheView<'_>, table: &str, name: &str) -> bool {
+    view.rows(table).iter().any(|r| {
+        r.get("name")
+            .and_then(|v| v.as_atom())
+            .and_then(|a| a.as_str())
+            == Some(name)
+    })
+}
+
+fn vendor_ids(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    std::iter::once((ids::VENDOR, VENDOR))
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+impl Northbound for OvnNorthbound {
+    fn ready(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    fn ports(&self) -> Vec<ObservedPort> {
+        let view = self.client.cache().read();
+        let mut out = Vec::new();
+        for switch in switches(&view) {
+            for uuid in &switch.ports {
+                if let Some(Ok(port)) = view
+                    .get(LogicalSwitchPort::TABLE, *uuid)
+                    .map(|r| LogicalSwitchPort::from_row(&r))
+                {
+                    out.push(observed(port, &switch.name));
+                }
+            }
+        }
+        out
+    }
+
+    fn port(&self, name: &str) -> Option<ObservedPort> {
+        let view = self.client.cache().read();
+        let port =
+            LogicalSwitchPort::from_row(&by_name(&view, LogicalSwitchPort::TABLE, name)?).ok()?;
+        let switch = switches(&view)
+            .into_iter()
+            .find(|s| s.ports.contains(&port.uuid))
+            .map(|s| s.name)
+            .unwrap_or_default();
+        Some(observed(port, &switch))
+    }
+
+    fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort> {
+        let view = self.client.cache().read();
+        let Some(ls) = switch_by_name(&view, switch) else {
+            return Vec::new();
+        };
+        ls.ports
+            .iter()
+            .filter_map(|uuid| view.get(LogicalSwitchPort::TABLE, *uuid))
+            .filter_map(|row| LogicalSwitchPort::from_row(&row).ok())
+            .map(|p| observed(p, switch))
+            .collect()
+    }
+
+    fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
+        let view = self.client.cache().read();
+        let row = by_name(&view, LogicalRouterPort::TABLE, name)?;
+        MacAddress::parse(&LogicalRouterPort::from_row(&row).ok()?.mac).ok()
+    }
+
+    async fn ensure_switch(&self, spec: &SwitchSpec) -> Result<(), NbError> {
+        let router = LogicalRouter {
+            name: spec.router.clone(),
+            external_ids: vendor_ids(&[]),
+            ..Default::default()
+        };
+        self.ensure_named_root(LogicalRouter::TABLE, router.to_row(), &spec.router)
+            .await?;
+        let switch = LogicalSwitch {
+            name: spec.name.clone(),
+            external_ids: vendor_ids(&[(ids::SUBNET, &spec.name)]),
+            ..Default::default()
+        };
+        self.ensure_named_root(LogicalSwitch::TABLE, switch.to_row(), &spec.name)
+            .await?;
+
+        let lrp = LogicalRouterPort {
+            name: spec.router_port.clone(),
+            mac: spec.router_port_mac.to_string(),
+            networks: spec.networks.iter().cloned().collect::<BTreeSet<_>>(),
+            external_ids: vendor_ids(&[]),
+            ..Default::default()
+        };
+        let lrp_row = lrp.to_row();
+        let columns = ["mac", "networks"];
+        self.write("ensure_router_port", |view| {
+            let Some(router) = router_by_name(view, &spec.router) else {
+                return Vec::new();
+            };
+            match by_name(view, LogicalRouterPort::TABLE, &lrp.name) {
+                None => add_router_port(
+                    router.uuid,
+                    &lrp,
+                    Some(Wait::absent(
+                        LogicalRouterPort::TABLE,
+                        vec![Condition::eq("name", lrp.name.as_str())],
+                    )),
+                ),
+                Some(row) => {
+                    let current = LogicalRouterPort::from_row(&row).ok();
+                    if current
+                        .as_ref()
+                        .is_some_and(|c| c.mac == lrp.mac && c.networks == lrp.networks)
+                    {
+                        return Vec::new();
+                    }
+                    let uuid = row.uuid().expect("cached rows have a uuid");
+                    wait_unchanged(LogicalRouterPort::TABLE, &row, &columns)
+                        .into_iter()
+                        .chain([update_columns(
+                            LogicalRouterPort::TABLE,
+                            uuid,
+                            &lrp_row,
+                            &columns,
+                        )])
+                        .collect()
+                }
+            }
+        })
+        .await?;
+
+        let router_side = LogicalSwitchPort {
+            name: format!("{}-{}", spec.name, spec.router),
+            type_: "router".into(),
+            addresses: BTreeSet::from(["router".to_owned()]),
+            options: BTreeMap::from([("router-port".to_owned(), spec.router_port.clone())]),
+            external_ids: vendor_ids(&[(ids::LS, &spec.name)]),
+            ..Default::default()
+        };
+        self.ensure_switch_port(&spec.name, router_side).await
+    }
+
+    async fn upsert_port(&self, spec: &PortSpec) -> Result<(), NbError> {
+        let port = LogicalSwitchPort {
+            name: spec.name.clone(),
+            addresses: BTreeSet::from([spec.addresses.clone()]),
+            port_security: spec.port_security.iter().cloned().collect(),
+            external_ids: spec.external_ids.clone(),
+            ..Default::default()
+        };
+        self.ensure_switch_port(&spec.switch, port).await
+    }
+
+    async fn delete_port(&self, name: &str) -> Result<(), NbError> {
+        self.write("delete_port", |view| {
+            let Some(row) = by_name(view, LogicalSwitchPort::TABLE, name) else {
+                return Vec::new();
+            };
+            let uuid = row.uuid().expect("cached rows have a uuid");
+            match switches(view).into_iter().find(|s| s.ports.contains(&uuid)) {
+                Some(switch) => remove_switch_port(switch.uuid, uuid, None),
+                None => Vec::new(),
+            }
+        })
+        .await
+    }
+}
