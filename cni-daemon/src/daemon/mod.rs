@@ -1,0 +1,369 @@
+//! The node daemon: turns ADD, DEL and CHECK requests into a wired (or unwired) pod interface.
+//!
+//! ADD waits for the controller's allocation, builds the veth pair, configures the pod side,
+//! attaches the host side to `br-int`, waits for ovn-controller's `ovn-installed` and announces the
+//! addresses. Any failure undoes everything the attempt made. DEL is idempotent.
+
+pub mod allocation;
+pub mod announce;
+pub mod chassis;
+pub mod netdev;
+pub mod netns;
+pub mod ovs;
+pub mod server;
+
+use crate::cni::result::{AddResult, Interface, IpConfig, Route};
+use crate::cni::{CniError, Command, ErrorCode, PodRef};
+use crate::protocol::{DaemonRequest, DaemonResponse};
+use allocation::Allocation;
+use ipnet::IpNet;
+use netdev::{PodNic, VethNames};
+use netns::Netns;
+use ovs::Ovs;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Where the daemon learns a pod's allocation: the API server in production, fixed data in tests.
+pub trait AllocationSource: Send + Sync + 'static {
+    /// Waits up to `timeout` for `pod`'s allocation.
+    fn wait(
+        &self,
+        pod: &PodRef,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Allocation, CniError>> + Send;
+}
+
+/// The Kubernetes API as allocation source: a watch on the one pod.
+#[derive(Clone)]
+pub struct KubeAllocations(pub kube::Client);
+
+impl AllocationSource for KubeAllocations {
+    fn wait(
+        &self,
+        pod: &PodRef,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Allocation, CniError>> + Send {
+        allocation::wait(self.0.clone(), pod, timeout)
+    }
+}
+
+/// The daemon's bounds and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// MTU when the network configuration gives none.
+    pub default_mtu: u32,
+    /// How long ADD waits for the controller's allocation.
+    pub allocation_timeout: Duration,
+    /// How long ADD waits for ovn-controller's `ovn-installed`.
+    pub install_timeout: Duration,
+}
+
+/// One node's daemon.
+pub struct Daemon<A> {
+    allocations: A,
+    ovs: Ovs,
+    host: rtnetlink::Handle,
+    settings: Settings,
+}
+
+impl<A: AllocationSource> Daemon<A> {
+    /// A daemon using `ovs` and a netlink connection in the calling thread's (the host's) namespace.
+    pub fn new(allocations: A, ovs: Ovs, settings: Settings) -> Result<Self, CniError> {
+        Ok(Self {
+            allocations,
+            ovs,
+            host: netdev::connect()?,
+            settings,
+        })
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: DaemonRequest) -> DaemonResponse {
+        let outcome = match request.command {
+            Command::Add => self.add(&request).await.map(DaemonResponse::Added),
+            Command::Del => self.del(&request).await.map(|()| DaemonResponse::Done),
+            Command::Check => self.check(&request).await.map(|()| DaemonResponse::Done),
+        };
+        outcome.unwrap_or_else(DaemonResponse::Failed)
+    }
+
+    async fn add(&self, request: &DaemonRequest) -> Result<AddResult, CniError> {
+        let (pod, netns) = pod_and_netns(request)?;
+        let allocation = self
+            .allocations
+            .wait(pod, self.settings.allocation_timeout)
+            .await?;
+        let mtu = request.mtu.unwrap_or(self.settings.default_mtu);
+        if mtu < 1280 && allocation.addresses.iter().any(|a| a.addr().is_ipv6()) {
+            return Err(CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                format!("mtu {mtu} is below IPv6's minimum of 1280"),
+            ));
+        }
+        let names = VethNames::for_container(&request.container_id, &request.ifname);
+        // A retried ADD (e.g. after a daemon restart) first clears what an earlier attempt left.
+        self.teardown(&names).await?;
+        let nic = PodNic {
+            ifname: request.ifname.clone(),
+            mac: allocation.mac,
+            addresses: allocation.addresses.clone(),
+            gateways: allocation.gateways.clone(),
+            mtu,
+        };
+        match self
+            .build(request, pod, &netns, &allocation, &names, nic)
+            .await
+        {
+            Ok(result) => Ok(result),
+            Err(err) => {
+                if let Err(cleanup) = self.teardown(&names).await {
+                    tracing::error!(port = %names.host, error = %cleanup, "rollback of a failed ADD failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        request: &DaemonRequest,
+        pod: &PodRef,
+        netns: &Netns,
+        allocation: &Allocation,
+        names: &VethNames,
+        nic: PodNic,
+    ) -> Result<AddResult, CniError> {
+        let host_mac = netdev::create_veth(&self.host, names, &nic, netns).await?;
+        let pod_side = nic.clone();
+        netns
+            .run(move || netdev::configure_pod_side(pod_side))
+            .await?;
+        let netns_path = request
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let external_ids = interface_external_ids(pod, allocation, &netns_path);
+        self.ovs.attach(&names.host, &external_ids).await?;
+        self.ovs
+            .wait_installed(&names.host, self.settings.install_timeout)
+            .await?;
+        let announced = nic.clone();
+        netns
+            .run(move || netdev::announce_pod_addresses(announced))
+            .await?;
+        Ok(add_result(names, host_mac, &nic, &netns_path))
+    }
+
+    async fn del(&self, request: &DaemonRequest) -> Result<(), CniError> {
+        self.teardown(&VethNames::for_container(
+            &request.container_id,
+            &request.ifname,
+        ))
+        .await
+    }
+
+    /// Removes the OVS port and the veth pair of `names`; absent parts are fine.
+    async fn teardown(&self, names: &VethNames) -> Result<(), CniError> {
+        self.ovs.detach(&names.host).await?;
+        netdev::delete_link(&self.host, &names.host).await?;
+        netdev::delete_link(&self.host, &names.transient_peer).await?;
+        Ok(())
+    }
+
+    async fn check(&self, request: &DaemonRequest) -> Result<(), CniError> {
+        let (pod, netns) = pod_and_netns(request)?;
+        let allocation = self
+            .allocations
+            .wait(pod, self.settings.allocation_timeout)
+            .await?;
+        let ifname = request.ifname.clone();
+        let observed = netns.run(move || netdev::observe_pod_side(ifname)).await?;
+        let mismatch = |what: String| Err(CniError::new(ErrorCode::CheckMismatch, what));
+        let Some(observed) = observed else {
+            return mismatch(format!(
+                "interface {} is missing in the pod",
+                request.ifname
+            ));
+        };
+        if observed.mac != Some(allocation.mac) {
+            return mismatch(format!(
+                "interface {} does not have the allocated MAC {}",
+                request.ifname,
+                format_mac(allocation.mac)
+            ));
+        }
+        if let Some(missing) = allocation
+            .addresses
+            .iter()
+            .find(|a| !observed.addresses.contains(a))
+        {
+            return mismatch(format!(
+                "interface {} lacks the allocated address {missing}",
+                request.ifname
+            ));
+        }
+        let names = VethNames::for_container(&request.container_id, &request.ifname);
+        let Some(interface) = self.ovs.interface(&names.host) else {
+            return mismatch(format!(
+                "port {} is not on the integration bridge",
+                names.host
+            ));
+        };
+        if interface.external_ids.get(ovs::IFACE_ID) != Some(&allocation.iface_id) {
+            return mismatch(format!(
+                "port {} is not bound to logical port {}",
+                names.host, allocation.iface_id
+            ));
+        }
+        if !self.ovs.is_installed(&names.host) {
+            return mismatch(format!("port {} is not marked ovn-installed", names.host));
+        }
+        Ok(())
+    }
+}
+
+fn pod_and_netns(request: &DaemonRequest) -> Result<(&PodRef, Netns), CniError> {
+    let pod = request.pod.as_ref().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!(
+                "{} needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS",
+                request.command.as_str()
+            ),
+        )
+    })?;
+    let path = request.netns.as_ref().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("{} needs CNI_NETNS", request.command.as_str()),
+        )
+    })?;
+    Ok((pod, Netns::open(path)?))
+}
+
+/// The Interface `external_ids`, with Kube-OVN's keys so `ovs-vsctl` habits keep working.
+pub fn interface_external_ids(
+    pod: &PodRef,
+    allocation: &Allocation,
+    netns: &str,
+) -> BTreeMap<String, String> {
+    let ips: Vec<String> = allocation
+        .addresses
+        .iter()
+        .map(|a| a.addr().to_string())
+        .collect();
+    BTreeMap::from([
+        (ovs::IFACE_ID.to_owned(), allocation.iface_id.clone()),
+        ("attached-mac".to_owned(), format_mac(allocation.mac)),
+        ("pod_name".to_owned(), pod.name.clone()),
+        ("pod_namespace".to_owned(), pod.namespace.clone()),
+        ("pod_netns".to_owned(), netns.to_owned()),
+        ("ip".to_owned(), ips.join(",")),
+        ("vendor".to_owned(), "portkeeper".to_owned()),
+    ])
+}
+
+fn add_result(names: &VethNames, host_mac: [u8; 6], nic: &PodNic, netns: &str) -> AddResult {
+    let gateway_for = |addr: &IpNet| {
+        nic.gateways
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == addr.addr().is_ipv4())
+    };
+    AddResult {
+        interfaces: vec![
+            Interface {
+                name: names.host.clone(),
+                mac: format_mac(host_mac),
+                sandbox: None,
+            },
+            Interface {
+                name: nic.ifname.clone(),
+                mac: format_mac(nic.mac),
+                sandbox: Some(netns.to_owned()),
+            },
+        ],
+        ips: nic
+            .addresses
+            .iter()
+            .map(|a| IpConfig {
+                address: *a,
+                gateway: gateway_for(a),
+                interface: 1,
+            })
+            .collect(),
+        routes: nic
+            .gateways
+            .iter()
+            .map(|gw| Route {
+                dst: match gw {
+                    IpAddr::V4(_) => "0.0.0.0/0".parse().expect("literal"),
+                    IpAddr::V6(_) => "::/0".parse().expect("literal"),
+                },
+                gw: Some(*gw),
+            })
+            .collect(),
+    }
+}
+
+/// Lowercase colon-separated MAC, as CNI results and OVN write them.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_ids_use_kube_ovn_keys() {
+        let pod = PodRef {
+            namespace: "ns".into(),
+            name: "web-0".into(),
+            uid: None,
+        };
+        let allocation = Allocation {
+            addresses: vec![
+                "10.16.0.15/16".parse().unwrap(),
+                "fd00::f/64".parse().unwrap(),
+            ],
+            gateways: vec![],
+            mac: [0, 0, 0, 0x53, 0x6b, 0xb6],
+            iface_id: "web-0.ns".into(),
+        };
+        let ids = interface_external_ids(&pod, &allocation, "/run/netns/x");
+        assert_eq!(ids["iface-id"], "web-0.ns");
+        assert_eq!(ids["attached-mac"], "00:00:00:53:6b:b6");
+        assert_eq!(ids["pod_name"], "web-0");
+        assert_eq!(ids["pod_namespace"], "ns");
+        assert_eq!(ids["ip"], "10.16.0.15,fd00::f");
+    }
+
+    #[test]
+    fn result_points_ips_at_the_pod_interface() {
+        let names = VethNames::for_container("c", "eth0");
+        let nic = PodNic {
+            ifname: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            addresses: vec![
+                "10.0.0.5/24".parse().unwrap(),
+                "fd00::5/64".parse().unwrap(),
+            ],
+            gateways: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            mtu: 1400,
+        };
+        let r = add_result(&names, [2, 0, 0, 0, 0, 2], &nic, "/run/netns/p");
+        assert_eq!(r.interfaces[1].sandbox.as_deref(), Some("/run/netns/p"));
+        assert_eq!(r.ips[0].gateway, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.ips[1].gateway, Some("fd00::1".parse().unwrap()));
+        assert!(r.ips.iter().all(|ip| ip.interface == 1));
+        assert_eq!(r.routes[1].dst, "::/0".parse::<IpNet>().unwrap());
+        assert_eq!(format_mac([0xaa, 0xbb, 0, 1, 2, 0xff]), "aa:bb:00:01:02:ff");
+    }
+}
