@@ -1,0 +1,220 @@
+//! The OVN adapter against a real ovsdb-server with the OVN Northbound schema, checked with
+//! `ovn-nbctl` as a user would. The server is a child of the test, killed on drop; a server
+//! that cannot start fails the test.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use portkeeper_controller::northbound::{Northbound, SwitchSpec, port_spec};
+use portkeeper_controller::ovn::OvnNorthbound;
+use portkeeper_engine::MacAddress;
+
+struct NbServer {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NbServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("nb.db");
+        let socket = dir.path().join("nb.sock");
+        let schema = ["/usr/share/ovn/ovn-nb.ovsschema"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("OVN's NB schema (install ovn-central)");
+        let status = Command::new("ovsdb-tool")
+            .args(["create", db.to_str().unwrap(), schema])
+            .status()
+            .expect("run ovsdb-tool (install openvswitch-common)");
+        assert!(status.success(), "ovsdb-tool create failed");
+        let child = Command::new("ovsdb-server")
+            .arg(format!("--remote=punix:{}", socket.display()))
+            .arg("--log-file=".to_owned() + dir.path().join("nb.log").to_str().unwrap())
+            .arg(format!("--unixctl={}", dir.path().join("ctl").display()))
+            .arg("-vconsole:off")
+            .arg(&db)
+            .spawn()
+            .expect("start ovsdb-server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "ovsdb-server did not create {socket:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NbServer {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn remote(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    fn nbctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ovn-nbctl")
+            .arg(format!("--db={}", self.remote()))
+            .args(args)
+            .output()
+            .expect("run ovn-nbctl");
+        assert!(
+            out.status.success(),
+            "ovn-nbctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for NbServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ready(nb: &OvnNorthbound) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nb.ready() {
+        assert!(Instant::now() < deadline, "northbound never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn switch(name: &str) -> SwitchSpec {
+    SwitchSpec {
+        name: name.into(),
+        router: "ovn-cluster".into(),
+        router_port: format!("ovn-cluster-{name}"),
+        router_port_mac: MacAddress::parse("0a:58:0a:10:00:01").unwrap(),
+        networks: vec!["10.16.0.1/16".into()],
+    }
+}
+
+#[tokio::test]
+async fn switches_ports_and_foreign_ports() {
+    let server = NbServer::start();
+    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    ready(&nb).await;
+
+    nb.ensure_switch(&switch("net1")).await.unwrap();
+    nb.ensure_switch(&switch("net1")).await.unwrap();
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"]),
+        "net1"
+    );
+    assert_eq!(
+        server.nbctl(&[
+            "get",
+            "Logical_Router_Port",
+            "ovn-cluster-net1",
+            "mac",
+            "networks"
+        ]),
+        "\"0a:58:0a:10:00:01\"\n[\"10.16.0.1/16\"]"
+    );
+    assert_eq!(
+        server.nbctl(&["lsp-get-type", "net1-ovn-cluster"]),
+        "router",
+        "the switch is attached to the cluster router"
+    );
+    assert_eq!(
+        nb.router_port_mac("ovn-cluster-net1").unwrap().to_string(),
+        "0a:58:0a:10:00:01"
+    );
+
+    server.nbctl(&["lsp-add", "net1", "legacy"]);
+    server.nbctl(&["lsp-set-addresses", "legacy", "0a:00:00:00:00:99 10.16.0.9"]);
+
+    let spec = port_spec(
+        "web.shop",
+        "net1",
+        "shop/web",
+        "0a:58:0a:10:00:02 10.16.0.2".into(),
+        false,
+    );
+    nb.upsert_port(&spec).await.unwrap();
+    assert_eq!(
+        server.nbctl(&["lsp-get-addresses", "web.shop"]),
+        "0a:58:0a:10:00:02 10.16.0.2"
+    );
+    let ids = server.nbctl(&["get", "Logical_Switch_Port", "web.shop", "external_ids"]);
+    assert!(
+        ids.contains("vendor=portkeeper")
+            && ids.contains("pod=\"shop/web\"")
+            && ids.contains("ls=net1"),
+        "{ids}"
+    );
+
+    let on_switch = nb.ports_on_switch("net1");
+    let legacy = on_switch
+        .iter()
+        .find(|p| p.name == "legacy")
+        .expect("foreign port is listed");
+    assert!(!legacy.is_ours());
+    assert_eq!(
+        legacy.ips().map(|i| i.to_string()).collect::<Vec<_>>(),
+        ["10.16.0.9"]
+    );
+    assert!(nb.port("web.shop").unwrap().is_ours());
+
+    // Options (where migration state lives) survive an update; port security is applied on request.
+    server.nbctl(&["lsp-set-options", "web.shop", "requested-chassis=node1"]);
+    let secured = port_spec(
+        "web.shop",
+        "net1",
+        "shop/web",
+        "0a:58:0a:10:00:02 10.16.0.3".into(),
+        true,
+    );
+    nb.upsert_port(&secured).await.unwrap();
+    assert_eq!(
+        server.nbctl(&["lsp-get-addresses", "web.shop"]),
+        "0a:58:0a:10:00:02 10.16.0.3"
+    );
+    assert_eq!(
+        server.nbctl(&["lsp-get-port-security", "web.shop"]),
+        "0a:58:0a:10:00:02 10.16.0.3"
+    );
+    assert_eq!(
+        server.nbctl(&["lsp-get-options", "web.shop"]),
+        "requested-chassis=node1"
+    );
+
+    // A port moves when its subnet changes.
+    nb.ensure_switch(&SwitchSpec {
+        networks: vec!["10.17.0.1/24".into()],
+        ..switch("net2")
+    })
+    .await
+    .unwrap();
+    let moved = port_spec(
+        "web.shop",
+        "net2",
+        "shop/web",
+        "0a:58:0a:10:00:02 10.17.0.2".into(),
+        false,
+    );
+    nb.upsert_port(&moved).await.unwrap();
+    assert!(
+        server
+            .nbctl(&["lsp-get-ls", "web.shop"])
+            .ends_with("(net2)")
+    );
+
+    nb.delete_port("web.shop").await.unwrap();
+    nb.delete_port("web.shop").await.unwrap();
+    assert!(nb.port("web.shop").is_none());
+    assert_eq!(
+        server.nbctl(&["lsp-list", "net2"]).lines().count(),
+        1,
+        "only the router port is left"
+    );
+    assert!(nb.port("legacy").is_some(), "the foreign port is untouched");
+}
