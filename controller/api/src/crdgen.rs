@@ -24,6 +24,24 @@ pub fn kubeovn_crds_yaml() -> String {
     render([Subnet::crd(), IP::crd(), IPPool::crd()].map(to_value))
 }
 
+/// Removes `default` from every schema node. Defaults come from `#[serde(default)]` and add
+/// nothing (the types fill them in on read), and a v1.20 API server rejects an empty-string
+/// default as `null`.
+fn strip_defaults(schema: &mut Value) {
+    let Some(node) = schema.as_object_mut() else {
+        return;
+    };
+    node.remove("default");
+    if let Some(props) = node.get_mut("properties").and_then(Value::as_object_mut) {
+        props.values_mut().for_each(strip_defaults);
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = node.get_mut(key) {
+            strip_defaults(child);
+        }
+    }
+}
+
 /// The KubeVirt CRDs for the local cluster: our partial schemas, with unknown fields preserved
 /// under `spec` and `status` so a test can play virt-controller with KubeVirt's full objects.
 pub fn kubevirt_test_crds_yaml() -> String {
@@ -42,7 +60,18 @@ pub fn kubevirt_test_crds_yaml() -> String {
 }
 
 fn to_value(crd: CustomResourceDefinition) -> Value {
-    serde_json::to_value(crd).expect("a CRD always serialises")
+    let mut value = serde_json::to_value(crd).expect("a CRD always serialises");
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                strip_defaults(schema);
+            }
+        }
+    }
+    value
 }
 
 fn preserve_unknown_fields(crd: &mut Value) {
