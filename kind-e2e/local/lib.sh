@@ -66,13 +66,15 @@ pk_run_dir() {
 	printf '%s\n' "${PORTKEEPER_RUN_DIR:-$here/.run}"
 }
 
-# Start time of a process (clock ticks since boot): with the pid, it names one process for good.
+# Start time of a live process (clock ticks since boot): with the pid, it names one process for
+# good. Fails for a zombie, which has exited and only waits to be reaped.
 pk_proc_start() {
 	local stat
 	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
 	stat=${stat##*) }
 	# shellcheck disable=SC2086
 	set -- $stat
+	[ "$1" != Z ] || return 1
 	printf '%s\n' "${20}"
 }
 
@@ -124,19 +126,19 @@ pk_wait_ready() {
 
 # Stop exactly the process we started for a component: TERM, then KILL after 10 s.
 pk_stop() {
-	local name=$1 pid start i
+	local name=$1 pid start
 	[ -f "$R/pid/$name" ] || return 0
 	read -r pid start <"$R/pid/$name"
 	if pk_alive "$name"; then
 		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 100); do
+		for _ in $(seq 100); do
 			pk_alive "$name" || break
 			sleep 0.1
 		done
 		if pk_alive "$name"; then
 			pk_log "$name (pid $pid) ignored TERM; killing"
 			kill -KILL "$pid" 2>/dev/null || true
-			for i in $(seq 50); do
+			for _ in $(seq 50); do
 				pk_alive "$name" || break
 				sleep 0.1
 			done
@@ -147,9 +149,10 @@ pk_stop() {
 
 # Wait until a command succeeds, up to a number of seconds.
 pk_wait() {
-	local secs=$1 what=$2 i
+	local secs=$1 what=$2 deadline
 	shift 2
-	for i in $(seq $((secs * 5))); do
+	deadline=$((SECONDS + secs))
+	while [ "$SECONDS" -lt "$deadline" ]; do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.2
 	done

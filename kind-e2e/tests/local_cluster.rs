@@ -584,8 +584,9 @@ fn footprint(cluster: &Cluster) -> Result<Footprint, Failed> {
 
 fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(") ")?.1;
-    after_comm.split_whitespace().nth(19).map(str::to_string)
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    // A zombie has exited and holds nothing; it only waits for its parent to reap it.
+    (fields.first() != Some(&"Z")).then(|| fields.get(19).map(|s| s.to_string()))?
 }
 
 fn listening_ports() -> Result<HashSet<u16>, Failed> {
