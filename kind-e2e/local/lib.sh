@@ -83,7 +83,7 @@ pk_alive() {
 	local f="$R/pid/$1" pid start
 	[ -f "$f" ] || return 1
 	read -r pid start <"$f"
-	[ "$(pk_proc_start "$pid" 2>/dev/null)" = "$start" ]
+	[ -n "${start:-}" ] && [ "$(pk_proc_start "$pid" 2>/dev/null)" = "$start" ]
 }
 
 # Launch a component from its command file, in its own session, logging to the run folder.
@@ -91,7 +91,8 @@ pk_launch() {
 	local name=$1 pid
 	setsid bash "$R/cmd/$name.sh" >>"$R/log/$name.log" 2>&1 </dev/null &
 	pid=$!
-	printf '%s %s\n' "$pid" "$(pk_proc_start "$pid")" >"$R/pid/$name"
+	# An empty start time (the process already exited) never matches a live process.
+	printf '%s %s\n' "$pid" "$(pk_proc_start "$pid" || true)" >"$R/pid/$name"
 }
 
 # Record a component's command line, then launch it.

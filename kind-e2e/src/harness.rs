@@ -61,7 +61,10 @@ impl Default for ClusterOptions {
 /// Why the harness could not do what a test asked.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error("{script} failed ({status}); its logs are in {run_dir}")]
+    #[error(
+        "{script} failed ({status}) for run folder {run_dir}; its output above ends with the \
+         last log lines (PORTKEEPER_KEEP_ON_FAILURE=1 keeps the folder)"
+    )]
     Script {
         script: String,
         status: std::process::ExitStatus,
