@@ -1,7 +1,8 @@
 //! Feeds arbitrary bytes, parsed as JSON, to every data-layer decoder: datums
 //! (untyped and against every column type of the OVN NB schema), rows, typed NB
-//! and `_Server` rows, schemas, error objects and `transact` results. None of
-//! them may panic, and whatever decodes must re-encode to the same value.
+//! and `_Server` rows, schemas, error objects, `transact` results and the schema
+//! checks of operations built from decoded rows. None of them may panic, and
+//! whatever decodes must re-encode to the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +15,7 @@ use ovsdb_client::row::Row;
 use ovsdb_client::schema::DatabaseSchema;
 use ovsdb_client::server_db;
 use ovsdb_client::table::Table;
+use ovsdb_client::validate::validate;
 
 fn decode(json: &serde_json::Value) {
     if let Ok(v) = Value::from_json(json) {
@@ -46,7 +48,23 @@ fn decode(json: &serde_json::Value) {
     {
         let _ = server_db::Database::from_uuid_row(Default::default(), &row);
     }
-    let _ = Row::from_json(json);
+    if let Ok(row) = Row::from_json(json) {
+        // Untyped rows, as a caller might build them, through the schema checks.
+        for table in schema.tables.keys() {
+            let ops = [
+                Insert::new(table.as_str(), row.clone()).into(),
+                Update::new(table.as_str(), row.clone()).into(),
+                Wait::new(
+                    table.as_str(),
+                    row.iter().map(|(k, _)| k),
+                    WaitUntil::Equal,
+                    vec![row.clone()],
+                )
+                .into(),
+            ];
+            let _ = validate(&ops, schema);
+        }
+    }
     let _ = DatabaseSchema::from_json(json);
     let _ = OvsdbError::from_json(json);
     let ops: Vec<Operation> = vec![
