@@ -206,13 +206,13 @@ impl<A: AllocationSource> Daemon<A> {
             ));
         }
         let names = VethNames::for_container(&request.container_id, &request.ifname);
-        let Some(interface) = self.ovs.interface(&names.host) else {
+        let Some(external_ids) = self.ovs.interface_external_ids(&names.host) else {
             return mismatch(format!(
                 "port {} is not on the integration bridge",
                 names.host
             ));
         };
-        if interface.external_ids.get(ovs::IFACE_ID) != Some(&allocation.iface_id) {
+        if external_ids.get(ovs::IFACE_ID) != Some(&allocation.iface_id) {
             return mismatch(format!(
                 "port {} is not bound to logical port {}",
                 names.host, allocation.iface_id

@@ -7,7 +7,6 @@ use ovsdb_client::client::Client;
 use ovsdb_client::datum::{Atom, Uuid, Value};
 use ovsdb_client::operation::{Condition, Function, Insert, Mutate, Mutation, Mutator, Operation};
 use ovsdb_client::row::Row;
-use ovsdb_client::table::Table;
 use ovsdb_client::vswitch;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,10 +53,16 @@ impl Ovs {
     pub fn system_id(&self) -> Option<String> {
         self.client
             .cache()
-            .list_typed::<vswitch::OpenVswitch>()
-            .into_iter()
-            .flatten()
-            .find_map(|row| row.external_ids.get("system-id").cloned())
+            .rows("Open_vSwitch")
+            .iter()
+            .find_map(|row| {
+                let id = row
+                    .get("external_ids")?
+                    .as_map()?
+                    .get_str("system-id")?
+                    .as_str()?;
+                Some(id.to_owned())
+            })
     }
 
     /// Adds port and interface `name` to the bridge with `external_ids`, in one transaction. Replaces a
@@ -148,18 +153,22 @@ impl Ovs {
 
     /// Whether interface `name` exists and ovn-controller has marked it installed.
     pub fn is_installed(&self, name: &str) -> bool {
-        self.interface(name)
-            .is_some_and(|i| i.external_ids.get(OVN_INSTALLED).map(String::as_str) == Some("true"))
+        self.interface_external_ids(name)
+            .is_some_and(|ids| ids.get(OVN_INSTALLED).map(String::as_str) == Some("true"))
     }
 
-    /// The interface row called `name`, as the cache holds it.
-    pub fn interface(&self, name: &str) -> Option<vswitch::Interface> {
+    /// The `external_ids` of interface `name`, as the cache holds them; `None` when there is no such interface.
+    pub fn interface_external_ids(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let rows =
             self.client
                 .cache()
                 .find("Interface", &["name"], &[Value::from(Atom::string(name))])?;
-        rows.first()
-            .and_then(|row| vswitch::Interface::from_row(row).ok())
+        let map = rows.first()?.get("external_ids")?.as_map()?.clone();
+        Some(
+            map.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                .collect(),
+        )
     }
 
     /// Waits up to `timeout` until ovn-controller sets `ovn-installed="true"` on interface `name`,
@@ -244,11 +253,16 @@ impl Ovs {
             return Vec::new();
         }
         cache
-            .list_typed::<vswitch::Port>()
-            .into_iter()
-            .flatten()
-            .filter(|p| p.interfaces.iter().any(|i| interfaces.contains(i)))
-            .map(|p| p.uuid)
+            .rows("Port")
+            .iter()
+            .filter(|port| {
+                port.get("interfaces").is_some_and(|set| {
+                    set.set_elements()
+                        .iter()
+                        .any(|i| i.as_uuid().is_some_and(|u| interfaces.contains(&u)))
+                })
+            })
+            .filter_map(|port| port.uuid())
             .collect()
     }
 }
