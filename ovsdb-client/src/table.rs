@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::datum::{Atom, DatumError, Uuid, Value};
+use crate::operation::{Condition, Operation, Update, Wait, WaitUntil};
 use crate::row::{Row, RowError};
 
 /// A typed row of one table, generated from a pinned schema.
@@ -37,6 +38,53 @@ pub trait Table: Sized + Clone + Send + Sync + 'static {
         let uuid = column(row, Self::TABLE, "_uuid")?;
         Self::from_uuid_row(uuid, row)
     }
+}
+
+/// The columns whose values differ between `old` and `new`, with `new`'s values:
+/// the `row` of an `update` that turns one into the other.
+pub fn changes<T: Table>(old: &T, new: &T) -> Row {
+    let before = old.to_row();
+    new.to_row()
+        .iter()
+        .filter(|(name, value)| before.get(name) != Some(value))
+        .map(|(name, value)| (name.to_owned(), value.clone()))
+        .collect()
+}
+
+/// Updates row `old.uuid()` to `new`, writing only the changed columns; empty
+/// when nothing changed. With `guarded`, a `wait` first requires the changed
+/// columns to still hold `old`'s values, so a write based on a stale read fails
+/// with `timed out` instead of overwriting someone else's change.
+pub fn update_ops<T: Table>(old: &T, new: &T, guarded: bool) -> Vec<Operation> {
+    let changed = changes(old, new);
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    let columns: Vec<&str> = changed.iter().map(|(name, _)| name).collect();
+    let mut ops = Vec::with_capacity(2);
+    if guarded {
+        let before = old.to_row();
+        let expected: Row = columns
+            .iter()
+            .filter_map(|c| before.get(c).map(|v| (*c, v.clone())))
+            .collect();
+        ops.push(
+            Wait::new(
+                T::TABLE,
+                columns.iter().copied(),
+                WaitUntil::Equal,
+                vec![expected],
+            )
+            .filter(Condition::uuid_is(old.uuid()))
+            .into(),
+        );
+    }
+    ops.push(
+        Update::new(T::TABLE, changed)
+            .filter(Condition::uuid_is(old.uuid()))
+            .into(),
+    );
+    ops
 }
 
 /// Reads one column of `row` as `T`, with an error naming `table` and `column`.
@@ -242,6 +290,38 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn update_ops_write_only_what_changed() {
+        use crate::nb::LogicalSwitchPort;
+        use serde_json::json;
+        let old = LogicalSwitchPort {
+            uuid: Uuid::from_u128(7),
+            name: "p".into(),
+            addresses: BTreeSet::from(["0a:00:00:00:00:05 10.0.0.5".to_string()]),
+            ..Default::default()
+        };
+        assert!(update_ops(&old, &old.clone(), true).is_empty());
+        let mut new = old.clone();
+        new.addresses = BTreeSet::from(["0a:00:00:00:00:06 10.0.0.6".to_string()]);
+        new.external_ids.insert("pod".into(), "ns/p".into());
+        let wire: Vec<_> = update_ops(&old, &new, true)
+            .iter()
+            .map(Operation::to_json)
+            .collect();
+        let uuid = json!(["uuid", "00000000-0000-0000-0000-000000000007"]);
+        assert_eq!(
+            wire,
+            vec![
+                json!({"op":"wait","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],"timeout":0,
+                       "columns":["addresses","external_ids"],"until":"==",
+                       "rows":[{"addresses":["set",["0a:00:00:00:00:05 10.0.0.5"]],"external_ids":["map",[]]}]}),
+                json!({"op":"update","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],
+                       "row":{"addresses":["set",["0a:00:00:00:00:06 10.0.0.6"]],"external_ids":["map",[["pod","ns/p"]]]}}),
+            ]
+        );
+        assert_eq!(update_ops(&old, &new, false).len(), 1);
     }
 
     #[test]

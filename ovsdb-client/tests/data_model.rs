@@ -16,7 +16,7 @@ use ovsdb_client::operation::{
 use ovsdb_client::row::{Row, RowError};
 use ovsdb_client::schema::{AtomicType, BaseType, ColumnType};
 use ovsdb_client::server_db::Database;
-use ovsdb_client::table::Table;
+use ovsdb_client::table::{Table, update_ops};
 use ovsdb_client::vswitch::{Bridge, Interface};
 use proptest::prelude::*;
 use serde_json::json;
@@ -640,6 +640,24 @@ fn port_helpers_against_a_real_server() {
             ..port.clone()
         }
     );
+
+    // A guarded update writes only what changed; a second one from the same
+    // (now stale) read is refused.
+    let mut moved = stored.clone();
+    moved.addresses = BTreeSet::from(["0a:00:00:00:00:05 10.0.0.50".to_string()]);
+    moved
+        .options
+        .insert("requested-chassis".into(), "node-b".into());
+    let results = transact(&server, &update_ops(&stored, &moved, true)).expect("update");
+    assert_eq!(results[1].count(), Some(1));
+    assert_eq!(one_named::<LogicalSwitchPort>(&server, "vm1-eth0"), moved);
+    let mut elsewhere = stored.clone();
+    elsewhere
+        .options
+        .insert("requested-chassis".into(), "node-c".into());
+    let stale = transact(&server, &update_ops(&stored, &elsewhere, true)).unwrap_err();
+    assert!(stale.is_timed_out(), "{stale}");
+    assert_eq!(one_named::<LogicalSwitchPort>(&server, "vm1-eth0"), moved);
 
     let replay = transact(&server, &nb::add_switch_port(ls.uuid, &port, guard())).unwrap_err();
     assert!(replay.is_timed_out(), "{replay}");
