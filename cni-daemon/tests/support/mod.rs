@@ -4,9 +4,17 @@
 
 #![allow(dead_code)]
 
+use portkeeper_cni::cni::{CniError, ErrorCode, PodRef};
+use portkeeper_cni::daemon::allocation::Allocation;
+use portkeeper_cni::daemon::netdev::VethNames;
+use portkeeper_cni::daemon::ovs::Ovs;
+use portkeeper_cni::daemon::{AllocationSource, Daemon, Settings, format_mac};
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Whether the environment can run these tests; under `CI=true` a missing prerequisite is a failure.
@@ -352,4 +360,130 @@ where
 /// Whether a link of that name exists in the calling thread's namespace.
 pub fn host_link_exists(name: &str) -> bool {
     succeeds("ip", &["link", "show", "dev", name])
+}
+
+/// Allocations set by the test, standing in for the controller's annotations.
+#[derive(Clone, Default)]
+pub struct FixedAllocations(Arc<Mutex<HashMap<(String, String), Allocation>>>);
+
+impl FixedAllocations {
+    pub fn set(&self, namespace: &str, name: &str, allocation: Allocation) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((namespace.into(), name.into()), allocation);
+    }
+}
+
+impl AllocationSource for FixedAllocations {
+    fn wait(
+        &self,
+        pod: &PodRef,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<Allocation, CniError>> + Send {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .cloned();
+        async move {
+            found.ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::AllocationUnavailable,
+                    "the test set no allocation",
+                )
+            })
+        }
+    }
+}
+
+pub struct Fixture {
+    pub ovn: Ovn,
+    pub allocations: FixedAllocations,
+    pub daemon: Arc<Daemon<FixedAllocations>>,
+}
+
+pub async fn fixture(install_timeout: Duration) -> Fixture {
+    let ovn = Ovn::start("chassis-1");
+    ovn.nbctl(&["ls-add", "ls1"]);
+    let ovs = Ovs::connect(&ovn.ovs_remote(), "br-int", Duration::from_secs(10))
+        .await
+        .expect("connect to OVS");
+    assert_eq!(ovs.system_id().as_deref(), Some("chassis-1"));
+    let allocations = FixedAllocations::default();
+    let settings = Settings {
+        default_mtu: 1400,
+        allocation_timeout: Duration::from_secs(1),
+        install_timeout,
+    };
+    let daemon = Arc::new(Daemon::new(allocations.clone(), ovs, settings).expect("daemon"));
+    Fixture {
+        ovn,
+        allocations,
+        daemon,
+    }
+}
+
+/// Creates the LSP `<pod>.default` and the allocation the controller would have written.
+pub fn allocate(f: &Fixture, pod: &str, mac: [u8; 6], v4: &str, v6: Option<&str>) {
+    let lsp = format!("{pod}.default");
+    let mut addresses = format!("{} {v4}", format_mac(mac));
+    if let Some(v6) = v6 {
+        addresses.push(' ');
+        addresses.push_str(v6);
+    }
+    f.ovn.nbctl(&[
+        "--may-exist",
+        "lsp-add",
+        "ls1",
+        &lsp,
+        "--",
+        "lsp-set-addresses",
+        &lsp,
+        &addresses,
+    ]);
+    let mut nets = vec![format!("{v4}/16").parse().unwrap()];
+    let mut gateways = vec!["10.16.0.1".parse().unwrap()];
+    if let Some(v6) = v6 {
+        nets.push(format!("{v6}/64").parse().unwrap());
+        gateways.push("fd00:10:16::1".parse().unwrap());
+    }
+    f.allocations.set(
+        "default",
+        pod,
+        Allocation {
+            addresses: nets,
+            gateways,
+            mac,
+            iface_id: lsp,
+        },
+    );
+}
+
+/// Asserts that no OVS port, host veth or pod interface of `container` remains.
+pub fn assert_nothing_left(f: &Fixture, container: &str, netns: Option<&TestNetns>) {
+    let names = VethNames::for_container(container, "eth0");
+    assert!(
+        !f.ovn.ports().contains(&names.host),
+        "OVS port {} left on br-int",
+        names.host
+    );
+    assert!(
+        !host_link_exists(&names.host),
+        "veth {} left on the host",
+        names.host
+    );
+    assert!(
+        !host_link_exists(&names.transient_peer),
+        "veth {} left on the host",
+        names.transient_peer
+    );
+    if let Some(ns) = netns {
+        assert!(
+            !ns.ip(&["link"]).contains("eth0"),
+            "eth0 left in the pod: {}",
+            ns.ip(&["link"])
+        );
+    }
 }
