@@ -23,7 +23,7 @@ use ovs::Ovs;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the daemon learns a pod's allocation: the API server in production, fixed data in tests.
 pub trait AllocationSource: Send + Sync + 'static {
@@ -47,6 +47,21 @@ impl AllocationSource for KubeAllocations {
     ) -> impl Future<Output = Result<Allocation, CniError>> + Send {
         allocation::wait(self.0.clone(), pod, timeout)
     }
+}
+
+/// Where an ADD spent its time; logged with every ADD and read by the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddPhases {
+    /// Waiting for the controller's allocation.
+    pub allocation: Duration,
+    /// Creating the veth pair and configuring the pod side.
+    pub interface: Duration,
+    /// The OVSDB transaction adding the port to the bridge.
+    pub attach: Duration,
+    /// Waiting for ovn-controller's `ovn-installed`.
+    pub ovn_installed: Duration,
+    /// Sending the GARP / unsolicited NA.
+    pub announce: Duration,
 }
 
 /// The daemon's bounds and defaults.
@@ -82,19 +97,32 @@ impl<A: AllocationSource> Daemon<A> {
     /// Answers one request.
     pub async fn handle(&self, request: DaemonRequest) -> DaemonResponse {
         let outcome = match request.command {
-            Command::Add => self.add(&request).await.map(DaemonResponse::Added),
+            Command::Add => {
+                let mut phases = AddPhases::default();
+                let outcome = self.add(&request, &mut phases).await;
+                tracing::info!(?phases, "ADD phases");
+                outcome.map(DaemonResponse::Added)
+            }
             Command::Del => self.del(&request).await.map(|()| DaemonResponse::Done),
             Command::Check => self.check(&request).await.map(|()| DaemonResponse::Done),
         };
         outcome.unwrap_or_else(DaemonResponse::Failed)
     }
 
-    async fn add(&self, request: &DaemonRequest) -> Result<AddResult, CniError> {
+    /// ADD, recording how long each phase took into `phases` (also when it fails).
+    pub async fn add(
+        &self,
+        request: &DaemonRequest,
+        phases: &mut AddPhases,
+    ) -> Result<AddResult, CniError> {
         let (pod, netns) = pod_and_netns(request)?;
+        let started = Instant::now();
         let allocation = self
             .allocations
             .wait(pod, self.settings.allocation_timeout)
-            .await?;
+            .await;
+        phases.allocation = started.elapsed();
+        let allocation = allocation?;
         let mtu = request.mtu.unwrap_or(self.settings.default_mtu);
         if mtu < 1280 && allocation.addresses.iter().any(|a| a.addr().is_ipv6()) {
             return Err(CniError::new(
@@ -103,6 +131,12 @@ impl<A: AllocationSource> Daemon<A> {
             ));
         }
         let names = VethNames::for_container(&request.container_id, &request.ifname);
+        let netns_path = request
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let external_ids = interface_external_ids(pod, &allocation, &netns_path);
         // A retried ADD (e.g. after a daemon restart) first clears what an earlier attempt left.
         self.teardown(&names).await?;
         let nic = PodNic {
@@ -113,7 +147,7 @@ impl<A: AllocationSource> Daemon<A> {
             mtu,
         };
         match self
-            .build(request, pod, &netns, &allocation, &names, nic)
+            .build(request, &external_ids, &netns, &names, nic, phases)
             .await
         {
             Ok(result) => Ok(result),
@@ -129,31 +163,36 @@ impl<A: AllocationSource> Daemon<A> {
     async fn build(
         &self,
         request: &DaemonRequest,
-        pod: &PodRef,
+        external_ids: &BTreeMap<String, String>,
         netns: &Netns,
-        allocation: &Allocation,
         names: &VethNames,
         nic: PodNic,
+        phases: &mut AddPhases,
     ) -> Result<AddResult, CniError> {
+        let mut mark = Instant::now();
+        let mut lap = || std::mem::replace(&mut mark, Instant::now()).elapsed();
         let host_mac = netdev::create_veth(&self.host, names, &nic, netns).await?;
         let pod_side = nic.clone();
         netns
             .run(move || netdev::configure_pod_side(pod_side))
             .await?;
+        phases.interface = lap();
         let netns_path = request
             .netns
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let external_ids = interface_external_ids(pod, allocation, &netns_path);
-        self.ovs.attach(&names.host, &external_ids).await?;
+        self.ovs.attach(&names.host, external_ids).await?;
+        phases.attach = lap();
         self.ovs
             .wait_installed(&names.host, self.settings.install_timeout)
             .await?;
+        phases.ovn_installed = lap();
         let announced = nic.clone();
         netns
             .run(move || netdev::announce_pod_addresses(announced))
             .await?;
+        phases.announce = lap();
         Ok(add_result(names, host_mac, &nic, &netns_path))
     }
 
