@@ -361,6 +361,11 @@ fn plugin_error(
     status: std::process::ExitStatus,
 ) -> CniError {
     let (code, msg, details) = match serde_json::from_slice::<ErrorObject>(stdout) {
+        Ok(e) if e.msg.is_empty() => (
+            e.code,
+            String::from_utf8_lossy(stderr).trim().to_string(),
+            e.details,
+        ),
         Ok(e) => (e.code, e.msg, e.details),
         Err(_) => {
             let text = String::from_utf8_lossy(if stderr.is_empty() { stdout } else { stderr });

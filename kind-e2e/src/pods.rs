@@ -36,6 +36,8 @@ pub struct PodAgent {
     /// Prefix of every network namespace this agent makes (`<prefix><pod uid>`).
     pub netns_prefix: String,
     failures: Mutex<HashMap<String, u32>>,
+    /// Sandboxes made or verified (CNI `CHECK`) by this process; others come from a previous run.
+    verified: Mutex<HashSet<String>>,
 }
 
 impl PodAgent {
@@ -55,6 +57,7 @@ impl PodAgent {
             sandboxes,
             netns_prefix,
             failures: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashSet::new()),
         }
     }
 
@@ -111,6 +114,10 @@ impl PodAgent {
                 let ips = result_ips(&result);
                 sandbox.result = Some(result);
                 self.sandboxes.save(&sandbox)?;
+                self.verified
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(uid.to_string());
                 tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name),
                     ips = ?ips, "sandbox ready");
                 Ok(sandbox)
@@ -124,6 +131,38 @@ impl PodAgent {
         }
     }
 
+    /// Checks, once per agent run, a sandbox made by an earlier run (CNI `CHECK`); a broken one is
+    /// torn down so that it is made again.
+    async fn still_intact(&self, sandbox: Sandbox) -> Result<Option<Sandbox>, Error> {
+        if self
+            .verified
+            .lock()
+            .expect("not poisoned")
+            .contains(&sandbox.uid)
+        {
+            return Ok(Some(sandbox));
+        }
+        let att = self.attachment(&sandbox);
+        let cached = sandbox.result.clone().unwrap_or(Value::Null);
+        let intact = match self.cni.check(&att, &cached).await {
+            Ok(()) => sandbox.netns_path().exists(),
+            Err(e) => {
+                tracing::warn!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name),
+                    error = %e, "sandbox from an earlier run failed CHECK; recreating it");
+                false
+            }
+        };
+        if !intact {
+            self.tear_down(&sandbox.uid).await?;
+            return Ok(None);
+        }
+        self.verified
+            .lock()
+            .expect("not poisoned")
+            .insert(sandbox.uid.clone());
+        Ok(Some(sandbox))
+    }
+
     /// Runs `DEL`, removes the namespace and forgets the sandbox; a missing sandbox is fine.
     async fn tear_down(&self, uid: &str) -> Result<(), Error> {
         let Some(sandbox) = self.sandboxes.load(uid)? else {
@@ -133,6 +172,7 @@ impl PodAgent {
         self.cni.del(&att, sandbox.result.as_ref()).await?;
         delete_netns(&sandbox.netns).await?;
         self.sandboxes.remove(uid)?;
+        self.verified.lock().expect("not poisoned").remove(uid);
         tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "sandbox removed");
         Ok(())
     }
@@ -277,9 +317,13 @@ async fn reconcile(pod: Arc<Pod>, agent: Arc<PodAgent>) -> Result<Action, Error>
     let ips: Vec<String> = if host_network {
         vec![agent.node_ip.clone()]
     } else {
-        let sandbox = match agent.sandboxes.load(&uid)? {
-            Some(sandbox) if sandbox.result.is_some() => sandbox,
-            _ => match agent.set_up(&pod, &uid).await {
+        let existing = match agent.sandboxes.load(&uid)? {
+            Some(sandbox) if sandbox.result.is_some() => agent.still_intact(sandbox).await?,
+            _ => None,
+        };
+        let sandbox = match existing {
+            Some(sandbox) => sandbox,
+            None => match agent.set_up(&pod, &uid).await {
                 Ok(sandbox) => sandbox,
                 Err(e) => {
                     agent.report_sandbox_failure(&pod, &e).await;

@@ -66,6 +66,10 @@ fn main() {
             restarted_node_agent_keeps_pods_and_wires_new_ones,
         )),
         local_only(trial(
+            "sandbox_broken_while_agent_was_down_is_rebuilt",
+            sandbox_broken_while_agent_was_down_is_rebuilt,
+        )),
+        local_only(trial(
             "restarted_nb_database_keeps_its_data",
             restarted_nb_database_keeps_its_data,
         )),
@@ -533,6 +537,72 @@ async fn restarted_node_agent_keeps_pods_and_wires_new_ones(client: Client) -> T
         "new pod reaches {old_name}: {out}"
     );
     Ok(())
+}
+
+/// The agent CHECKs sandboxes made by its previous run: one whose namespace vanished while the
+/// agent was stopped is torn down and made again, and the pod's status follows.
+async fn sandbox_broken_while_agent_was_down_is_rebuilt(client: Client) -> TestResult {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod = pods.get("after-restart").await?;
+    let uid = pod.uid().expect("uid");
+    with_cluster(|c| c.stop("agent-node1"))??;
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let name = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|n| n.ends_with(&uid))
+        .map(str::to_string)
+        .ok_or("the pod's namespace exists")?;
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "delete", &name])
+        .status()?;
+    assert!(deleted.success(), "deleting {name}");
+    with_cluster(|c| c.start("agent-node1"))??;
+    wait_for(
+        Duration::from_secs(60),
+        "the sandbox to be rebuilt",
+        || async {
+            Ok(if std::path::Path::new("/run/netns").join(&name).exists() {
+                Ok(())
+            } else {
+                Err("namespace still missing".to_string())
+            })
+        },
+    )
+    .await?;
+    // The status follows the rebuilt sandbox: the reported podIP is the one on the new eth0.
+    wait_for(
+        Duration::from_secs(30),
+        "podIP to match the rebuilt eth0",
+        || {
+            let pods = pods.clone();
+            let uid = uid.clone();
+            async move {
+                let pod = pods.get("after-restart").await?;
+                assert_eq!(
+                    pod.uid().as_deref(),
+                    Some(uid.as_str()),
+                    "the same pod, not a new one"
+                );
+                let ip = pod_ip(&pod);
+                let listed = exec_ok(
+                    NS,
+                    "after-restart",
+                    &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+                )?;
+                Ok(
+                    if is_running_with_ip(&pod) && listed.contains(&format!(" {ip}/")) {
+                        Ok(())
+                    } else {
+                        Err(format!("reported {ip}, eth0: {listed}"))
+                    },
+                )
+            }
+        },
+    )
+    .await
 }
 
 async fn restarted_nb_database_keeps_its_data(_client: Client) -> TestResult {
