@@ -686,9 +686,8 @@ fn check_unique(
         if index.entries.get(key).is_some_and(|rows| rows.len() > 1) {
             let cols: Vec<String> = index.columns.iter().map(ToString::to_string).collect();
             return Err(Inconsistent(format!(
-                "rows of {table} share the unique index ({}) value {:?}",
-                cols.join(", "),
-                key.iter().map(Value::to_json).collect::<Vec<_>>()
+                "rows of {table} share one value of the unique index ({})",
+                cols.join(", ")
             )));
         }
     }
@@ -1037,6 +1036,25 @@ mod tests {
         assert!(matches!(first, Event::Lagged { missed: 6 }), "{first:?}");
         assert_eq!(drain(&mut events).len(), 4);
         assert_eq!(cache.metrics.snapshot().lagged_events, 6);
+    }
+
+    #[tokio::test]
+    async fn changed_after_wakes_on_the_next_change_only() {
+        let cache = Arc::new(cache(4));
+        let version = cache.version();
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.changed_after(version).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        cache
+            .apply(vec![insert("Logical_Switch_Port", 1, lsp("p", None))])
+            .unwrap();
+        waiter.await.unwrap();
+        assert_eq!(cache.version(), version + 1);
+        // Already past: returns at once.
+        cache.changed_after(version).await;
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cache::Cache;
-use crate::cluster::{ClusterView, SERVER_COLUMNS, ServerDatabase};
+use crate::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
 use crate::connection::{CallError, Connection, ConnectionOptions, NotificationHandler};
 use crate::error::Error;
 use crate::jsonrpc::Notification;
@@ -94,6 +94,8 @@ pub(crate) struct Session {
     current_server: Mutex<Option<ServerDatabase>>,
     generation: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Why the last connection attempt's server was refused, if it was.
+    last_refusal: Mutex<Option<Refusal>>,
     shutdown: CancellationToken,
 }
 
@@ -118,6 +120,7 @@ impl Session {
             current_server: Mutex::new(None),
             generation: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            last_refusal: Mutex::new(None),
             shutdown: CancellationToken::new(),
         })
     }
@@ -188,19 +191,24 @@ impl Session {
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         while !self.shutdown.is_cancelled() {
             let mut used = None;
+            let mut all_other_cluster = !order.is_empty();
             for (i, remote) in order.iter().enumerate() {
                 if self.shutdown.is_cancelled() {
                     return;
                 }
                 let attempt =
                     tokio::time::timeout(self.config.connect_timeout, self.establish(remote));
-                let conn = match attempt.await {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) => {
+                let outcome = attempt.await;
+                let refusal = self.last_refusal.lock().take();
+                let conn = match (outcome, refusal) {
+                    (Ok(Ok(conn)), _) => conn,
+                    (Ok(Err(e)), refusal) => {
+                        all_other_cluster &= refusal == Some(Refusal::WrongCluster);
                         self.connect_failed(remote, e);
                         continue;
                     }
-                    Err(_) => {
+                    (Err(_), _) => {
+                        all_other_cluster = false;
                         let limit = self.config.connect_timeout;
                         self.connect_failed(
                             remote,
@@ -237,6 +245,13 @@ impl Session {
                     self.sleep(pause).await;
                 }
                 None => {
+                    if all_other_cluster {
+                        // Every server belongs to a cluster other than the one we
+                        // saw first: the database was recreated (or restored), so
+                        // its ids and indexes start over. Follow it.
+                        warn!("every server belongs to a new cluster; forgetting the old one");
+                        *self.cluster.lock() = ClusterView::default();
+                    }
                     let pause = backoff.next_delay();
                     debug!(?pause, "every remote failed; backing off");
                     self.sleep(pause).await;
@@ -329,6 +344,7 @@ impl Session {
     }
 
     async fn establish(self: &Arc<Self>, remote: &Remote) -> Result<Arc<Connection>, String> {
+        self.last_refusal.lock().take();
         let stream = transport::connect(remote, self.tls.as_ref())
             .await
             .map_err(|e| e.to_string())?;
@@ -489,7 +505,11 @@ impl Session {
             .state
             .establish(initial, schema, &tables, &watch.cache)
             .map_err(|e| e.to_string())?;
-        self.check_server(&watch.cache).map_err(|e| e.to_string())
+        self.check_server(&watch.cache).map_err(|refusal| {
+            let message = refusal.to_string();
+            *self.last_refusal.lock() = Some(refusal);
+            message
+        })
     }
 
     fn monitor_tables(&self, schema: &DatabaseSchema) -> Result<MonitorTables, String> {

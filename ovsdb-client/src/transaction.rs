@@ -71,10 +71,15 @@ impl Client {
     }
 
     /// Optimistic concurrency: builds the transaction from the cache with `build`,
-    /// runs it, and when it fails retriably (a `wait` precondition `timed out`
-    /// because the cache was stale, or the connection was lost) waits for the
-    /// cache to move on or the session to reconnect, then builds and runs it
-    /// again, until `deadline`.
+    /// runs it, and builds and runs it again, until `deadline`, when it failed
+    /// retriably: a `wait` precondition `timed out` while the cache has moved on
+    /// since the build (another writer got in between), or the connection was
+    /// lost (the next attempt waits for the session and sees the resynced cache).
+    ///
+    /// A precondition that fails although the cache has not moved is returned at
+    /// once: the server sends the update for every commit before its reply to a
+    /// later transaction, so the cache was current and a rebuild would fail the
+    /// same way (e.g. the row a create guards against already exists).
     ///
     /// `build` must make the transaction safe to replay: guard what it read with
     /// [`wait_unchanged`] / [`wait_absent`] preconditions or use client-chosen
@@ -95,17 +100,12 @@ impl Client {
                 Err(e) if e.is_retriable() && Instant::now() < deadline => e,
                 other => return other,
             };
+            if error.is_precondition_failed() && self.cache().version() == version {
+                return Err(error);
+            }
             self.session().metrics.retried();
             debug!(error = %error, "retrying transaction");
-            if error.is_precondition_failed() {
-                // The server sends the update for the conflicting commit before our
-                // reply, so the cache has normally moved on already; if not (the
-                // precondition read unmonitored data), wait for it to move.
-                let caught_up = self.cache().changed_after(version);
-                if tokio::time::timeout_at(deadline, caught_up).await.is_err() {
-                    return Err(error);
-                }
-            } else {
+            if !error.is_precondition_failed() {
                 // Lost connection: the next attempt waits for the session to come back.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
