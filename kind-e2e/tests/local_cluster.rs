@@ -57,6 +57,10 @@ fn main() {
             "deleted_statefulset_pod_comes_back_under_its_name",
             deleted_statefulset_pod_comes_back_under_its_name,
         ),
+        trial(
+            "host_network_pod_gets_its_node_address",
+            host_network_pod_gets_its_node_address,
+        ),
         local_only(trial(
             "cni_failure_is_an_event_and_is_retried",
             cni_failure_is_an_event_and_is_retried,
@@ -410,6 +414,20 @@ async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> Te
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let old = pods.get("web-1").await?;
     let old_uid = old.uid().expect("uid");
+    let old_ip = pod_ip(&old);
+    let local = with_cluster(|c| c.provider() == Provider::Local)?;
+    let old_lease = with_cluster(|c| {
+        c.node_dir(&node_of(&old))
+            .join("cni/ipam/portkeeper-local")
+            .join(&old_ip)
+    })?;
+    if local {
+        let holder = std::fs::read_to_string(&old_lease)?;
+        assert!(
+            holder.starts_with(&old_uid.replace('-', "")),
+            "IPAM holds {old_ip} for web-1: {holder}"
+        );
+    }
     pods.delete("web-1", &DeleteParams::default()).await?;
     let new = wait_for(Duration::from_secs(60), "web-1 to come back", || {
         let pods = pods.clone();
@@ -436,7 +454,50 @@ async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> Te
         !netns.contains(&old_uid),
         "the old web-1 sandbox {old_uid} is gone: {netns}"
     );
+    if local {
+        // DEL ran: host-local released the old pod's address.
+        let holder = std::fs::read_to_string(&old_lease).unwrap_or_default();
+        assert!(
+            !holder.starts_with(&old_uid.replace('-', "")),
+            "{old_ip} is still held by the deleted web-1"
+        );
+    }
     running_pods(&client, "app=web", 3).await?;
+    Ok(())
+}
+
+async fn host_network_pod_gets_its_node_address(client: Client) -> TestResult {
+    let node = with_cluster(|c| c.nodes().last().cloned())?.ok_or("no nodes")?;
+    let node_ip = Api::<Node>::all(client.clone())
+        .get(&node)
+        .await?
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .ok_or("node has no InternalIP")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "host-net", "namespace": NS, "labels": {"app": "host-net"}},
+        "spec": {"nodeName": node, "hostNetwork": true, "containers": [*CONTAINER]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let pod = running_pods(&client, "app=host-net", 1).await?.remove(0);
+    assert_eq!(
+        pod_ip(&pod),
+        node_ip,
+        "a host-network pod reports its node's address"
+    );
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let uid = pod.uid().expect("uid");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&uid),
+        "no sandbox namespace for a host-network pod"
+    );
     Ok(())
 }
 
