@@ -172,3 +172,96 @@ async fn cache_matches_the_server_after_every_leader_change() {
     let m = client.metrics();
     assert!(m.reconnects() >= 3, "{m:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_member_restarts_on_its_database_file() {
+    let mut cluster = Cluster::start(3);
+    let member = (cluster.leader() + 1) % 3;
+    cluster.nbctl(&["ls-add", "stays", "--", "ls-add", "goes"]);
+    let client = Client::builder(&cluster.members[member].remote(), NB_DB)
+        .leader_only(false)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while cached_names(&client).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both switches cached");
+    let mut events = client.subscribe();
+    let before = client.metrics();
+
+    // While the member is down, the others delete one switch and add another.
+    cluster.kill(member);
+    cluster.nbctl(&["ls-del", "goes", "--", "ls-add", "new"]);
+    cluster.restart(member);
+    client
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .expect("reconnected");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut inserted, mut deleted, mut full) = (Vec::new(), Vec::new(), None);
+    while full.is_none() || cached_names(&client) != server_names(&cluster) {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the cache converges")
+            .expect("stream open");
+        match event {
+            Event::Insert { row, .. } => inserted.push(name_of(&row)),
+            Event::Delete { row, .. } => deleted.push(name_of(&row)),
+            Event::Synced { full: f } => full = full.or(Some(f)),
+            _ => {}
+        }
+    }
+    assert!(
+        deleted.contains(&"goes".to_owned()),
+        "vanished row announced: {deleted:?}"
+    );
+    assert!(
+        inserted.contains(&"new".to_owned()),
+        "new row announced: {inserted:?}"
+    );
+    assert!(
+        !inserted.contains(&"stays".to_owned()),
+        "unchanged row not re-announced"
+    );
+    // A restarted server keeps no transaction history, so it answered found=false:
+    // the cache was replaced, with a delete for the row that vanished meanwhile.
+    assert_eq!(full, Some(true));
+    let after = client.metrics();
+    assert_eq!(after.connects, before.connects + 1);
+    assert_eq!(after.full_resyncs, before.full_resyncs + 1);
+
+    // That reload gave a valid resume point: once the restarted member has history
+    // again, the next reconnect resumes with found=true and receives only a delta.
+    cluster.nbctl(&["ls-add", "later"]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !cached_names(&client).contains("later") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("later cached");
+    client.reconnect("test");
+    let synced = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await.expect("stream open") {
+                Event::Synced { full } => break full,
+                Event::Insert { row, .. } if name_of(&row) != "later" => {
+                    panic!("a resume re-announced {}", name_of(&row))
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("resynced");
+    assert!(!synced, "expected found=true");
+    let resumed = client.metrics();
+    assert_eq!(resumed.incremental_resyncs, after.incremental_resyncs + 1);
+    assert_eq!(cached_names(&client), server_names(&cluster));
+}
