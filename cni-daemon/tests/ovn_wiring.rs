@@ -34,7 +34,7 @@ fn expect_added(response: DaemonResponse, f: &Fixture) -> portkeeper_cni::cni::A
         DaemonResponse::Added(result) => result,
         other => panic!(
             "ADD failed: {other:?}\novn-controller log:\n{}",
-            f.ovn.log("ovn-controller")
+            f.ovn.log("chassis-1/ovn-controller")
         ),
     }
 }

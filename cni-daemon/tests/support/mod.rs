@@ -85,16 +85,34 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// OVN central plus one chassis, each daemon a child process of the test.
+/// OVN central (NB, SB, northd) and its chassis, each daemon a child process of the test.
 pub struct Ovn {
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
+    chassis: Vec<String>,
+}
+
+/// Where a chassis runs and how it reaches the others.
+#[derive(Default)]
+pub struct ChassisOptions<'a> {
+    /// The node namespace ovs-vswitchd runs in (its `br-int` tap and the pods' host ends live there);
+    /// `None` for the calling thread's.
+    pub netns: Option<&'a str>,
+    /// The underlay port and the tunnel endpoint address put on a `br-phy` bridge, as OVS's
+    /// userspace tunnelling needs; `None` leaves the chassis without tunnels (127.0.0.1).
+    pub underlay: Option<(&'a str, &'a str)>,
 }
 
 impl Ovn {
-    /// Starts NB, SB, northd, the chassis' database and vswitchd, creates `br-int` (netdev) and
-    /// starts ovn-controller with system-id `chassis`.
+    /// Central plus one chassis `chassis` in the calling thread's namespace.
     pub fn start(chassis: &str) -> Self {
+        let mut ovn = Self::central();
+        ovn.add_chassis(chassis, ChassisOptions::default());
+        ovn
+    }
+
+    /// Starts NB, SB and northd.
+    pub fn central() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pk-cni-ovn")
             .tempdir()
@@ -102,85 +120,65 @@ impl Ovn {
         let mut ovn = Self {
             dir,
             children: Vec::new(),
+            chassis: Vec::new(),
         };
-        let r = ovn.dir.path().to_path_buf();
-        let p = |name: &str| r.join(name).display().to_string();
-        run(
-            "ovsdb-tool",
-            &["create", &p("nb.db"), "/usr/share/ovn/ovn-nb.ovsschema"],
-        );
-        run(
-            "ovsdb-tool",
-            &["create", &p("sb.db"), "/usr/share/ovn/ovn-sb.ovsschema"],
-        );
-        run(
-            "ovsdb-tool",
-            &[
-                "create",
-                &p("conf.db"),
-                "/usr/share/openvswitch/vswitch.ovsschema",
-            ],
-        );
-        for db in ["nb", "sb", "conf"] {
-            let remote = format!("--remote=punix:{}", p(&format!("{db}.sock")));
-            let ctl = format!("--unixctl={}", p(&format!("{db}.ctl")));
-            let log = format!("--log-file={}", p(&format!("{db}.log")));
-            ovn.spawn(
-                db,
-                "ovsdb-server",
-                &["--no-chdir", &remote, &ctl, &log, &p(&format!("{db}.db"))],
-            );
+        for db in ["nb", "sb"] {
+            let schema = format!("/usr/share/ovn/ovn-{db}.ovsschema");
+            ovn.start_db(db, &schema);
         }
-        for db in ["nb", "sb", "conf"] {
-            let sock = r.join(format!("{db}.sock"));
-            wait_for(
-                &format!("{db} ovsdb-server"),
-                Duration::from_secs(10),
-                || sock.exists(),
-            );
-        }
-        let nb = format!("--ovnnb-db=unix:{}", p("nb.sock"));
-        let sb = format!("--ovnsb-db=unix:{}", p("sb.sock"));
-        ovn.spawn(
-            "northd",
-            "ovn-northd",
-            &[
-                "--no-chdir",
-                &nb,
-                &sb,
-                &format!("--unixctl={}", p("northd.ctl")),
-                &format!("--log-file={}", p("northd.log")),
-            ],
+        let p = |name: &str| ovn.path(name);
+        let args = [
+            "--no-chdir".to_string(),
+            format!("--ovnnb-db=unix:{}", p("nb.sock")),
+            format!("--ovnsb-db=unix:{}", p("sb.sock")),
+            format!("--unixctl={}", p("northd.ctl")),
+            format!("--log-file={}", p("northd.log")),
+        ];
+        ovn.spawn("northd", None, "ovn-northd", &args);
+        ovn
+    }
+
+    /// Starts chassis `name`: its Open_vSwitch database, ovs-vswitchd (userspace datapath) with a
+    /// netdev `br-int`, and ovn-controller with system-id `name`; waits until it is in the SB.
+    pub fn add_chassis(&mut self, name: &str, options: ChassisOptions<'_>) {
+        std::fs::create_dir_all(self.dir.path().join(name)).expect("chassis dir");
+        let sock = self.start_db(
+            &format!("{name}/conf"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
         );
-        let db = format!("unix:{}", p("conf.sock"));
+        let db = format!("unix:{sock}");
         let vsctl = |args: &[&str]| {
-            let mut all = vec!["--no-wait".to_string(), format!("--db={db}")];
+            let mut all = vec!["--timeout=20".to_string(), format!("--db={db}")];
             all.extend(args.iter().map(|a| a.to_string()));
             let all: Vec<&str> = all.iter().map(String::as_str).collect();
             run("ovs-vsctl", &all)
         };
-        vsctl(&["init"]);
-        ovn.spawn(
-            "vswitchd",
+        vsctl(&["--no-wait", "init"]);
+        let vswitchd = [
+            "--no-chdir".to_string(),
+            format!("--unixctl={}", self.path(&format!("{name}/vswitchd.ctl"))),
+            format!("--log-file={}", self.path(&format!("{name}/vswitchd.log"))),
+            db.clone(),
+        ];
+        self.spawn(
+            &format!("{name}-vswitchd"),
+            options.netns,
             "ovs-vswitchd",
-            &[
-                "--no-chdir",
-                &format!("--unixctl={}", p("vswitchd.ctl")),
-                &format!("--log-file={}", p("vswitchd.log")),
-                &db,
-            ],
+            &vswitchd,
         );
+        let encap_ip = options
+            .underlay
+            .map_or("127.0.0.1", |(_, ip)| ip.split('/').next().unwrap());
         vsctl(&[
             "set",
             "open_vswitch",
             ".",
-            &format!("external_ids:system-id={chassis}"),
-            &format!("external_ids:ovn-remote=unix:{}", p("sb.sock")),
+            &format!("external_ids:system-id={name}"),
+            &format!("external_ids:ovn-remote=unix:{}", self.path("sb.sock")),
             "external_ids:ovn-encap-type=geneve",
-            "external_ids:ovn-encap-ip=127.0.0.1",
+            &format!("external_ids:ovn-encap-ip={encap_ip}"),
         ]);
         vsctl(&[
-            "--may-exist",
             "add-br",
             "br-int",
             "--",
@@ -191,29 +189,90 @@ impl Ovn {
             "fail-mode=secure",
             "other-config:disable-in-band=true",
         ]);
-        ovn.spawn(
+        if let Some((port, ip)) = options.underlay {
+            vsctl(&[
+                "add-br",
+                "br-phy",
+                "--",
+                "set",
+                "bridge",
+                "br-phy",
+                "datapath_type=netdev",
+            ]);
+            vsctl(&["add-port", "br-phy", port]);
+            let ns = options.netns.expect("an underlay needs the node namespace");
+            run("ip", &["-n", ns, "link", "set", port, "up"]);
+            run("ip", &["-n", ns, "addr", "add", ip, "dev", "br-phy"]);
+            run("ip", &["-n", ns, "link", "set", "br-phy", "up"]);
+        }
+        let controller = [
+            "--no-chdir".to_string(),
+            format!(
+                "--log-file={}",
+                self.path(&format!("{name}/ovn-controller.log"))
+            ),
+            db,
+        ];
+        self.spawn(
+            &format!("{name}-ovn-controller"),
+            None,
             "ovn-controller",
-            "ovn-controller",
-            &[
-                "--no-chdir",
-                &format!("--log-file={}", p("ovn-controller.log")),
-                &db,
-            ],
+            &controller,
         );
-        let chassis = chassis.to_owned();
-        let sb_remote = format!("--db=unix:{}", p("sb.sock"));
+        let sb = format!("--db=unix:{}", self.path("sb.sock"));
         wait_for("chassis registration", Duration::from_secs(20), || {
             Command::new("ovn-sbctl")
-                .args([&sb_remote, "--bare", "--columns=name", "list", "chassis"])
+                .args([sb.as_str(), "--bare", "--columns=name", "list", "chassis"])
                 .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&chassis))
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(|l| l == name)
+                })
         });
-        ovn
+        self.chassis.push(name.to_owned());
     }
 
-    fn spawn(&mut self, name: &str, program: &str, args: &[&str]) {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Creates and starts an ovsdb-server for `name` (`<name>.db`), returning its socket path.
+    fn start_db(&mut self, name: &str, schema: &str) -> String {
+        let (db, sock) = (
+            self.path(&format!("{name}.db")),
+            self.path(&format!("{name}.sock")),
+        );
+        run("ovsdb-tool", &["create", &db, schema]);
+        let args = [
+            "--no-chdir".to_string(),
+            format!("--remote=punix:{sock}"),
+            format!("--unixctl={}", self.path(&format!("{name}.ctl"))),
+            format!("--log-file={}", self.path(&format!("{name}.log"))),
+            db,
+        ];
+        self.spawn(name, None, "ovsdb-server", &args);
+        let path = PathBuf::from(&sock);
+        wait_for(
+            &format!("{name} ovsdb-server"),
+            Duration::from_secs(10),
+            || path.exists(),
+        );
+        sock
+    }
+
+    /// Spawns `program` (inside `netns` when given) with its run directory in our folder.
+    fn spawn(&mut self, name: &str, netns: Option<&str>, program: &str, args: &[String]) {
         let rundir = self.dir.path().display().to_string();
-        let child = Command::new(program)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        let child = command
             .args(args)
             .env("OVS_RUNDIR", &rundir)
             .env("OVN_RUNDIR", &rundir)
@@ -225,28 +284,46 @@ impl Ovn {
         self.children.push((name.to_owned(), child));
     }
 
-    /// The chassis' Open_vSwitch database remote.
+    /// The first chassis' Open_vSwitch database remote.
     pub fn ovs_remote(&self) -> String {
-        format!("unix:{}", self.dir.path().join("conf.sock").display())
+        self.chassis_remote(&self.chassis[0])
+    }
+
+    /// Chassis `name`'s Open_vSwitch database remote.
+    pub fn chassis_remote(&self, name: &str) -> String {
+        format!("unix:{}", self.path(&format!("{name}/conf.sock")))
     }
 
     /// Runs `ovn-nbctl` against our NB.
     pub fn nbctl(&self, args: &[&str]) -> String {
-        let db = format!("--db=unix:{}", self.dir.path().join("nb.sock").display());
+        let db = format!("--db=unix:{}", self.path("nb.sock"));
         let mut all = vec![db.as_str()];
         all.extend_from_slice(args);
         run("ovn-nbctl", &all)
     }
 
-    /// Runs `ovs-vsctl` against the chassis' database, as an operator would to inspect it.
+    /// Runs `ovn-sbctl` against our SB.
+    pub fn sbctl(&self, args: &[&str]) -> String {
+        let db = format!("--db=unix:{}", self.path("sb.sock"));
+        let mut all = vec![db.as_str()];
+        all.extend_from_slice(args);
+        run("ovn-sbctl", &all)
+    }
+
+    /// Runs `ovs-vsctl` against the first chassis' database, as an operator would to inspect it.
     pub fn vsctl(&self, args: &[&str]) -> String {
-        let db = format!("--db={}", self.ovs_remote());
+        self.chassis_vsctl(&self.chassis[0], args)
+    }
+
+    /// Runs `ovs-vsctl` against chassis `name`'s database.
+    pub fn chassis_vsctl(&self, name: &str, args: &[&str]) -> String {
+        let db = format!("--db={}", self.chassis_remote(name));
         let mut all = vec!["--no-wait", db.as_str()];
         all.extend_from_slice(args);
         run("ovs-vsctl", &all)
     }
 
-    /// The ports on br-int.
+    /// The ports on the first chassis' br-int.
     pub fn ports(&self) -> Vec<String> {
         self.vsctl(&["list-ports", "br-int"])
             .lines()
@@ -254,7 +331,7 @@ impl Ovn {
             .collect()
     }
 
-    /// A log file's contents, for failure messages.
+    /// A log file's contents (e.g. `chassis-1/ovn-controller`), for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -262,7 +339,7 @@ impl Ovn {
 
 impl Drop for Ovn {
     fn drop(&mut self) {
-        // ovn-controller first so it does not chase a vanishing database; then the rest, newest first.
+        // Newest first: ovn-controllers and vswitchds before the databases they use.
         while let Some((_, mut child)) = self.children.pop() {
             let _ = child.kill();
             let _ = child.wait();
@@ -340,21 +417,40 @@ where
 {
     let _one = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let node = TestNetns::new();
-    let ns = std::fs::File::open(node.path()).expect("open node namespace");
-    let thread = std::thread::spawn(move || {
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter node namespace");
-        run("ip", &["link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(body());
-    });
-    let outcome = thread.join();
+    run("ip", &["-n", &node.name, "link", "set", "lo", "up"]);
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| in_netns(&node.name, body)));
     drop(node);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Runs `body` on a thread inside namespace `netns` on a current-thread runtime and returns its
+/// output; a panic in `body` is re-raised here.
+pub fn in_netns<T, F, Fut>(netns: &str, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let ns = std::fs::File::open(Path::new("/var/run/netns").join(netns)).expect("open namespace");
+    let thread = std::thread::spawn(move || {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter namespace");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(body())
+    });
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Serialises tests that start their own OVN: the machine has two cores.
+pub fn one_ovn_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a link of that name exists in the calling thread's namespace.
