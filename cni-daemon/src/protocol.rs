@@ -3,7 +3,7 @@
 //! The plugin writes the request and shuts down its write half; the daemon reads to end-of-stream,
 //! answers and closes. Both sides cap messages at [`MAX_MESSAGE_BYTES`].
 
-use crate::cni::config::{MAX_MTU, MIN_MTU};
+use crate::cni::config::{MAX_MTU, MIN_MTU, abstract_name};
 use crate::cni::invocation::{is_valid_container_id, validate_ifname};
 use crate::cni::{AddResult, CniError, Command, ErrorCode, PodRef};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,16 @@ pub fn call(
         )
         .with_details(e)
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    let mut stream = match abstract_name(socket) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr =
+                std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(unreachable)?;
+            UnixStream::connect_addr(&addr)
+        }
+        None => UnixStream::connect(socket),
+    }
+    .map_err(unreachable)?;
     stream.set_read_timeout(Some(timeout)).map_err(io_failure)?;
     stream
         .set_write_timeout(Some(timeout))
@@ -169,6 +178,39 @@ mod tests {
         let err = call(&dir.path().join("none.sock"), &req, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.code, ErrorCode::TryAgainLater);
         assert!(err.msg.contains("none.sock"));
+    }
+
+    #[tokio::test]
+    async fn abstract_socket_round_trip() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let name = format!("@portkeeper-cni-test-{}", std::process::id());
+        let listener = crate::daemon::server::bind(Path::new(&name)).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut body = Vec::new();
+            stream.read_to_end(&mut body).await.unwrap();
+            let request: DaemonRequest = decode(&body, "request").unwrap();
+            assert_eq!(request.container_id, "c1");
+            stream
+                .write_all(&serde_json::to_vec(&DaemonResponse::Done).unwrap())
+                .await
+                .unwrap();
+        });
+        let req = DaemonRequest {
+            command: Command::Del,
+            container_id: "c1".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            pod: None,
+            mtu: None,
+        };
+        let socket = PathBuf::from(name);
+        let response =
+            tokio::task::spawn_blocking(move || call(&socket, &req, Duration::from_secs(5)))
+                .await
+                .unwrap();
+        assert_eq!(response.unwrap(), DaemonResponse::Done);
+        server.await.unwrap();
     }
 
     #[test]

@@ -65,9 +65,9 @@ impl NetworkConfig {
         let daemon_socket = raw
             .daemon_socket
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET));
-        if !daemon_socket.is_absolute() {
+        if !daemon_socket.is_absolute() && abstract_name(&daemon_socket).is_none() {
             return Err(invalid(format!(
-                "daemonSocket {} must be an absolute path",
+                "daemonSocket {} must be an absolute path or @name (an abstract socket)",
                 daemon_socket.display()
             )));
         }
@@ -85,6 +85,16 @@ impl NetworkConfig {
             mtu: raw.mtu,
         })
     }
+}
+
+/// The name of an abstract unix socket (`@name`), which lives in the network namespace rather than
+/// the file system: one per node namespace when several nodes share a machine.
+pub fn abstract_name(socket: &std::path::Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = socket.as_os_str().as_bytes();
+    bytes
+        .strip_prefix(b"@")
+        .filter(|name| !name.is_empty() && name.len() < 107)
 }
 
 /// Reads only `cniVersion`, so that errors found before full validation are written in the runtime's version.

@@ -1,6 +1,7 @@
 //! The daemon's unix socket: root-only by file mode, directory ownership and peer credentials.
 
 use super::{AllocationSource, Daemon};
+use crate::cni::config::abstract_name;
 use crate::cni::{CniError, ErrorCode};
 use crate::protocol::{DaemonRequest, DaemonResponse, MAX_MESSAGE_BYTES, decode};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -12,7 +13,17 @@ use tokio::net::{UnixListener, UnixStream};
 /// Binds `path` with mode 0600 inside a root-owned directory that no one else may write to.
 ///
 /// The directory is created (mode 0700) when missing; a stale socket from an earlier run is replaced.
+///
+/// `@name` binds an abstract socket instead: it has no file mode, so only the peer-credential check
+/// guards it, and it is visible only inside the daemon's network namespace.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(name) = abstract_name(path) {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        listener.set_nonblocking(true)?;
+        return UnixListener::from_std(listener);
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
