@@ -252,7 +252,16 @@ async fn publish_subnet_status<N>(
         tracing::warn!(subnet = %subnet.name_any(), error = %e, "subnet not ready");
     }
     let api: Api<Subnet> = Api::all(ctx.client.clone());
-    patch_status(api, &subnet.name_any(), json!({ "status": status })).await;
+    let body = status_body(
+        &status,
+        &[
+            "v4availableIPrange",
+            "v4usingIPrange",
+            "v6availableIPrange",
+            "v6usingIPrange",
+        ],
+    );
+    patch_status(api, &subnet.name_any(), body).await;
 }
 
 async fn publish_pool_status<N>(
@@ -283,7 +292,28 @@ async fn publish_pool_status<N>(
         tracing::warn!(ippool = %pool.name_any(), error = %e, "ippool not ready");
     }
     let api: Api<IPPool> = Api::all(ctx.client.clone());
-    patch_status(api, &pool.name_any(), json!({ "status": status })).await;
+    let body = status_body(
+        &status,
+        &[
+            "v4AvailableIPRange",
+            "v4UsingIPRange",
+            "v6AvailableIPRange",
+            "v6UsingIPRange",
+        ],
+    );
+    patch_status(api, &pool.name_any(), body).await;
+}
+
+/// The merge-patch body of a status: empty strings are not serialised, so each emptied
+/// `range` key is sent as `null`, which removes it.
+fn status_body(status: &impl serde::Serialize, ranges: &[&str]) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        for key in ranges {
+            map.entry(*key).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": value })
 }
 
 async fn patch_status<K>(api: Api<K>, name: &str, body: serde_json::Value)

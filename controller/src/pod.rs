@@ -92,11 +92,20 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     let annotations = pod.annotations();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
 
+    let held = ctx.engine.lease(&key).filter(|l| l.uid == uid);
     if annotations.get(&keys.allocated).map(String::as_str) == Some("true")
-        && ctx.engine.lease(&key).is_some_and(|l| l.uid == uid)
+        && let Some(lease) = held
         && ctx.nb.port(key.as_str()).is_some()
     {
         if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
+            let facts = PodFacts {
+                name: &name,
+                namespace: &namespace,
+                uid: &uid,
+                annotations,
+                ordinal: None,
+            };
+            apply_ip(ctx, &facts, &lease, node.as_deref(), "").await?;
             patch_annotations(
                 ctx,
                 pod,

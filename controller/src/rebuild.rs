@@ -210,7 +210,7 @@ async fn collect_unheld<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usize, E
     let owner_gone = |owner: Option<&String>| {
         owner
             .and_then(|o| o.split_once('/'))
-            .is_none_or(|(ns, name)| ctx.stores.pod(ns, name).is_none())
+            .is_some_and(|(ns, name)| ctx.stores.pod(ns, name).is_none())
     };
     for port in ctx.nb.ports() {
         if !port.is_ours()

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// One nic's addresses and owner. The object is named `<pod>.<ns>[.<provider>]`, like the port.
 ///
-/// Every field is always serialised (Kube-OVN writes them all, and readers expect the keys).
+/// Empty fields are left out: Kube-OVN's readers treat a missing key as empty, and the local
+/// v1.20 test API server rejects empty strings as `null`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "kubeovn.io",
@@ -24,43 +25,55 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct IPSpec {
     /// Pod name, or the VM name for a KubeVirt launcher pod.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_name: String,
     /// The pod's namespace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// The Subnet the addresses belong to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subnet: String,
     /// Always empty; kept because Kube-OVN's readers expect the key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attach_subnets: Vec<String>,
     /// The node the pod runs on, when known.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
     /// All addresses, comma separated (deprecated in Kube-OVN, still written).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ip_address: String,
     /// The IPv4 address, if any.
-    #[serde(rename = "v4IpAddress", default)]
+    #[serde(
+        rename = "v4IpAddress",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v4_ip_address: String,
     /// The IPv6 address, if any.
-    #[serde(rename = "v6IpAddress", default)]
+    #[serde(
+        rename = "v6IpAddress",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v6_ip_address: String,
     /// Always empty; kept because Kube-OVN's readers expect the key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attach_ips: Vec<String>,
     /// The nic's MAC address.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac_address: String,
     /// Always empty; kept because Kube-OVN's readers expect the key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attach_macs: Vec<String>,
     /// The sandbox container id, when a CNI reports it.
-    #[serde(rename = "containerID", default)]
+    #[serde(
+        rename = "containerID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub container_id: String,
     /// `""`, `StatefulSet` or `VirtualMachine`: what decides retention.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_type: String,
 }
 

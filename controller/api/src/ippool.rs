@@ -43,25 +43,41 @@ pub struct IPPoolStatus {
     #[serde(rename = "v4AvailableIPs", default)]
     pub v4_available_ips: f64,
     /// IPv4 available addresses as a range list.
-    #[serde(rename = "v4AvailableIPRange", default)]
+    #[serde(
+        rename = "v4AvailableIPRange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v4_available_ip_range: String,
     /// IPv4 addresses of the pool in use.
     #[serde(rename = "v4UsingIPs", default)]
     pub v4_using_ips: f64,
     /// IPv4 addresses in use as a range list.
-    #[serde(rename = "v4UsingIPRange", default)]
+    #[serde(
+        rename = "v4UsingIPRange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v4_using_ip_range: String,
     /// IPv6 addresses of the pool still available.
     #[serde(rename = "v6AvailableIPs", default)]
     pub v6_available_ips: f64,
     /// IPv6 available addresses as a range list.
-    #[serde(rename = "v6AvailableIPRange", default)]
+    #[serde(
+        rename = "v6AvailableIPRange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v6_available_ip_range: String,
     /// IPv6 addresses of the pool in use.
     #[serde(rename = "v6UsingIPs", default)]
     pub v6_using_ips: f64,
     /// IPv6 addresses in use as a range list.
-    #[serde(rename = "v6UsingIPRange", default)]
+    #[serde(
+        rename = "v6UsingIPRange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v6_using_ip_range: String,
     /// Readiness and failure conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

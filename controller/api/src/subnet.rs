@@ -71,10 +71,18 @@ pub struct SubnetStatus {
     #[serde(rename = "v4usingIPs", default)]
     pub v4_using_ips: f64,
     /// IPv4 available addresses as a range list (`a-b,c`).
-    #[serde(rename = "v4availableIPrange", default)]
+    #[serde(
+        rename = "v4availableIPrange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v4_available_ip_range: String,
     /// IPv4 addresses in use as a range list.
-    #[serde(rename = "v4usingIPrange", default)]
+    #[serde(
+        rename = "v4usingIPrange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v4_using_ip_range: String,
     /// IPv6 addresses still available for allocation.
     #[serde(rename = "v6availableIPs", default)]
@@ -83,10 +91,18 @@ pub struct SubnetStatus {
     #[serde(rename = "v6usingIPs", default)]
     pub v6_using_ips: f64,
     /// IPv6 available addresses as a range list.
-    #[serde(rename = "v6availableIPrange", default)]
+    #[serde(
+        rename = "v6availableIPrange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v6_available_ip_range: String,
     /// IPv6 addresses in use as a range list.
-    #[serde(rename = "v6usingIPrange", default)]
+    #[serde(
+        rename = "v6usingIPrange",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub v6_using_ip_range: String,
 }
 

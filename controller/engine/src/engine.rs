@@ -512,13 +512,13 @@ impl Engine {
         }
         let mut records: Vec<&Record> = snapshot.records.iter().collect();
         records.sort_by(|a, b| (a.source, &a.lease).cmp(&(b.source, &b.lease)));
-        let mut applied: HashMap<NicKey, Record> = HashMap::new();
+        let mut applied: HashMap<NicKey, &Record> = HashMap::with_capacity(records.len());
         let mut max_generation = 0;
         for record in records {
             match engine.restore(record, &applied) {
                 Ok(true) => {
                     max_generation = max_generation.max(record.lease.generation);
-                    applied.insert(record.lease.key.clone(), record.clone());
+                    applied.insert(record.lease.key.clone(), record);
                 }
                 Ok(false) => {}
                 Err(Restore::Conflict(kept, on)) => report.conflicts.push(RecordConflict {
@@ -536,7 +536,7 @@ impl Engine {
     }
 
     /// Applies one rebuild record; `Ok(false)` for a duplicate of an applied one.
-    fn restore(&self, record: &Record, applied: &HashMap<NicKey, Record>) -> Result<bool, Restore> {
+    fn restore(&self, record: &Record, applied: &HashMap<NicKey, &Record>) -> Result<bool, Restore> {
         let lease = &record.lease;
         if let Some(kept) = applied.get(&lease.key) {
             let same = kept.lease.subnet == lease.subnet
@@ -545,7 +545,7 @@ impl Engine {
             return if same {
                 Ok(false)
             } else {
-                Err(Restore::Conflict(Box::new(kept.clone()), ConflictOn::Key))
+                Err(Restore::Conflict(Box::new(Record::clone(kept)), ConflictOn::Key))
             };
         }
         let state = self.subnet(&lease.subnet).map_err(Restore::Refused)?;
@@ -556,7 +556,7 @@ impl Engine {
         }
         if let Some((address, holder)) = state.holder_of_any(&addr, &lease.key) {
             return Err(Restore::Conflict(
-                Box::new(applied[&holder].clone()),
+                Box::new(Record::clone(applied[&holder])),
                 ConflictOn::Address(address),
             ));
         }
@@ -569,7 +569,7 @@ impl Engine {
                 Ok(()) => {}
                 Err(MacHolder::Nic { key, .. }) => {
                     return Err(Restore::Conflict(
-                        Box::new(applied[&key].clone()),
+                        Box::new(Record::clone(applied[&key])),
                         ConflictOn::Mac(mac),
                     ));
                 }

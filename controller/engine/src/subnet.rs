@@ -511,8 +511,9 @@ impl SubnetState {
         Ok(out)
     }
 
-    /// Fills wanted families a static or list claim left open: the address
-    /// held already, otherwise the default pool's next one.
+    /// Fills wanted families a static or list claim left open (Kube-OVN's
+    /// dual-stack completion): the address held already, otherwise the
+    /// default pool's next one.
     fn complete(
         &self,
         mut addrs: [Option<u128>; 2],
@@ -565,12 +566,7 @@ impl SubnetState {
             }
             IpRequest::Static(addrs) => {
                 let fixed = self.static_addresses(addrs, claim.family, key)?;
-                let open = if claim.family == FamilyRequest::Subnet {
-                    &wanted[..]
-                } else {
-                    &[]
-                };
-                self.complete(fixed, open, existing, key)
+                self.complete(fixed, &wanted, existing, key)
             }
             IpRequest::List { entries, pick } => {
                 let fixed = self.pick_entry(entries, *pick, claim.family, existing, key)?;
@@ -619,7 +615,24 @@ impl SubnetState {
                         subnet: self.name().to_owned(),
                         key: key.clone(),
                     })?;
-                self.static_addresses(&self.entry_for(&entries[index], request), request, key)
+                let entry = self.entry_for(&entries[index], request);
+                match (entry.is_empty(), entries[index].addresses().next(), request) {
+                    (true, Some(address), FamilyRequest::Only(requested)) => {
+                        Err(EngineError::StaticFamilyMismatch {
+                            address,
+                            requested,
+                            subnet: self.name().to_owned(),
+                        })
+                    }
+                    (true, _, _) => Err(EngineError::OrdinalOutsideList {
+                        ordinal,
+                        start,
+                        size: entries.len(),
+                        subnet: self.name().to_owned(),
+                        key: key.clone(),
+                    }),
+                    (false, _, _) => self.static_addresses(&entry, request, key),
+                }
             }
             ListPick::FirstFree => {
                 let candidates: Vec<DualAddress> = entries

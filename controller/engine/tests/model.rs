@@ -452,7 +452,15 @@ impl Model {
                 }
                 Ok(out)
             }
-            IpRequest::Static(e) => complete(self.statics(s, key, e, c.family)?),
+            IpRequest::Static(e) => {
+                let mut fixed = self.statics(s, key, e, c.family)?;
+                for &f in &wanted {
+                    if fixed[idx(f)].is_none() {
+                        fixed[idx(f)] = Some(self.dynamic(s, existing, f)?);
+                    }
+                }
+                Ok(fixed)
+            }
             IpRequest::List { entries, pick } => {
                 let fixed = match *pick {
                     ListPick::Ordinal { ordinal, start } => {
@@ -461,6 +469,9 @@ impl Model {
                             .filter(|&i| (i as usize) < entries.len())
                             .ok_or("NoAvailableAddress")?;
                         let e = Self::entry_for(&entries[i as usize], c.family);
+                        if e.is_empty() {
+                            return Err("IPFamilyMismatch");
+                        }
                         self.statics(s, key, &e, c.family)?
                     }
                     ListPick::FirstFree => {

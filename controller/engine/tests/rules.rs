@@ -202,6 +202,30 @@ fn e2e_subnet_available_count_with_exclude_ips() {
     assert_eq!(e.subnet_status("x").unwrap().v4_available_ips, 254 - 11 - 1);
 }
 
+/// kube-ovn-behavior §2.4.1: an underlay subnet without a CIDR hands out MACs only.
+#[test]
+fn mac_only_subnet_allocates_only_a_mac() {
+    let e = engine();
+    subnet(&e, "underlay", "", &[]);
+    let lease = e.claim(&dynamic("underlay", "a")).unwrap();
+    assert_eq!((lease.v4, lease.v6), (None, None));
+    assert!(lease.mac.is_some());
+    let err = e.claim(&static_ip("underlay", "b", "10.0.0.5")).unwrap_err();
+    assert_eq!(err.reason(), "AddressOutOfRange");
+    let mut mac_only = dynamic("s-none", "c");
+    mac_only.subnet = "underlay".into();
+    mac_only.ip = IpRequest::MacOnly;
+    assert!(e.claim(&mac_only).unwrap().mac.is_some());
+}
+
+#[test]
+fn ip_family_annotation_values() {
+    assert_eq!(Family::from_annotation("ipv4"), Some(Family::V4));
+    assert_eq!(Family::from_annotation("ipv6"), Some(Family::V6));
+    assert_eq!(Family::from_annotation("IPv6"), None, "Kube-OVN accepts lower case only");
+    assert_eq!(Family::V6.annotation_value(), "ipv6");
+}
+
 // ---------- Owners ----------
 
 #[test]
@@ -573,6 +597,22 @@ fn statefulset_entry_held_by_another_key_is_a_conflict_naming_it() {
     );
     let err = e.claim(&claim).unwrap_err();
     assert!(err.to_string().contains("held by squatter.ns"), "{err}");
+}
+
+#[test]
+fn list_entry_without_the_requested_family_is_refused() {
+    let e = engine();
+    subnet(&e, "d", "10.0.0.0/24,fd00::/120", &[]);
+    let mut claim = list("d", "sts-0", "10.0.0.7;10.0.0.8", ListPick::Ordinal { ordinal: 0, start: 0 });
+    claim.family = FamilyRequest::Only(Family::V6);
+    let err = e.claim(&claim).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "static address 10.0.0.7 does not match the requested ip family ipv6 in subnet d"
+    );
+    claim.family = FamilyRequest::Subnet;
+    let lease = e.claim(&claim).unwrap();
+    assert_eq!(lease.addresses().to_string(), "10.0.0.7,fd00::2", "dual-stack completion");
 }
 
 /// §8.5 "should reject pod with fixed IP or IP pool using subnet gateway IP".

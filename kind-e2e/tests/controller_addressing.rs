@@ -1,0 +1,581 @@
+//! The controller on the local cluster: each case is verified three ways, through the pod's
+//! annotations, its IP resource and `ovn-nbctl`. One cluster and one controller process serve
+//! all cases, which run in order; the controller is SIGKILLed and restarted where a case needs it.
+//!
+//! The controller binary is built with cargo (or taken from `PORTKEEPER_CONTROLLER_BIN`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use kind_e2e::{Cluster, ClusterOptions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+const NS: &str = "addr";
+const CIDR: &str = "10.16.0.0/16";
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds (if needed) and returns the controller binary.
+fn controller_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("PORTKEEPER_CONTROLLER_BIN") {
+        return PathBuf::from(path);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "portkeeper-controller",
+            "--bin",
+            "portkeeper-controller",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building portkeeper-controller failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    target.join("debug/portkeeper-controller")
+}
+
+/// The controller as a child process; SIGKILLed on drop.
+struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    fn start(bin: &Path, cluster: &Cluster, run: &Path, generation: u32) -> Self {
+        let log = std::fs::File::create(run.join(format!("controller-{generation}.log"))).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "info")
+            .args(["--ovn-nb-db", cluster.nb_remote()])
+            .args(["--default-cidr", CIDR])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--lease-namespace", "default", "--lease-duration", "3"])
+            .args(["--identity", &format!("e2e-{generation}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        Controller { child }
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nbctl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.ovn_nbctl(args).expect("run ovn-nbctl");
+    assert!(
+        out.status.success(),
+        "ovn-nbctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pod(name: &str, annotations: &[(&str, &str)]) -> Pod {
+    let annotations: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (format!("ovn.kubernetes.io/{k}"), v.to_string()))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": NS, "annotations": annotations },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "c", "image": "busybox" }],
+        },
+    }))
+    .unwrap()
+}
+
+async fn create(pods: &Api<Pod>, p: Pod) {
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create pod");
+}
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.annotations()
+        .get(&format!("ovn.kubernetes.io/{key}"))
+        .map(String::as_str)
+}
+
+async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
+    wait_for(&format!("{name} allocated"), async || {
+        let p = pods.get(name).await.ok()?;
+        (annotation(&p, "allocated") == Some("true")).then_some(p)
+    })
+    .await
+}
+
+async fn ip_resource(client: &Client, name: &str) -> Option<Value> {
+    let api: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource {
+            group: "kubeovn.io".into(),
+            version: "v1".into(),
+            api_version: "kubeovn.io/v1".into(),
+            kind: "IP".into(),
+            plural: "ips".into(),
+        },
+    );
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+/// The three views of one allocated nic must agree.
+async fn verify_three_ways(cluster: &Cluster, client: &Client, p: &Pod) -> (String, String) {
+    let name = p.name_any();
+    let port = format!("{name}.{NS}");
+    let ip = annotation(p, "ip_address").expect("ip_address").to_owned();
+    let mac = annotation(p, "mac_address")
+        .expect("mac_address")
+        .to_owned();
+    assert_eq!(annotation(p, "cidr"), Some(CIDR));
+    assert_eq!(annotation(p, "gateway"), Some("10.16.0.1"));
+    assert_eq!(annotation(p, "logical_switch"), Some("ovn-default"));
+
+    let resource = ip_resource(client, &port).await.expect("IP resource");
+    assert_eq!(resource["spec"]["v4IpAddress"], json!(ip));
+    assert_eq!(resource["spec"]["ipAddress"], json!(ip));
+    assert_eq!(resource["spec"]["macAddress"], json!(mac));
+    assert_eq!(resource["spec"]["podName"], json!(name));
+    assert_eq!(resource["spec"]["namespace"], json!(NS));
+    assert_eq!(resource["spec"]["subnet"], json!("ovn-default"));
+
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", &port]),
+        format!("{mac} {ip}")
+    );
+    let ids = nbctl(
+        cluster,
+        &["get", "Logical_Switch_Port", &port, "external_ids"],
+    );
+    for expected in [
+        "vendor=portkeeper".to_owned(),
+        format!("pod=\"{NS}/{name}\""),
+        "ls=ovn-default".to_owned(),
+    ] {
+        assert!(
+            ids.contains(&expected),
+            "{port} external_ids {ids} lack {expected}"
+        );
+    }
+    (ip, mac)
+}
+
+async fn warnings(client: &Client, name: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+/// A rejected pod: the Warning event with `reason` naming every `needle`, and no side effect.
+async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, needles: &[&str]) {
+    let (r, message) = wait_for(&format!("{reason} event on {name}"), async || {
+        warnings(client, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(r, reason, "{name}: {message}");
+    for needle in needles {
+        assert!(
+            message.to_lowercase().contains(&needle.to_lowercase()),
+            "{name}: {message:?} should name {needle}"
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let p = pods.get(name).await.unwrap();
+    assert_eq!(
+        annotation(&p, "allocated"),
+        None,
+        "{name} must not be allocated"
+    );
+    let port = format!("{name}.{NS}");
+    assert!(
+        ip_resource(client, &port).await.is_none(),
+        "{port} IP resource must not exist"
+    );
+    assert_eq!(
+        nbctl(
+            cluster,
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch_Port",
+                &format!("name={port}")
+            ]
+        ),
+        "",
+        "{port} must have no OVN port"
+    );
+}
+
+/// Every IP on a VIF port of the NB database, with duplicates.
+fn nb_addresses(cluster: &Cluster) -> Vec<String> {
+    nbctl(
+        cluster,
+        &[
+            "--bare",
+            "--columns=addresses",
+            "find",
+            "Logical_Switch_Port",
+            "type=\"\"",
+        ],
+    )
+    .split_whitespace()
+    .filter(|w| w.parse::<std::net::IpAddr>().is_ok())
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn controller_addressing() {
+    let cluster = Cluster::up(ClusterOptions {
+        nodes: 1,
+        node_agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_node-agent"))),
+        ..Default::default()
+    })
+    .expect("local cluster up");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(cases(&cluster))
+    }));
+    drop(runtime);
+    cluster.down().expect("cluster down");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn cases(cluster: &Cluster) {
+    let bin = controller_binary();
+    // The generated CRDs must be structural and accepted by the API server as they are.
+    let crds = repo_root().join("yamls/crds.yaml");
+    kubectl(cluster, &["apply", "-f", crds.to_str().unwrap()]);
+    let client = cluster.client().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let run = cluster.run_dir().to_owned();
+    let mut controller = Controller::start(&bin, cluster, &run, 0);
+
+    println!("case: a pod without annotations gets the lowest free address");
+    create(&pods, pod("plain", &[])).await;
+    let p = allocated(&pods, "plain").await;
+    let (ip, _) = verify_three_ways(cluster, &client, &p).await;
+    assert_eq!(ip, "10.16.0.2");
+
+    println!("case: static IP and MAC (MAC normalised)");
+    create(
+        &pods,
+        pod(
+            "pinned",
+            &[
+                ("ip_address", "10.16.0.50"),
+                ("mac_address", "00:00:00:53:6B:B6"),
+            ],
+        ),
+    )
+    .await;
+    let p = allocated(&pods, "pinned").await;
+    assert_eq!(
+        verify_three_ways(cluster, &client, &p).await,
+        ("10.16.0.50".into(), "00:00:00:53:6b:b6".into())
+    );
+
+    println!("case: bad input gets an Event and changes nothing");
+    let bad: &[(&str, &[(&str, &str)], &str, &[&str])] = &[
+        (
+            "bad-ip",
+            &[("ip_address", "10.16.0.300")],
+            "InvalidAnnotation",
+            &["10.16.0.300"],
+        ),
+        (
+            "bad-mac",
+            &[("mac_address", "zz:00:00:00:00:01")],
+            "InvalidAnnotation",
+            &["zz:00:00:00:00:01"],
+        ),
+        (
+            "multicast-mac",
+            &[("mac_address", "01:00:5e:00:00:01")],
+            "InvalidAnnotation",
+            &["multicast"],
+        ),
+        (
+            "broadcast-mac",
+            &[("mac_address", "ff:ff:ff:ff:ff:ff")],
+            "InvalidAnnotation",
+            &["broadcast"],
+        ),
+        (
+            "zero-mac",
+            &[("mac_address", "00:00:00:00:00:00")],
+            "InvalidAnnotation",
+            &["00:00:00:00:00:00"],
+        ),
+        (
+            "bad-dual",
+            &[("ip_address", "10.16.0.7,10.16.0.8")],
+            "InvalidAnnotation",
+            &["10.16.0.7,10.16.0.8"],
+        ),
+        (
+            "bad-family",
+            &[("ip_family", "ipv6")],
+            "AcquireAddressFailed",
+            &["ipv6", "ovn-default"],
+        ),
+        (
+            "outside",
+            &[("ip_address", "10.99.0.5")],
+            "AcquireAddressFailed",
+            &["10.99.0.5", "ovn-default"],
+        ),
+        (
+            "gateway",
+            &[("ip_address", "10.16.0.1")],
+            "AddressConflict",
+            &["10.16.0.1", "ovn-default"],
+        ),
+        (
+            "taken-ip",
+            &[("ip_address", "10.16.0.50")],
+            "AddressConflict",
+            &["10.16.0.50", "ovn-default", "pinned.addr"],
+        ),
+        (
+            "taken-mac",
+            &[("mac_address", "00:00:00:53:6b:b6")],
+            "AddressConflict",
+            &["00:00:00:53:6b:b6", "pinned.addr"],
+        ),
+        (
+            "no-subnet",
+            &[("logical_switch", "nope")],
+            "AcquireAddressFailed",
+            &["nope"],
+        ),
+        (
+            "no-pool",
+            &[("ip_pool", "nopool")],
+            "AcquireAddressFailed",
+            &["nopool"],
+        ),
+    ];
+    for (name, annotations, _, _) in bad {
+        create(&pods, pod(name, annotations)).await;
+    }
+    for (name, _, reason, needles) in bad {
+        rejected(cluster, &client, name, reason, needles).await;
+    }
+    println!("case: fixing the annotation lets the pod proceed");
+    pods.patch(
+        "bad-ip",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "annotations": { "ovn.kubernetes.io/ip_address": "10.16.0.60" } } })),
+    )
+    .await
+    .unwrap();
+    let p = allocated(&pods, "bad-ip").await;
+    assert_eq!(
+        verify_three_ways(cluster, &client, &p).await.0,
+        "10.16.0.60"
+    );
+
+    println!("case: an address held by a port portkeeper did not make");
+    nbctl(cluster, &["lsp-add", "ovn-default", "legacy"]);
+    nbctl(
+        cluster,
+        &[
+            "lsp-set-addresses",
+            "legacy",
+            "0a:00:00:00:00:99 10.16.0.70",
+        ],
+    );
+    create(&pods, pod("on-legacy", &[("ip_address", "10.16.0.70")])).await;
+    rejected(
+        cluster,
+        &client,
+        "on-legacy",
+        "AddressConflict",
+        &["10.16.0.70", "legacy"],
+    )
+    .await;
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", "legacy"]),
+        "0a:00:00:00:00:99 10.16.0.70"
+    );
+
+    println!("case: release on deletion; the address comes back to a later pod");
+    pods.delete("pinned", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for("pinned released", async || {
+        (ip_resource(&client, "pinned.addr").await.is_none()
+            && nbctl(
+                cluster,
+                &[
+                    "--bare",
+                    "--columns=name",
+                    "find",
+                    "Logical_Switch_Port",
+                    "name=pinned.addr",
+                ],
+            )
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    pods.delete("taken-ip", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    create(&pods, pod("taken-ip-2", &[("ip_address", "10.16.0.50")])).await;
+    let p = allocated(&pods, "taken-ip-2").await;
+    assert_eq!(
+        verify_three_ways(cluster, &client, &p).await.0,
+        "10.16.0.50"
+    );
+
+    println!(
+        "case: a static pod deleted and its address re-requested while the controller is down (#4304)"
+    );
+    create(&pods, pod("old", &[("ip_address", "10.16.0.80")])).await;
+    allocated(&pods, "old").await;
+    controller.kill();
+    pods.delete("old", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for("old gone", async || {
+        pods.get_opt("old").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    create(&pods, pod("new", &[("ip_address", "10.16.0.80")])).await;
+    create(&pods, pod("dynamic-while-down", &[])).await;
+    controller = Controller::start(&bin, cluster, &run, 1);
+    let p = allocated(&pods, "new").await;
+    assert_eq!(
+        verify_three_ways(cluster, &client, &p).await.0,
+        "10.16.0.80"
+    );
+    let d = allocated(&pods, "dynamic-while-down").await;
+    assert_ne!(
+        verify_three_ways(cluster, &client, &d).await.0,
+        "10.16.0.80"
+    );
+    assert!(
+        ip_resource(&client, "old.addr").await.is_none(),
+        "the old pod's IP resource is collected"
+    );
+    let addresses = nb_addresses(cluster);
+    assert_eq!(
+        addresses.iter().filter(|a| *a == "10.16.0.80").count(),
+        1,
+        "{addresses:?}"
+    );
+
+    println!("case: SIGKILL and restart during a burst of 200 pods");
+    for i in 0..200 {
+        create(&pods, pod(&format!("burst-{i}"), &[])).await;
+        if i == 60 {
+            controller.kill();
+            controller = Controller::start(&bin, cluster, &run, 2);
+        }
+    }
+    for i in 0..200 {
+        let p = allocated(&pods, &format!("burst-{i}")).await;
+        if i % 20 == 0 {
+            verify_three_ways(cluster, &client, &p).await;
+        }
+    }
+    let addresses = nb_addresses(cluster);
+    let unique: BTreeSet<&String> = addresses.iter().collect();
+    assert_eq!(
+        unique.len(),
+        addresses.len(),
+        "an address appears twice in NB: {addresses:?}"
+    );
+    let all = pods.list(&ListParams::default()).await.unwrap();
+    let mut annotated = BTreeSet::new();
+    for p in all
+        .items
+        .iter()
+        .filter(|p| annotation(p, "allocated") == Some("true"))
+    {
+        assert!(
+            annotated.insert(annotation(p, "ip_address").unwrap().to_owned()),
+            "duplicate annotation"
+        );
+    }
+    drop(controller);
+}
