@@ -291,6 +291,93 @@ fn nb_addresses(cluster: &Cluster) -> Vec<String> {
     .collect()
 }
 
+fn kubectl_apply(cluster: &Cluster, manifest: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "kubectl apply failed:\n{manifest}"
+    );
+}
+
+async fn resource(client: &Client, plural: &str, kind: &str, name: &str) -> Option<Value> {
+    let api: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource {
+            group: "kubeovn.io".into(),
+            version: "v1".into(),
+            api_version: "kubeovn.io/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        },
+    );
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+/// Waits until `status.<field>` of a Subnet or IPPool equals `want`.
+async fn status_is(
+    client: &Client,
+    plural: &str,
+    kind: &str,
+    name: &str,
+    field: &str,
+    want: Value,
+) {
+    wait_for(
+        &format!("{kind} {name} status.{field} = {want}"),
+        async || {
+            let r = resource(client, plural, kind, name).await?;
+            let got = r["status"].get(field).cloned().unwrap_or(Value::Null);
+            let same = got == want || (got.is_number() && got.as_f64() == want.as_f64());
+            same.then_some(())
+        },
+    )
+    .await
+}
+
+fn workload(kind: &str, name: &str, replicas: u32, pool: &str) -> String {
+    let extra = if kind == "StatefulSet" {
+        format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "apiVersion: apps/v1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  replicas: {replicas}\n{extra}  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n      annotations:\n        ovn.kubernetes.io/ip_pool: \"{pool}\"\n    spec:\n      automountServiceAccountToken: false\n      containers:\n        - name: c\n          image: busybox\n"
+    )
+}
+
+async fn pods_of(pods: &Api<Pod>, app: &str, count: usize) -> Vec<Pod> {
+    wait_for(&format!("{count} allocated pods of {app}"), async || {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .ok()?;
+        let ready: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| annotation(p, "allocated") == Some("true"))
+            .collect();
+        (ready.len() == count).then_some(ready)
+    })
+    .await
+}
+
 #[test]
 fn controller_addressing() {
     let cluster = Cluster::up(ClusterOptions {
@@ -505,6 +592,191 @@ async fn cases(cluster: &Cluster) {
     assert_eq!(
         verify_three_ways(cluster, &client, &p).await.0,
         "10.16.0.50"
+    );
+
+    println!("case: an ip_pool list on pods: first free entry, then too short for a third pod");
+    create(&pods, pod("list-a", &[("ip_pool", "10.16.1.1,10.16.1.2")])).await;
+    let a = allocated(&pods, "list-a").await;
+    assert_eq!(verify_three_ways(cluster, &client, &a).await.0, "10.16.1.1");
+    create(&pods, pod("list-b", &[("ip_pool", "10.16.1.1,10.16.1.2")])).await;
+    let b = allocated(&pods, "list-b").await;
+    assert_eq!(verify_three_ways(cluster, &client, &b).await.0, "10.16.1.2");
+    create(&pods, pod("list-c", &[("ip_pool", "10.16.1.1,10.16.1.2")])).await;
+    rejected(
+        cluster,
+        &client,
+        "list-c",
+        "AcquireAddressFailed",
+        &["NoAvailableAddress", "ovn-default"],
+    )
+    .await;
+    pods.delete("list-a", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let c = allocated(&pods, "list-c").await;
+    assert_eq!(verify_three_ways(cluster, &client, &c).await.0, "10.16.1.1");
+
+    println!("case: a StatefulSet with a 3-entry ip_pool list: pod i takes entry i, and keeps it");
+    kubectl_apply(
+        cluster,
+        &workload("StatefulSet", "sts", 3, "10.16.2.10,10.16.2.11,10.16.2.12"),
+    );
+    for p in pods_of(&pods, "sts", 3).await {
+        let (ip, _) = verify_three_ways(cluster, &client, &p).await;
+        let ordinal: u32 = p.name_any().rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(ip, format!("10.16.2.{}", 10 + ordinal), "{}", p.name_any());
+    }
+    pods.delete("sts-2", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let again = wait_for("sts-2 recreated and allocated", async || {
+        let p = pods.get_opt("sts-2").await.ok()??;
+        (p.metadata.deletion_timestamp.is_none() && annotation(&p, "allocated") == Some("true"))
+            .then_some(p)
+    })
+    .await;
+    assert_eq!(
+        verify_three_ways(cluster, &client, &again).await.0,
+        "10.16.2.12"
+    );
+
+    println!(
+        "case: a Deployment on a named IPPool: lowest pool addresses first, pool status counts and ranges"
+    );
+    kubectl_apply(
+        cluster,
+        "apiVersion: kubeovn.io/v1\nkind: IPPool\nmetadata:\n  name: pool1\nspec:\n  subnet: ovn-default\n  ips:\n    - 10.16.3.1..10.16.3.5\n",
+    );
+    status_is(
+        &client,
+        "ippools",
+        "IPPool",
+        "pool1",
+        "v4AvailableIPs",
+        json!(5.0),
+    )
+    .await;
+    kubectl_apply(cluster, &workload("Deployment", "deploy", 3, "pool1"));
+    let mut ips: Vec<String> = Vec::new();
+    for p in pods_of(&pods, "deploy", 3).await {
+        ips.push(verify_three_ways(cluster, &client, &p).await.0);
+    }
+    ips.sort();
+    assert_eq!(ips, ["10.16.3.1", "10.16.3.2", "10.16.3.3"]);
+    status_is(
+        &client,
+        "ippools",
+        "IPPool",
+        "pool1",
+        "v4UsingIPs",
+        json!(3.0),
+    )
+    .await;
+    status_is(
+        &client,
+        "ippools",
+        "IPPool",
+        "pool1",
+        "v4UsingIPRange",
+        json!("10.16.3.1-10.16.3.3"),
+    )
+    .await;
+    status_is(
+        &client,
+        "ippools",
+        "IPPool",
+        "pool1",
+        "v4AvailableIPRange",
+        json!("10.16.3.4-10.16.3.5"),
+    )
+    .await;
+
+    println!("case: subnet status ranges, lowest-first and delayed reuse");
+    kubectl_apply(
+        cluster,
+        "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: reuse\nspec:\n  cidrBlock: 10.17.0.0/24\n",
+    );
+    status_is(
+        &client,
+        "subnets",
+        "Subnet",
+        "reuse",
+        "v4availableIPs",
+        json!(253.0),
+    )
+    .await;
+    let first: Vec<String> = (0..5).map(|i| format!("reuse-{i}")).collect();
+    for name in &first {
+        create(&pods, pod(name, &[("logical_switch", "reuse")])).await;
+    }
+    let mut got = Vec::new();
+    for name in &first {
+        got.push(
+            annotation(&allocated(&pods, name).await, "ip_address")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "10.17.0.2",
+            "10.17.0.3",
+            "10.17.0.4",
+            "10.17.0.5",
+            "10.17.0.6"
+        ]
+    );
+    status_is(
+        &client,
+        "subnets",
+        "Subnet",
+        "reuse",
+        "v4usingIPrange",
+        json!("10.17.0.2-10.17.0.6"),
+    )
+    .await;
+    for name in &first {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+    status_is(
+        &client,
+        "subnets",
+        "Subnet",
+        "reuse",
+        "v4usingIPs",
+        json!(0.0),
+    )
+    .await;
+    for i in 5..10 {
+        create(
+            &pods,
+            pod(&format!("reuse-{i}"), &[("logical_switch", "reuse")]),
+        )
+        .await;
+    }
+    let mut got = Vec::new();
+    for i in 5..10 {
+        got.push(
+            annotation(&allocated(&pods, &format!("reuse-{i}")).await, "ip_address")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "10.17.0.10",
+            "10.17.0.11",
+            "10.17.0.7",
+            "10.17.0.8",
+            "10.17.0.9"
+        ],
+        "released addresses are reused last"
     );
 
     println!(
