@@ -105,9 +105,9 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
                 annotations,
                 ordinal: None,
             };
-            apply_ip(ctx, &facts, &lease, node.as_deref(), "").await?;
+            apply_ip(&ctx.client, &facts, &lease, node.as_deref(), "").await?;
             patch_annotations(
-                ctx,
+                &ctx.client,
                 pod,
                 BTreeMap::from([(keys.routed.clone(), "true".into())]),
             )
@@ -172,9 +172,9 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     };
 
     write_port(ctx, &lease, &namespace, &name, &uid, request.port_security).await?;
-    apply_ip(ctx, &facts, &lease, node.as_deref(), "").await?;
+    apply_ip(&ctx.client, &facts, &lease, node.as_deref(), "").await?;
     let written = plan::allocated_annotations(keys, &lease, &network, node.is_some());
-    patch_annotations(ctx, pod, written).await?;
+    patch_annotations(&ctx.client, pod, written).await?;
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %plan::ip_address_value(&lease), "allocated");
     Ok(())
@@ -247,8 +247,8 @@ async fn write_port<N: Northbound>(
 }
 
 /// Creates or updates the nic's IP resource by server-side apply.
-async fn apply_ip<N>(
-    ctx: &Context<N>,
+async fn apply_ip(
+    client: &kube::Client,
     pod: &PodFacts<'_>,
     lease: &Lease,
     node: Option<&str>,
@@ -275,7 +275,7 @@ async fn apply_ip<N>(
         },
         "spec": plan::ip_spec(pod, lease, node, pod_type),
     });
-    Api::<IP>::all(ctx.client.clone())
+    Api::<IP>::all(client.clone())
         .patch(
             lease.key.as_str(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -285,12 +285,13 @@ async fn apply_ip<N>(
     Ok(())
 }
 
-async fn patch_annotations<N>(
-    ctx: &Context<N>,
+/// Writes `values` into the pod's annotations with one merge patch.
+async fn patch_annotations(
+    client: &kube::Client,
     pod: &Pod,
     values: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let body = json!({ "metadata": { "annotations": values } });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -378,4 +379,150 @@ pub async fn release_nic<N: Northbound>(
         ctx.metrics.releases.inc();
     }
     Ok(())
+}
+
+/// The exact requests portkeeper sends, pinned with a mock API server: the URL, the field
+/// manager, the content type and the body. Behaviour is tested against a real API server in
+/// `kind-e2e/tests/controller_addressing.rs`.
+#[cfg(test)]
+mod request_shape_tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use portkeeper_engine::MacAddress;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    /// Answers the next request with `reply` and returns it with its body.
+    async fn next(
+        handle: &mut Handle,
+        reply: serde_json::Value,
+    ) -> (http::request::Parts, serde_json::Value) {
+        let (request, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+                .await
+                .expect("the client sent a request")
+                .expect("the client sent a request");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        send.send_response(Response::new(Body::from(
+            serde_json::to_vec(&reply).unwrap(),
+        )));
+        (parts, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            subnet: "ovn-default".into(),
+            key: NicKey::new("web", "shop", None),
+            uid: "u-1".into(),
+            generation: 1,
+            v4: Some("10.16.0.2".parse().unwrap()),
+            v6: None,
+            mac: Some(MacAddress::parse("0a:58:0a:10:00:02").unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn annotations_are_one_merge_patch_with_our_field_manager() {
+        let (client, mut handle) = mock();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "web", "namespace": "shop", "uid": "u-1" }
+        }))
+        .unwrap();
+        let values = BTreeMap::from([
+            ("ovn.kubernetes.io/allocated".to_owned(), "true".to_owned()),
+            (
+                "ovn.kubernetes.io/ip_address".to_owned(),
+                "10.16.0.2".to_owned(),
+            ),
+        ]);
+        let reply = serde_json::to_value(&pod).unwrap();
+        let (sent, server) = tokio::join!(
+            patch_annotations(&client, &pod, values),
+            next(&mut handle, reply)
+        );
+        sent.unwrap();
+        let (parts, body) = server;
+        assert_eq!(parts.method, Method::PATCH);
+        assert_eq!(
+            parts.uri.to_string(),
+            "/api/v1/namespaces/shop/pods/web?&fieldManager=portkeeper-controller"
+        );
+        assert_eq!(
+            parts.headers["content-type"],
+            "application/merge-patch+json"
+        );
+        assert_eq!(
+            body,
+            json!({ "metadata": { "annotations": {
+                "ovn.kubernetes.io/allocated": "true",
+                "ovn.kubernetes.io/ip_address": "10.16.0.2",
+            } } })
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_resource_is_server_side_applied_with_force() {
+        let (client, mut handle) = mock();
+        let annotations = BTreeMap::new();
+        let facts = PodFacts {
+            name: "web",
+            namespace: "shop",
+            uid: "u-1",
+            annotations: &annotations,
+            ordinal: None,
+        };
+        let reply = json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "IP",
+            "metadata": { "name": "web.shop" }, "spec": {}
+        });
+        let lease = lease();
+        let (sent, server) = tokio::join!(
+            apply_ip(&client, &facts, &lease, Some("node1"), ""),
+            next(&mut handle, reply)
+        );
+        sent.unwrap();
+        let (parts, body) = server;
+        assert_eq!(parts.method, Method::PATCH);
+        assert_eq!(
+            parts.uri.to_string(),
+            "/apis/kubeovn.io/v1/ips/web.shop?&force=true&fieldManager=portkeeper-controller"
+        );
+        assert_eq!(
+            parts.headers["content-type"],
+            "application/apply-patch+yaml"
+        );
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "kubeovn.io/v1",
+                "kind": "IP",
+                "metadata": {
+                    "name": "web.shop",
+                    "labels": {
+                        "ovn.kubernetes.io/subnet": "ovn-default",
+                        "ovn.kubernetes.io/ip_reserved": "false",
+                        "ovn.kubernetes.io/node-name": "node1",
+                        "ovn-default": "",
+                    },
+                    "annotations": { "portkeeper.io/pod-uid": "u-1" },
+                },
+                "spec": {
+                    "podName": "web",
+                    "namespace": "shop",
+                    "subnet": "ovn-default",
+                    "nodeName": "node1",
+                    "ipAddress": "10.16.0.2",
+                    "v4IpAddress": "10.16.0.2",
+                    "macAddress": "0a:58:0a:10:00:02",
+                },
+            })
+        );
+    }
 }

@@ -536,7 +536,11 @@ impl Engine {
     }
 
     /// Applies one rebuild record; `Ok(false)` for a duplicate of an applied one.
-    fn restore(&self, record: &Record, applied: &HashMap<NicKey, &Record>) -> Result<bool, Restore> {
+    fn restore(
+        &self,
+        record: &Record,
+        applied: &HashMap<NicKey, &Record>,
+    ) -> Result<bool, Restore> {
         let lease = &record.lease;
         if let Some(kept) = applied.get(&lease.key) {
             let same = kept.lease.subnet == lease.subnet
@@ -545,7 +549,10 @@ impl Engine {
             return if same {
                 Ok(false)
             } else {
-                Err(Restore::Conflict(Box::new(Record::clone(kept)), ConflictOn::Key))
+                Err(Restore::Conflict(
+                    Box::new(Record::clone(kept)),
+                    ConflictOn::Key,
+                ))
             };
         }
         let state = self.subnet(&lease.subnet).map_err(Restore::Refused)?;

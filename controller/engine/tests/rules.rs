@@ -210,7 +210,9 @@ fn mac_only_subnet_allocates_only_a_mac() {
     let lease = e.claim(&dynamic("underlay", "a")).unwrap();
     assert_eq!((lease.v4, lease.v6), (None, None));
     assert!(lease.mac.is_some());
-    let err = e.claim(&static_ip("underlay", "b", "10.0.0.5")).unwrap_err();
+    let err = e
+        .claim(&static_ip("underlay", "b", "10.0.0.5"))
+        .unwrap_err();
     assert_eq!(err.reason(), "AddressOutOfRange");
     let mut mac_only = dynamic("s-none", "c");
     mac_only.subnet = "underlay".into();
@@ -222,7 +224,11 @@ fn mac_only_subnet_allocates_only_a_mac() {
 fn ip_family_annotation_values() {
     assert_eq!(Family::from_annotation("ipv4"), Some(Family::V4));
     assert_eq!(Family::from_annotation("ipv6"), Some(Family::V6));
-    assert_eq!(Family::from_annotation("IPv6"), None, "Kube-OVN accepts lower case only");
+    assert_eq!(
+        Family::from_annotation("IPv6"),
+        None,
+        "Kube-OVN accepts lower case only"
+    );
     assert_eq!(Family::V6.annotation_value(), "ipv6");
 }
 
@@ -603,7 +609,15 @@ fn statefulset_entry_held_by_another_key_is_a_conflict_naming_it() {
 fn list_entry_without_the_requested_family_is_refused() {
     let e = engine();
     subnet(&e, "d", "10.0.0.0/24,fd00::/120", &[]);
-    let mut claim = list("d", "sts-0", "10.0.0.7;10.0.0.8", ListPick::Ordinal { ordinal: 0, start: 0 });
+    let mut claim = list(
+        "d",
+        "sts-0",
+        "10.0.0.7;10.0.0.8",
+        ListPick::Ordinal {
+            ordinal: 0,
+            start: 0,
+        },
+    );
     claim.family = FamilyRequest::Only(Family::V6);
     let err = e.claim(&claim).unwrap_err();
     assert_eq!(
@@ -612,7 +626,11 @@ fn list_entry_without_the_requested_family_is_refused() {
     );
     claim.family = FamilyRequest::Subnet;
     let lease = e.claim(&claim).unwrap();
-    assert_eq!(lease.addresses().to_string(), "10.0.0.7,fd00::2", "dual-stack completion");
+    assert_eq!(
+        lease.addresses().to_string(),
+        "10.0.0.7,fd00::2",
+        "dual-stack completion"
+    );
 }
 
 /// §8.5 "should reject pod with fixed IP or IP pool using subnet gateway IP".
