@@ -510,8 +510,14 @@ impl Cache {
         let mut events = Vec::with_capacity(batch.len());
         let mut touched = Vec::new();
         let rows = batch.len();
-        let result = apply_changes(&mut state, batch, &mut events, &mut touched)
-            .and_then(|()| check_unique(&state, &touched));
+        let subscribed = self.events.receiver_count() > 0;
+        let result = apply_changes(
+            &mut state,
+            batch,
+            subscribed.then_some(&mut events),
+            &mut touched,
+        )
+        .and_then(|()| check_unique(&state, &touched));
         self.metrics.update_applied(rows);
         self.publish(events);
         result
@@ -530,9 +536,8 @@ impl Cache {
             schema: schema.clone(),
             tables: self.empty_tables(&schema, tables),
         };
-        let mut ignored = Vec::new();
         let mut touched = Vec::new();
-        apply_changes(&mut fresh, batch, &mut ignored, &mut touched)?;
+        apply_changes(&mut fresh, batch, None, &mut touched)?;
         check_unique(&fresh, &touched)?;
         let mut state = self.state.write();
         let mut events = Vec::new();
@@ -576,10 +581,14 @@ impl Cache {
     }
 }
 
+/// Applies a batch in order. With `events`, every change is recorded for
+/// subscribers; without (nobody subscribed), a modified row nobody else holds is
+/// edited in place instead of copied, which matters for rows with large sets such
+/// as a switch's `ports`.
 fn apply_changes(
     state: &mut State,
     batch: Batch,
-    events: &mut Vec<Event>,
+    mut events: Option<&mut Vec<Event>>,
     touched: &mut Vec<(Arc<str>, usize, Vec<Value>)>,
 ) -> Result<(), Inconsistent> {
     for (table_name, uuid, update) in batch {
@@ -587,83 +596,100 @@ fn apply_changes(
             // A table we did not ask for (or that the schema lacks): nothing to keep.
             continue;
         };
-        match update {
+        let name = table.name.clone();
+        let event = match update {
             RowUpdate::Insert(mut row) => {
                 table.fill_defaults(&mut row);
                 row.insert("_uuid", Value::uuid(uuid));
                 let row = Arc::new(row);
                 match table.put(uuid, row.clone(), touched) {
-                    None => events.push(Event::Insert {
-                        table: table.name.clone(),
-                        row,
-                    }),
-                    Some(old) => events.push(Event::Update {
-                        table: table.name.clone(),
+                    None => Event::Insert { table: name, row },
+                    Some(old) => Event::Update {
+                        table: name,
                         old,
                         new: row,
-                    }),
+                    },
                 }
             }
             RowUpdate::Modify(diff) | RowUpdate::Replace(diff) if diff.is_empty() => {
                 if !table.rows.contains_key(&uuid) {
                     return Err(missing(&table_name, uuid));
                 }
+                continue;
             }
             RowUpdate::Modify(diff) => {
-                let old = table
-                    .rows
-                    .get(&uuid)
-                    .cloned()
-                    .ok_or_else(|| missing(&table_name, uuid))?;
-                let mut row = Row::clone(&old);
-                for (column, change) in diff.iter() {
-                    match (row.get_mut(column), table.schema.column(column)) {
-                        (Some(current), Some(col)) => {
-                            current.apply_diff(change.clone(), &col.ty).map_err(|e| {
-                                Inconsistent(format!("{table_name} {uuid} column {column}: {e}"))
-                            })?
-                        }
-                        _ => {
-                            row.insert(column, change.clone());
+                let schema = table.schema.clone();
+                modify_row(table, uuid, events.is_some(), touched, |row| {
+                    for (column, change) in diff.iter() {
+                        match (row.get_mut(column), schema.column(column)) {
+                            (Some(current), Some(col)) => {
+                                current.apply_diff(change.clone(), &col.ty).map_err(|e| {
+                                    Inconsistent(format!(
+                                        "{table_name} {uuid} column {column}: {e}"
+                                    ))
+                                })?
+                            }
+                            _ => {
+                                row.insert(column, change.clone());
+                            }
                         }
                     }
-                }
-                let row = Arc::new(row);
-                table.put(uuid, row.clone(), touched);
-                events.push(Event::Update {
-                    table: table.name.clone(),
-                    old,
-                    new: row,
-                });
+                    Ok(())
+                })?
             }
             RowUpdate::Replace(new_values) => {
-                let old = table
-                    .rows
-                    .get(&uuid)
-                    .cloned()
-                    .ok_or_else(|| missing(&table_name, uuid))?;
-                let mut row = Row::clone(&old);
-                for (column, value) in new_values.iter() {
-                    row.insert(column, value.clone());
-                }
-                let row = Arc::new(row);
-                table.put(uuid, row.clone(), touched);
-                events.push(Event::Update {
-                    table: table.name.clone(),
-                    old,
-                    new: row,
-                });
+                modify_row(table, uuid, events.is_some(), touched, |row| {
+                    for (column, value) in new_values.iter() {
+                        row.insert(column, value.clone());
+                    }
+                    Ok(())
+                })?
             }
             RowUpdate::Delete => {
                 let row = table.take(uuid).ok_or_else(|| missing(&table_name, uuid))?;
-                events.push(Event::Delete {
-                    table: table.name.clone(),
-                    row,
-                });
+                Event::Delete { table: name, row }
             }
+        };
+        if let Some(events) = events.as_deref_mut() {
+            events.push(event);
         }
     }
     Ok(())
+}
+
+/// Replaces row `uuid` by `edit` applied to it, keeping the indexes in step, and
+/// returns the update event. With `keep_old` the old row survives for the event;
+/// otherwise it is edited in place when no reader holds it. If `edit` fails the row
+/// is left out of the table (the cache is about to be reloaded) and, with
+/// `keep_old`, the error is returned after nothing else changed.
+fn modify_row(
+    table: &mut TableCache,
+    uuid: Uuid,
+    keep_old: bool,
+    touched: &mut Vec<(Arc<str>, usize, Vec<Value>)>,
+    edit: impl FnOnce(&mut Row) -> Result<(), Inconsistent>,
+) -> Result<Event, Inconsistent> {
+    let old = table.take(uuid).ok_or_else(|| missing(&table.name, uuid))?;
+    let (mut row, old) = if keep_old {
+        (Row::clone(&old), Some(old))
+    } else {
+        let row = Arc::try_unwrap(old).unwrap_or_else(|shared| Row::clone(&shared));
+        (row, None)
+    };
+    if let Err(e) = edit(&mut row) {
+        if let Some(old) = old {
+            // Put the untouched row back so subscribers' view stays the cache's.
+            table.put(uuid, old, touched);
+        }
+        return Err(e);
+    }
+    let row = Arc::new(row);
+    table.put(uuid, row.clone(), touched);
+    Ok(Event::Update {
+        table: table.name.clone(),
+        old: old.unwrap_or_else(|| row.clone()),
+        new: row,
+    })
 }
 
 fn missing(table: &str, uuid: Uuid) -> Inconsistent {
@@ -961,6 +987,53 @@ mod tests {
             .unwrap();
         let err = cache
             .apply(vec![insert("Logical_Switch_Port", 3, lsp("p", None))])
+            .unwrap_err();
+        assert!(err.0.contains("unique index (name)"), "{err}");
+    }
+
+    #[test]
+    fn in_place_modify_without_subscribers_keeps_indexes_and_uniqueness() {
+        let cache = cache(16);
+        cache
+            .apply(vec![
+                insert("Logical_Switch_Port", 1, lsp("a", Some("ns/a"))),
+                insert("Logical_Switch_Port", 2, lsp("b", None)),
+            ])
+            .unwrap();
+        let rename = Row::new()
+            .with("name", Atom::string("c"))
+            .with("external_ids", Value::map([("pod", "ns/a")]));
+        cache
+            .apply(vec![(
+                "Logical_Switch_Port".into(),
+                u(1),
+                RowUpdate::Modify(rename),
+            )])
+            .unwrap();
+        let by_name = |n: &str| {
+            cache
+                .find("Logical_Switch_Port", &["name"], &[Atom::string(n).into()])
+                .unwrap()
+                .len()
+        };
+        assert_eq!((by_name("a"), by_name("c")), (0, 1));
+        assert!(
+            cache
+                .find(
+                    "Logical_Switch_Port",
+                    &["external_ids:pod"],
+                    &[Atom::string("ns/a").into()]
+                )
+                .unwrap()
+                .is_empty()
+        );
+        let clash = Row::new().with("name", Atom::string("c"));
+        let err = cache
+            .apply(vec![(
+                "Logical_Switch_Port".into(),
+                u(2),
+                RowUpdate::Modify(clash),
+            )])
             .unwrap_err();
         assert!(err.0.contains("unique index (name)"), "{err}");
     }
