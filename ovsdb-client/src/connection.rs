@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -196,7 +195,7 @@ impl Connection {
     }
 
     /// Sends a request and waits for its reply. Many calls may be in flight at once.
-    pub async fn call(&self, method: &str, params: &impl Serialize) -> Result<Value, CallError> {
+    pub async fn call(&self, method: &str, params: &Value) -> Result<Value, CallError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -326,7 +325,11 @@ async fn read_loop(
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 debug!(id, "idle; sending inactivity probe");
                 if outgoing
-                    .send(jsonrpc::encode_request(id, "echo", &[(); 0]))
+                    .send(jsonrpc::encode_request(
+                        id,
+                        "echo",
+                        &Value::Array(Vec::new()),
+                    ))
                     .is_err()
                 {
                     return;

@@ -6,7 +6,7 @@
 //! `result`; all three decode to [`RpcError`].
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A decoded message from the server.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,65 +99,79 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
+/// The members of any JSON-RPC message; decoding into it avoids building a map
+/// for the envelope. `result` keeps `null` apart from absent.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Value,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
 impl Message {
     /// Decodes one framed message.
     pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
-        let value: Value =
-            serde_json::from_slice(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
-        let Value::Object(obj) = value else {
-            return Err(DecodeError::Malformed("message is not an object"));
-        };
-        Self::from_object(obj)
-    }
-
-    fn from_object(mut obj: Map<String, Value>) -> Result<Self, DecodeError> {
-        let id = obj.remove("id").unwrap_or(Value::Null);
-        match obj.remove("method") {
-            Some(Value::String(method)) => {
-                let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
-                if id.is_null() {
-                    Ok(Message::Notification(Notification { method, params }))
-                } else {
-                    Ok(Message::Request { id, method, params })
-                }
+        let envelope: Envelope = serde_json::from_slice(frame).map_err(|e| {
+            if e.is_data() {
+                DecodeError::Malformed("members of the wrong type, or not an object")
+            } else {
+                DecodeError::Json(e.to_string())
             }
-            Some(_) => Err(DecodeError::Malformed("method is not a string")),
-            None => {
-                let error = obj.remove("error").unwrap_or(Value::Null);
-                let result = if error.is_null() {
-                    match obj.remove("result") {
-                        Some(result) => Ok(result),
-                        None => {
-                            return Err(DecodeError::Malformed(
-                                "reply has neither result nor error",
-                            ));
-                        }
-                    }
-                } else {
-                    Err(RpcError::from_value(error))
-                };
-                if id.is_null() {
-                    return Err(DecodeError::Malformed("reply without an id"));
-                }
-                Ok(Message::Response {
-                    id: id.as_u64(),
-                    result,
-                })
-            }
+        })?;
+        let Envelope {
+            id,
+            method,
+            params,
+            result,
+            error,
+        } = envelope;
+        if let Some(method) = method {
+            let params = params.unwrap_or(Value::Array(Vec::new()));
+            return Ok(if id.is_null() {
+                Message::Notification(Notification { method, params })
+            } else {
+                Message::Request { id, method, params }
+            });
         }
+        let result = if error.is_null() {
+            Ok(result.ok_or(DecodeError::Malformed("reply has neither result nor error"))?)
+        } else {
+            Err(RpcError::from_value(error))
+        };
+        if id.is_null() {
+            return Err(DecodeError::Malformed("reply without an id"));
+        }
+        Ok(Message::Response {
+            id: id.as_u64(),
+            result,
+        })
     }
 }
 
 /// Encodes a request with one of our ids.
-pub fn encode_request(id: u64, method: &str, params: &impl Serialize) -> Vec<u8> {
+pub fn encode_request(id: u64, method: &str, params: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
     #[derive(Serialize)]
-    struct Request<'a, P> {
+    struct Request<'a> {
         id: u64,
         method: &'a str,
-        params: &'a P,
+        params: &'a Value,
     }
-    serde_json::to_vec(&Request { id, method, params })
-        .expect("JSON serialization of a request cannot fail")
+    // Writing a `Value` into a `Vec` has no failure case.
+    serde_json::to_writer(&mut out, &Request { id, method, params })
+        .expect("JSON serialization of a request cannot fail");
+    out
 }
 
 /// Encodes the reply to a server request (the answer to its `echo`).
@@ -273,6 +287,18 @@ mod tests {
         ] {
             assert!(Message::decode(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn null_result_is_kept_apart_from_a_missing_one() {
+        assert_eq!(
+            decode(r#"{"id":3,"result":null,"error":null}"#),
+            Message::Response {
+                id: Some(3),
+                result: Ok(Value::Null)
+            }
+        );
+        assert!(Message::decode(br#"{"id":3,"error":null}"#).is_err());
     }
 
     #[test]
