@@ -34,6 +34,9 @@ use crate::monitor::{self, Decoded, MonitorMethod, MonitorState, MonitorTables};
 use crate::schema::DatabaseSchema;
 use crate::transport::{self, Remote};
 
+/// How long a connection must have lived for its loss to reset the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// Monitor id of the data monitor.
 const DATA_MONITOR: &str = "portkeeper-data";
 /// Monitor id of the `_Server.Database` monitor.
@@ -217,9 +220,9 @@ impl Session {
                         continue;
                     }
                 };
-                backoff.reset();
                 self.metrics.connected();
                 info!(%remote, "connected");
+                let up_since = Instant::now();
                 self.link.send_replace(Link::Up(conn.clone()));
                 let reason = tokio::select! {
                     reason = conn.closed() => reason,
@@ -232,16 +235,24 @@ impl Session {
                 self.metrics.disconnected();
                 *self.last_error.lock() = Some(format!("{remote}: {reason}"));
                 warn!(%remote, %reason, "disconnected; reconnecting");
-                used = Some(i);
+                used = Some((i, up_since.elapsed()));
                 break;
             }
             match used {
                 // Try the other remotes before this one again: a server that just
                 // lost leadership may be busy writing a snapshot.
-                Some(i) => {
+                Some((i, lived)) => {
                     let remote = order.remove(i);
                     order.push(remote);
-                    let pause = Duration::from_millis(rand::rng().random_range(0..=50));
+                    // A connection that dies soon after it came up (a server that
+                    // keeps failing the monitor, say) must not become a reconnect
+                    // storm: only a connection that lived keeps the backoff reset.
+                    let pause = if lived >= STABLE_CONNECTION {
+                        backoff.reset();
+                        Duration::from_millis(rand::rng().random_range(0..=50))
+                    } else {
+                        backoff.next_delay()
+                    };
                     self.sleep(pause).await;
                 }
                 None => {
