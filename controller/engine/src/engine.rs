@@ -7,7 +7,7 @@
 //! subnets only meet on a registry shard for a few hash-map operations.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +17,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::error::{EngineError, MacHolder};
 use crate::family::{Family, to_u128};
+use crate::hash::FastMap;
 use crate::mac::MacAddress;
 use crate::request::{Claim, IpRequest, Lease, MacRequest, NicKey, Owner, Record};
 use crate::subnet::{
@@ -27,19 +28,21 @@ const SHARDS: usize = 16;
 
 /// A hash map split into independently locked shards.
 struct Sharded<K, V> {
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<K, V>>>,
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Mutex<FastMap<K, V>>>,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone + PartialEq> Sharded<K, V> {
     fn new() -> Self {
         Sharded {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, V>> {
+    fn shard(&self, key: &K) -> &Mutex<FastMap<K, V>> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
@@ -117,8 +120,8 @@ pub struct RebuildReport {
 /// `&self`.
 pub struct Engine {
     pool_index: Mutex<HashMap<String, String>>,
-    subnets: RwLock<HashMap<String, Arc<Mutex<SubnetState>>>>,
-    keys: Sharded<NicKey, String>,
+    subnets: RwLock<FastMap<String, Arc<Mutex<SubnetState>>>>,
+    keys: Sharded<NicKey, Arc<str>>,
     macs: Sharded<MacAddress, MacHolder>,
     rng: Mutex<Box<dyn RngCore + Send>>,
     generation: AtomicU64,
@@ -154,7 +157,7 @@ impl Engine {
         let start = rng.next_u64() >> 2;
         Engine {
             pool_index: Mutex::new(HashMap::new()),
-            subnets: RwLock::new(HashMap::new()),
+            subnets: RwLock::new(FastMap::default()),
             keys: Sharded::new(),
             macs: Sharded::new(),
             rng: Mutex::new(Box::new(rng)),
@@ -180,7 +183,7 @@ impl Engine {
         let existing = self.subnets.read().get(&spec.name).cloned();
         let name = spec.name.clone();
         let gateway_holder = MacHolder::Gateway {
-            subnet: name.clone(),
+            subnet: name.as_str().into(),
         };
         let reserve_gateway_mac = |mac: Option<MacAddress>| match mac {
             Some(mac) => self
@@ -240,7 +243,7 @@ impl Engine {
             self.macs.remove_if(
                 &mac,
                 &MacHolder::Gateway {
-                    subnet: name.to_owned(),
+                    subnet: name.into(),
                 },
             );
         }
@@ -319,10 +322,10 @@ impl Engine {
         let state = self.subnet(&claim.subnet)?;
         let mut state = state.lock();
         let key = &claim.key;
-        if let Some(other) = self.keys.get(key).filter(|s| *s != claim.subnet) {
+        if let Some(other) = self.keys.get(key).filter(|s| **s != *claim.subnet) {
             return Err(EngineError::KeyInOtherSubnet {
                 key: key.clone(),
-                holder_subnet: other,
+                holder_subnet: other.to_string(),
                 subnet: claim.subnet.clone(),
             });
         }
@@ -331,7 +334,7 @@ impl Engine {
         let old_mac = existing.as_ref().and_then(|b| b.mac);
         let holder = MacHolder::Nic {
             key: key.clone(),
-            subnet: claim.subnet.clone(),
+            subnet: state.name.clone(),
         };
         let mac = match claim.mac {
             MacRequest::None => None,
@@ -361,12 +364,12 @@ impl Engine {
             }
         };
         if existing.is_none()
-            && let Err(other) = self.keys.claim(key, claim.subnet.clone())
+            && let Err(other) = self.keys.claim(key, state.name.clone())
         {
             undo_mac();
             return Err(EngineError::KeyInOtherSubnet {
                 key: key.clone(),
-                holder_subnet: other,
+                holder_subnet: other.to_string(),
                 subnet: claim.subnet.clone(),
             });
         }
@@ -511,8 +514,9 @@ impl Engine {
             }
         }
         let mut records: Vec<&Record> = snapshot.records.iter().collect();
-        records.sort_by(|a, b| (a.source, &a.lease).cmp(&(b.source, &b.lease)));
-        let mut applied: HashMap<NicKey, &Record> = HashMap::with_capacity(records.len());
+        records.sort_unstable_by(|a, b| (a.source, &a.lease).cmp(&(b.source, &b.lease)));
+        let mut applied: FastMap<NicKey, &Record> =
+            FastMap::with_capacity_and_hasher(records.len(), Default::default());
         let mut max_generation = 0;
         for record in records {
             match engine.restore(record, &applied) {
@@ -539,7 +543,7 @@ impl Engine {
     fn restore(
         &self,
         record: &Record,
-        applied: &HashMap<NicKey, &Record>,
+        applied: &FastMap<NicKey, &Record>,
     ) -> Result<bool, Restore> {
         let lease = &record.lease;
         if let Some(kept) = applied.get(&lease.key) {
@@ -570,7 +574,7 @@ impl Engine {
         if let Some(mac) = lease.mac {
             let holder = MacHolder::Nic {
                 key: lease.key.clone(),
-                subnet: lease.subnet.clone(),
+                subnet: state.name.clone(),
             };
             match self.macs.claim(&mac, holder) {
                 Ok(()) => {}
@@ -590,7 +594,7 @@ impl Engine {
             }
         }
         self.keys
-            .claim(&lease.key, lease.subnet.clone())
+            .claim(&lease.key, state.name.clone())
             .expect("keys are unique among applied records");
         state.commit(
             &lease.key,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -19,12 +20,12 @@ pub enum MacHolder {
         /// The nic key.
         key: NicKey,
         /// The subnet the nic is in.
-        subnet: String,
+        subnet: Arc<str>,
     },
     /// A subnet's gateway (router port) MAC.
     Gateway {
         /// The subnet.
-        subnet: String,
+        subnet: Arc<str>,
     },
 }
 

@@ -58,6 +58,7 @@
 mod engine;
 mod error;
 mod family;
+mod hash;
 mod mac;
 pub mod parse;
 mod ranges;

@@ -2,9 +2,10 @@
 //! the engine's memory proportional to allocations and ranges, never to the
 //! size of a subnet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::family::{Family, from_u128};
+use crate::hash::FastMap;
 
 /// A set of addresses stored as disjoint, coalesced, inclusive ranges keyed
 /// by their start. Membership, insertion and removal are O(log R) for R
@@ -166,7 +167,7 @@ impl RangeSet {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ReleaseQueue {
     by_seq: BTreeMap<u64, u128>,
-    by_addr: HashMap<u128, u64>,
+    by_addr: FastMap<u128, u64>,
 }
 
 impl ReleaseQueue {

@@ -3,13 +3,15 @@
 //! the subnet's own lock; cluster-wide concerns (MACs, which subnet a key
 //! lives in) are the engine's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::error::{EngineError, Holding};
 use crate::family::{Family, from_u128, to_u128};
+use crate::hash::FastMap;
 use crate::mac::MacAddress;
 use crate::parse::{self, CidrBlock, DualAddress};
 use crate::ranges::{RangeSet, ReleaseQueue};
@@ -271,20 +273,23 @@ impl AddressStatus {
 /// Everything the engine knows about one subnet.
 #[derive(Debug)]
 pub(crate) struct SubnetState {
+    /// The name, shared with the registries' entries.
+    pub(crate) name: Arc<str>,
     pub(crate) config: SubnetConfig,
     pub(crate) families: [Option<FamilyState>; 2],
     pub(crate) held: [BTreeMap<u128, NicKey>; 2],
-    pub(crate) nics: HashMap<NicKey, Binding>,
+    pub(crate) nics: FastMap<NicKey, Binding>,
     pub(crate) pools: BTreeMap<String, PoolConfig>,
 }
 
 impl SubnetState {
     pub(crate) fn new(config: SubnetConfig) -> SubnetState {
         let mut state = SubnetState {
+            name: config.spec.name.as_str().into(),
             config,
             families: [None, None],
             held: [BTreeMap::new(), BTreeMap::new()],
-            nics: HashMap::new(),
+            nics: FastMap::default(),
             pools: BTreeMap::new(),
         };
         state.relayout();
