@@ -59,3 +59,33 @@ async fn answers_the_server_echo_probe_after_tcp_idle() {
         "the server never probed or saw no answer, so this test proved nothing:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_client_with_its_own_probe_off_stays_connected_through_server_probes() {
+    let nb = Standalone::start();
+    nb.server.appctl(&["vlog/set", "reconnect:file:dbg"]);
+    let client = ovsdb_client::client::Client::builder(&nb.tcp, support::NB_DB)
+        .probe_interval(None)
+        .connect()
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let metrics = client.metrics();
+    assert_eq!(
+        (metrics.connects, metrics.disconnects),
+        (1, 0),
+        "{metrics:?}"
+    );
+    client.echo().await.unwrap();
+    let log = std::fs::read_to_string(&nb.server.log).unwrap();
+    assert!(
+        log.contains("sending inactivity probe"),
+        "the server never probed:\n{log}"
+    );
+    assert!(
+        !log.contains("no response to inactivity probe"),
+        "server dropped us:\n{log}"
+    );
+}
