@@ -295,16 +295,23 @@ impl Session {
     fn on_notification(&self, generation: u64, notification: Notification) -> Result<(), String> {
         let schema = self.data_schema.lock().clone();
         let Some(schema) = schema else { return Ok(()) };
-        match monitor::decode_notification(&schema, &json!(DATA_MONITOR), &notification)
-            .map_err(|e| e.to_string())?
-        {
-            Decoded::Update(update) => self
+        let decoded = monitor::decode_notification(&schema, &json!(DATA_MONITOR), &notification);
+        match decoded {
+            Ok(Decoded::Update(update)) => self
                 .monitor
                 .lock()
                 .on_update(generation, update, &self.cache)
                 .map_err(|e| e.to_string()),
-            Decoded::Canceled => Err("the server cancelled the data monitor".into()),
-            Decoded::NotOurs => self.on_server_notification(generation, &notification),
+            Ok(Decoded::NotOurs) => self.on_server_notification(generation, &notification),
+            // Resuming would replay what cannot be applied: reload everything instead.
+            Ok(Decoded::Canceled) => {
+                self.monitor.lock().last_txn_id = None;
+                Err("the server cancelled the data monitor".into())
+            }
+            Err(e) => {
+                self.monitor.lock().last_txn_id = None;
+                Err(e.to_string())
+            }
         }
     }
 
