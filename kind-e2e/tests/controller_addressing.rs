@@ -391,6 +391,20 @@ fn controller_addressing() {
         runtime.block_on(cases(&cluster))
     }));
     drop(runtime);
+    if result.is_err() {
+        for generation in 0..3 {
+            let log = cluster
+                .run_dir()
+                .join(format!("controller-{generation}.log"));
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {} (last 40 lines)", log.display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
     cluster.down().expect("cluster down");
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -779,6 +793,135 @@ async fn cases(cluster: &Cluster) {
         "released addresses are reused last"
     );
 
+    println!("case: dual stack: both families, one family by ip_family, a static dual pair");
+    kubectl_apply(
+        cluster,
+        "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: dual\nspec:\n  cidrBlock: 10.18.0.0/24,fd00:10:18::/64\n",
+    );
+    status_is(
+        &client,
+        "subnets",
+        "Subnet",
+        "dual",
+        "v4availableIPs",
+        json!(253.0),
+    )
+    .await;
+    let dual_cases: [(&str, &[(&str, &str)], &str, &str); 4] = [
+        ("dual-both", &[], "10.18.0.2", "fd00:10:18::2"),
+        ("dual-v4", &[("ip_family", "ipv4")], "10.18.0.3", ""),
+        ("dual-v6", &[("ip_family", "ipv6")], "", "fd00:10:18::3"),
+        (
+            "dual-static",
+            &[("ip_address", "10.18.0.20,fd00:10:18::20")],
+            "10.18.0.20",
+            "fd00:10:18::20",
+        ),
+    ];
+    for (name, extra, v4, v6) in dual_cases {
+        let mut annotations = vec![("logical_switch", "dual")];
+        annotations.extend_from_slice(extra);
+        create(&pods, pod(name, &annotations)).await;
+        let p = allocated(&pods, name).await;
+        let joined = [v4, v6]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            annotation(&p, "ip_address"),
+            Some(joined.as_str()),
+            "{name}"
+        );
+        assert_eq!(annotation(&p, "cidr"), Some("10.18.0.0/24,fd00:10:18::/64"));
+        assert_eq!(annotation(&p, "gateway"), Some("10.18.0.1,fd00:10:18::1"));
+        let port = format!("{name}.{NS}");
+        let r = ip_resource(&client, &port).await.expect("IP resource");
+        assert_eq!(
+            r["spec"]["v4IpAddress"].as_str().unwrap_or(""),
+            v4,
+            "{name}"
+        );
+        assert_eq!(
+            r["spec"]["v6IpAddress"].as_str().unwrap_or(""),
+            v6,
+            "{name}"
+        );
+        let mac = annotation(&p, "mac_address").unwrap();
+        assert_eq!(
+            nbctl(cluster, &["lsp-get-addresses", &port]),
+            format!("{mac} {}", joined.replace(',', " ")),
+            "{name}"
+        );
+        assert!(nbctl(cluster, &["lsp-get-ls", &port]).ends_with("(dual)"));
+    }
+    create(
+        &pods,
+        pod(
+            "dual-bad",
+            &[
+                ("logical_switch", "dual"),
+                ("ip_address", "10.18.0.21;fd00:10:18::21"),
+            ],
+        ),
+    )
+    .await;
+    rejected(
+        cluster,
+        &client,
+        "dual-bad",
+        "InvalidAnnotation",
+        &["10.18.0.21;fd00:10:18::21"],
+    )
+    .await;
+
+    println!("case: every example manifest in yamls/examples is allocated");
+    let examples = repo_root().join("yamls/examples");
+    kubectl(cluster, &["apply", "-f", examples.to_str().unwrap()]);
+    let default_pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, ip) in [
+        ("static-ip", Some("10.16.0.15")),
+        ("static-mac", None),
+        ("on-net1", None),
+        ("v6-only", None),
+        ("secured", None),
+    ] {
+        let p = wait_for(&format!("example {name} allocated"), async || {
+            let p = default_pods.get_opt(name).await.ok()??;
+            (annotation(&p, "allocated") == Some("true")).then_some(p)
+        })
+        .await;
+        if let Some(ip) = ip {
+            assert_eq!(annotation(&p, "ip_address"), Some(ip));
+        }
+    }
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-port-security", "secured.default"]),
+        nbctl(cluster, &["lsp-get-addresses", "secured.default"])
+    );
+    let team: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    let bound = wait_for("example bound allocated", async || {
+        let p = team.get_opt("bound").await.ok()??;
+        (annotation(&p, "allocated") == Some("true")).then_some(p)
+    })
+    .await;
+    assert_eq!(annotation(&bound, "logical_switch"), Some("team-a"));
+    for (app, count) in [("db", 3), ("web", 3)] {
+        wait_for(&format!("example {app} allocated"), async || {
+            let list = default_pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await
+                .ok()?;
+            (list
+                .items
+                .iter()
+                .filter(|p| annotation(p, "allocated") == Some("true"))
+                .count()
+                == count)
+                .then_some(())
+        })
+        .await;
+    }
     println!(
         "case: a static pod deleted and its address re-requested while the controller is down (#4304)"
     );
@@ -849,5 +992,6 @@ async fn cases(cluster: &Cluster) {
             "duplicate annotation"
         );
     }
+
     drop(controller);
 }
