@@ -237,7 +237,7 @@ impl Index {
 
 struct TableCache {
     name: Arc<str>,
-    schema: TableSchema,
+    schema: Arc<TableSchema>,
     /// The monitored columns; `None` is all of them.
     columns: Option<Vec<String>>,
     rows: HashMap<Uuid, Arc<Row>>,
@@ -273,7 +273,7 @@ impl TableCache {
         }
         Self {
             name: Arc::from(schema.name.as_str()),
-            schema: schema.clone(),
+            schema: Arc::new(schema.clone()),
             columns,
             rows: HashMap::new(),
             indexes,
