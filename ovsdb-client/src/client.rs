@@ -306,3 +306,58 @@ impl From<CallError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_errors_are_reported_before_any_connection() {
+        let bad_remote = Client::builder("tcp:nohost", "db").start().unwrap_err();
+        assert!(
+            matches!(&bad_remote, Error::Config(m) if m.contains("expected HOST:PORT")),
+            "{bad_remote}"
+        );
+        let no_tls = Client::builder("ssl:127.0.0.1:1", "db")
+            .start()
+            .unwrap_err();
+        assert!(
+            matches!(&no_tls, Error::Config(m) if m.contains("TLS")),
+            "{no_tls}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_gives_not_connected_with_the_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = format!("unix:{}", dir.path().join("absent.sock").display());
+        let client = Client::builder(&remote, "db")
+            .backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .start()
+            .unwrap();
+        let err = client
+            .wait_connected(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        let Error::NotConnected { last_error, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("absent.sock")),
+            "{err}"
+        );
+        assert!(err.is_retriable() && !err.may_have_committed());
+        let m = client.metrics();
+        assert!(m.connect_failures >= 2 && m.connects == 0, "{m:?}");
+        // A transaction waits for the session only until its deadline.
+        let started = Instant::now();
+        let err = client
+            .transact_until(&[], Instant::now() + Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotConnected { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
