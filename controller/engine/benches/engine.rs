@@ -10,7 +10,7 @@ mod common;
 use std::hint::black_box;
 
 use common::{BASE, Naive, SLASH16_FREE, filled_engine, key, naive_rebuild, records};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use portkeeper_engine::parse::parse_ip_address;
 use portkeeper_engine::{Claim, Engine, IpRequest, ListPick};
 use rand::SeedableRng;
@@ -46,6 +46,27 @@ fn allocate_release(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// A claim alone in a /16 at 99%, the previous claim released untimed.
+fn claim_only(c: &mut Criterion) {
+    let count = SLASH16_FREE * 99 / 100;
+    let engine = filled_engine(count);
+    let last = std::cell::RefCell::new(None::<portkeeper_engine::Lease>);
+    let mut next = count;
+    c.bench_function("claim_only_slash16_99%/engine", |b| {
+        b.iter_batched(
+            || {
+                if let Some(lease) = last.borrow_mut().take() {
+                    engine.release(&lease.key, &lease.owner()).unwrap();
+                }
+                next += 1;
+                Claim::dynamic("s", key(next), "uid")
+            },
+            |claim| *last.borrow_mut() = Some(engine.claim(&claim).unwrap()),
+            BatchSize::PerIteration,
+        )
+    });
 }
 
 fn static_claim(c: &mut Criterion) {
@@ -133,6 +154,7 @@ fn rebuild(c: &mut Criterion) {
 criterion_group!(
     benches,
     allocate_release,
+    claim_only,
     static_claim,
     list_allocation,
     rebuild

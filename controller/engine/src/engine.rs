@@ -513,6 +513,7 @@ impl Engine {
                 report.rejected_specs.push(e);
             }
         }
+        engine.reserve(&snapshot.records);
         let mut records: Vec<&Record> = snapshot.records.iter().collect();
         records.sort_unstable_by(|a, b| (a.source, &a.lease).cmp(&(b.source, &b.lease)));
         let mut applied: FastMap<NicKey, &Record> =
@@ -537,6 +538,27 @@ impl Engine {
             .generation
             .fetch_max(max_generation, Ordering::Relaxed);
         (engine, report)
+    }
+
+    /// Sizes the maps for the records up front, so a large rebuild does
+    /// not pay for repeated rehashing.
+    fn reserve(&self, records: &[Record]) {
+        let mut per_subnet: FastMap<&str, usize> = FastMap::default();
+        for record in records {
+            *per_subnet.entry(record.lease.subnet.as_str()).or_default() += 1;
+        }
+        for (subnet, count) in per_subnet {
+            if let Ok(state) = self.subnet(subnet) {
+                state.lock().nics.reserve(count);
+            }
+        }
+        let per_shard = records.len() / SHARDS + 1;
+        for shard in &self.keys.shards {
+            shard.lock().reserve(per_shard);
+        }
+        for shard in &self.macs.shards {
+            shard.lock().reserve(per_shard);
+        }
     }
 
     /// Applies one rebuild record; `Ok(false)` for a duplicate of an applied one.

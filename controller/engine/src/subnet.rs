@@ -453,42 +453,57 @@ impl SubnetState {
         self.family(family)?.fits(addr).then_some(addr)
     }
 
-    /// Checks that `addr` may be claimed statically by `key`.
-    fn check_static(&self, addr: IpAddr, key: &NicKey) -> Result<u128, EngineError> {
+    /// Why `key` may not claim `addr` statically, if anything; cheap, so
+    /// that list scans build an error only for the entry they report.
+    fn static_problem<'a>(&'a self, addr: IpAddr, key: &NicKey) -> Option<StaticProblem<'a>> {
         let family = Family::of(addr);
         let value = to_u128(addr);
+        let Some(fam) = self.family(family) else {
+            return Some(StaticProblem::NoFamily);
+        };
+        if !fam.net.contains(&addr) {
+            return Some(StaticProblem::OutsideCidr(fam.net));
+        }
+        if !(fam.lo..=fam.hi).contains(&value) {
+            return Some(StaticProblem::NetworkOrBroadcast(fam.net));
+        }
+        if value == fam.gateway {
+            return Some(StaticProblem::Gateway);
+        }
+        match self.held[family.index()].get(&value) {
+            Some(holder) if holder != key => Some(StaticProblem::HeldBy(holder)),
+            _ => None,
+        }
+    }
+
+    /// Checks that `addr` may be claimed statically by `key`.
+    fn check_static(&self, addr: IpAddr, key: &NicKey) -> Result<u128, EngineError> {
         let out_of_range = |reason: String| EngineError::AddressOutOfRange {
             address: addr,
             subnet: self.name().to_owned(),
             reason,
         };
-        let Some(fam) = self.family(family) else {
-            return Err(out_of_range(format!("the subnet has no {family} CIDR")));
-        };
-        if !fam.net.contains(&addr) {
-            return Err(out_of_range(format!("outside {}", fam.net)));
-        }
-        if !(fam.lo..=fam.hi).contains(&value) {
-            return Err(out_of_range(format!(
-                "the network or broadcast address of {}",
-                fam.net
-            )));
-        }
-        if value == fam.gateway {
-            return Err(EngineError::GatewayConflict {
+        match self.static_problem(addr, key) {
+            None => Ok(to_u128(addr)),
+            Some(StaticProblem::NoFamily) => Err(out_of_range(format!(
+                "the subnet has no {} CIDR",
+                Family::of(addr)
+            ))),
+            Some(StaticProblem::OutsideCidr(net)) => Err(out_of_range(format!("outside {net}"))),
+            Some(StaticProblem::NetworkOrBroadcast(net)) => Err(out_of_range(format!(
+                "the network or broadcast address of {net}"
+            ))),
+            Some(StaticProblem::Gateway) => Err(EngineError::GatewayConflict {
                 address: addr,
                 subnet: self.name().to_owned(),
                 key: key.clone(),
-            });
-        }
-        match self.held[family.index()].get(&value) {
-            Some(holder) if holder != key => Err(EngineError::AddressConflict {
+            }),
+            Some(StaticProblem::HeldBy(holder)) => Err(EngineError::AddressConflict {
                 address: addr,
                 subnet: self.name().to_owned(),
                 holder: holder.clone(),
                 key: key.clone(),
             }),
-            _ => Ok(value),
         }
     }
 
@@ -649,22 +664,20 @@ impl SubnetState {
                     let owns = |e: &&DualAddress| {
                         e.addresses().all(|a| {
                             held.addr[Family::of(a).index()] == Some(to_u128(a))
-                                && self.check_static(a, key).is_ok()
+                                && self.static_problem(a, key).is_none()
                         })
                     };
                     if let Some(entry) = candidates.iter().find(owns) {
                         return self.static_addresses(entry, request, key);
                     }
                 }
-                let mut last_error = None;
-                for entry in &candidates {
-                    match self.static_addresses(entry, request, key) {
-                        Ok(addrs) => return Ok(addrs),
-                        Err(e) => last_error = Some(e),
-                    }
+                let usable =
+                    |e: &&DualAddress| e.addresses().all(|a| self.static_problem(a, key).is_none());
+                if let Some(entry) = candidates.iter().find(usable) {
+                    return self.static_addresses(entry, request, key);
                 }
-                match (candidates.len(), last_error) {
-                    (1, Some(error)) => Err(error),
+                match candidates.as_slice() {
+                    [only] => self.static_addresses(only, request, key),
                     _ => Err(EngineError::ListExhausted {
                         size: entries.len(),
                         subnet: self.name().to_owned(),
@@ -890,6 +903,15 @@ impl SubnetState {
         }
         Some(status)
     }
+}
+
+/// What stands in the way of a static claim.
+enum StaticProblem<'a> {
+    NoFamily,
+    OutsideCidr(IpNet),
+    NetworkOrBroadcast(IpNet),
+    Gateway,
+    HeldBy(&'a NicKey),
 }
 
 fn pool_family(ips: RangeSet, reserved: &RangeSet) -> PoolFamily {
