@@ -41,8 +41,10 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         registry: Arc::new(registry),
         ready: ready.clone(),
     };
+    // Every task lives in this set, so dropping `run` (or returning from it) stops them all.
+    let mut tasks = tokio::task::JoinSet::new();
     let addr = config.metrics_addr;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = http::serve(addr, health).await {
             tracing::error!(error = %e, "metrics server failed");
         }
@@ -60,12 +62,15 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     )
     .await?;
     ready.store(false, Ordering::Release);
-    let lost = tokio::spawn(leadership.keep());
+    let (lost_tx, lost) = tokio::sync::oneshot::channel();
+    tasks.spawn(async move {
+        let _ = lost_tx.send(leadership.keep().await);
+    });
 
     addressing::ensure_default_subnet(&client, &config).await?;
     let (stores, triggers, watches) = stores::start(&client);
     for w in watches {
-        tokio::spawn(w);
+        tasks.spawn(w);
     }
     stores.wait_synced(&metrics).await?;
     while !nb.ready() {
@@ -99,10 +104,10 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     let collected = rebuild::collect_garbage(&ctx).await?;
     tracing::info!(collected, "start-up garbage collection done");
 
-    tokio::spawn(addressing::run(ctx.clone(), triggers.addressing));
-    tokio::spawn(release_worker(ctx.clone(), triggers.deleted_pods));
+    tasks.spawn(addressing::run(ctx.clone(), triggers.addressing));
+    tasks.spawn(release_worker(ctx.clone(), triggers.deleted_pods));
     if let Some(period) = config.gc_interval() {
-        tokio::spawn(periodic_gc(ctx.clone(), period));
+        tasks.spawn(periodic_gc(ctx.clone(), period));
     }
     metrics.startup_seconds.set(started.elapsed().as_secs_f64());
     ready.store(true, Ordering::Release);
@@ -114,7 +119,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         .for_each(|_| futures::future::ready(()));
     tokio::select! {
         () = controller => Err(Error::Cache("pod watch ended".into())),
-        lost = lost => Err(lost.unwrap_or_else(|e| Error::Cache(e.to_string()))),
+        lost = lost => Err(lost.unwrap_or_else(|_| Error::Cache("lease keeper stopped".into()))),
     }
 }
 
