@@ -265,3 +265,82 @@ pub fn report(report: &RebuildReport) {
         tracing::warn!(nic = %r.lease.key, error = %e, "rebuild: record fits no subnet");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::northbound::{ObservedPort, port_spec};
+
+    fn no_pods(_: &str, _: &str) -> String {
+        String::new()
+    }
+
+    #[test]
+    fn our_port_is_a_record_of_its_pod_uid() {
+        let mut spec = port_spec(
+            "web.shop",
+            "net1",
+            "shop/web",
+            "0a:00:00:00:00:02 10.0.0.2 fd00::2".into(),
+            false,
+        );
+        spec.external_ids.insert(PORT_POD_UID.into(), "u-1".into());
+        let port = ObservedPort {
+            name: spec.name.clone(),
+            switch: spec.switch.clone(),
+            addresses: vec![spec.addresses.clone()],
+            external_ids: spec.external_ids.clone(),
+            ..Default::default()
+        };
+        let lease = port_lease(&port, &no_pods).unwrap();
+        assert_eq!(lease.key.as_str(), "web.shop");
+        assert_eq!(lease.uid, "u-1");
+        assert_eq!(lease.subnet, "net1");
+        assert_eq!(lease.v4.unwrap().to_string(), "10.0.0.2");
+        assert_eq!(lease.v6.unwrap().to_string(), "fd00::2");
+        assert_eq!(lease.mac.unwrap().to_string(), "0a:00:00:00:00:02");
+    }
+
+    #[test]
+    fn a_port_of_another_system_is_held_by_the_foreign_owner() {
+        let port = ObservedPort {
+            name: "legacy".into(),
+            switch: "net1".into(),
+            addresses: vec!["0a:00:00:00:00:09 10.0.0.9".into()],
+            ..Default::default()
+        };
+        let lease = port_lease(&port, &no_pods).unwrap();
+        assert_eq!(lease.uid, FOREIGN_PORT_OWNER);
+        assert_eq!(lease.key.as_str(), "legacy");
+    }
+
+    #[test]
+    fn a_port_without_a_recorded_uid_takes_the_uid_of_its_pod() {
+        let port = ObservedPort {
+            name: "web.shop".into(),
+            switch: "net1".into(),
+            addresses: vec!["0a:00:00:00:00:02 10.0.0.2".into()],
+            external_ids: [("vendor", VENDOR_ID), ("pod", "shop/web")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let uid = |ns: &str, name: &str| format!("{ns}/{name}-uid");
+        assert_eq!(port_lease(&port, &uid).unwrap().uid, "shop/web-uid");
+    }
+
+    #[test]
+    fn ports_without_addresses_are_no_record() {
+        let port = ObservedPort {
+            name: "r".into(),
+            switch: "net1".into(),
+            addresses: vec!["router".into()],
+            ..Default::default()
+        };
+        assert!(port_lease(&port, &no_pods).is_none());
+        assert!(lease("net1", NicKey::from("x"), String::new(), "not-an-ip", "").is_none());
+    }
+
+    const VENDOR_ID: &str = crate::northbound::VENDOR;
+}
