@@ -1,15 +1,17 @@
 //! Subnets and IPPools: into the engine, into OVN (a switch per subnet with its gateway on the
 //! cluster router), and their address counters and ranges back into their status.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
+use portkeeper_api::annotations::{self, NetworkKeys};
 use portkeeper_api::{Condition, IPPool, IPPoolStatus, Subnet, SubnetSpec, SubnetStatus};
 use portkeeper_engine::{AddressStatus, MacAddress, PoolSpec};
 use serde_json::json;
@@ -146,6 +148,7 @@ pub async fn sync<N: Northbound>(ctx: &Context<N>, applied: &Applied) {
         };
         publish_pool_status(ctx, pool, status, result.err().map(Error::from)).await;
     }
+    sync_namespaces(ctx, &subnets, &pools).await;
     let names: Vec<String> = pools.iter().map(|p| p.name_any()).collect();
     applied.pools.lock().retain(|name, _| {
         names.contains(name) || {
@@ -194,6 +197,89 @@ async fn sync_subnet<N: Northbound>(
     result.map_err(|e| Error::Northbound(e.to_string()))?;
     applied.subnets.lock().insert(name, (spec, switch));
     Ok(())
+}
+
+/// Kube-OVN's namespace annotations: the bound subnets (`logical_switch`, else the default
+/// subnet), their CIDRs (`;`-joined), their excludeIps (`,` inside a subnet, `;` between) and the
+/// bound IPPools (`ip_pool`, removed when none). `None` removes a key.
+pub fn namespace_annotations(
+    namespace: &str,
+    subnets: &[std::sync::Arc<Subnet>],
+    pools: &[std::sync::Arc<IPPool>],
+    default_subnet: &str,
+) -> BTreeMap<String, Option<String>> {
+    let keys = NetworkKeys::primary();
+    let mut bound: Vec<&Subnet> = subnets
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.spec.provider_or_default() == annotations::DEFAULT_PROVIDER)
+        .filter(|s| s.spec.namespaces.iter().any(|n| n == namespace))
+        .collect();
+    bound.sort_by_key(|s| s.name_any());
+    if bound.is_empty() {
+        let default = subnets
+            .iter()
+            .find(|s| s.spec.default)
+            .map(|s| s.name_any())
+            .unwrap_or_else(|| default_subnet.to_owned());
+        bound.extend(
+            subnets
+                .iter()
+                .map(|s| s.as_ref())
+                .filter(|s| s.name_any() == default),
+        );
+    }
+    let mut pool_names: Vec<String> = pools
+        .iter()
+        .filter(|p| p.spec.namespaces.iter().any(|n| n == namespace))
+        .map(|p| p.name_any())
+        .collect();
+    pool_names.sort();
+    let join = |f: &dyn Fn(&Subnet) -> String, sep: &str| {
+        bound.iter().map(|s| f(s)).collect::<Vec<_>>().join(sep)
+    };
+    BTreeMap::from([
+        (
+            keys.logical_switch.clone(),
+            Some(join(&|s| s.name_any(), ",")),
+        ),
+        (
+            keys.cidr.clone(),
+            Some(join(&|s| s.spec.cidr_block.clone(), ";")),
+        ),
+        (
+            annotations::key(annotations::DEFAULT_PROVIDER, annotations::EXCLUDE_IPS),
+            Some(join(&|s| s.spec.exclude_ips.join(","), ";")),
+        ),
+        (
+            keys.ip_pool.clone(),
+            (!pool_names.is_empty()).then(|| pool_names.join(",")),
+        ),
+    ])
+}
+
+async fn sync_namespaces<N>(
+    ctx: &Context<N>,
+    subnets: &[std::sync::Arc<Subnet>],
+    pools: &[std::sync::Arc<IPPool>],
+) {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    for namespace in ctx.stores.namespaces.state() {
+        let name = namespace.name_any();
+        let wanted = namespace_annotations(&name, subnets, pools, &ctx.config.default_ls);
+        let current = namespace.annotations();
+        if wanted.iter().all(|(k, v)| current.get(k) == v.as_ref()) {
+            continue;
+        }
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let body = json!({ "metadata": { "annotations": wanted } });
+        if let Err(e) = api.patch(&name, &params, &Patch::Merge(body)).await {
+            tracing::warn!(namespace = %name, error = %e, "namespace annotation update failed");
+        }
+    }
 }
 
 fn count(n: u128) -> f64 {
@@ -326,5 +412,70 @@ where
     };
     if let Err(e) = api.patch_status(name, &params, &Patch::Merge(body)).await {
         tracing::warn!(%name, error = %e, "status update failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portkeeper_api::IPPoolSpec;
+    use std::sync::Arc;
+
+    fn subnet(
+        name: &str,
+        cidr: &str,
+        namespaces: &[&str],
+        exclude: &[&str],
+        default: bool,
+    ) -> Arc<Subnet> {
+        Arc::new(Subnet::new(
+            name,
+            SubnetSpec {
+                cidr_block: cidr.into(),
+                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+                exclude_ips: exclude.iter().map(|s| s.to_string()).collect(),
+                default,
+                ..Default::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn namespace_annotations_as_kube_ovn_writes_them() {
+        let subnets = vec![
+            subnet("ovn-default", "10.16.0.0/16", &[], &["10.16.0.1"], true),
+            subnet(
+                "b",
+                "10.18.0.0/24",
+                &["shop"],
+                &["10.18.0.1", "10.18.0.5..10.18.0.9"],
+                false,
+            ),
+            subnet("a", "10.17.0.0/24", &["shop"], &[], false),
+        ];
+        let pools = vec![Arc::new(IPPool::new(
+            "p1",
+            IPPoolSpec {
+                subnet: "a".into(),
+                namespaces: vec!["shop".into()],
+                ips: vec![],
+            },
+        ))];
+        let a = namespace_annotations("shop", &subnets, &pools, "ovn-default");
+        let get = |k: &str| a[&format!("ovn.kubernetes.io/{k}")].clone();
+        assert_eq!(get("logical_switch").as_deref(), Some("a,b"));
+        assert_eq!(get("cidr").as_deref(), Some("10.17.0.0/24;10.18.0.0/24"));
+        assert_eq!(
+            get("exclude_ips").as_deref(),
+            Some(";10.18.0.1,10.18.0.5..10.18.0.9")
+        );
+        assert_eq!(get("ip_pool").as_deref(), Some("p1"));
+
+        let a = namespace_annotations("other", &subnets, &pools, "ovn-default");
+        assert_eq!(
+            a["ovn.kubernetes.io/logical_switch"].as_deref(),
+            Some("ovn-default")
+        );
+        assert_eq!(a["ovn.kubernetes.io/ip_pool"], None);
     }
 }

@@ -906,6 +906,17 @@ async fn cases(cluster: &Cluster) {
     })
     .await;
     assert_eq!(annotation(&bound, "logical_switch"), Some("team-a"));
+    let namespaces_api: Api<Namespace> = Api::all(client.clone());
+    wait_for("namespace team-a annotated with its subnet", async || {
+        let ns = namespaces_api.get("team-a").await.ok()?;
+        let a = ns.annotations();
+        (a.get("ovn.kubernetes.io/logical_switch")
+            .map(String::as_str)
+            == Some("team-a")
+            && a.get("ovn.kubernetes.io/cidr").map(String::as_str) == Some("10.19.0.0/24"))
+        .then_some(())
+    })
+    .await;
     for (app, count) in [("db", 3), ("web", 3)] {
         wait_for(&format!("example {app} allocated"), async || {
             let list = default_pods
