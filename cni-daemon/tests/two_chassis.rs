@@ -31,7 +31,7 @@ fn on_node(
             allocation_timeout: Duration::from_secs(1),
             install_timeout: Duration::from_secs(30),
         };
-        Daemon::new(allocations, ovs, settings)
+        Daemon::new(allocations, ovs, settings, None)
             .expect("daemon")
             .handle(request)
             .await

@@ -1,5 +1,5 @@
 //! portkeeper's own CNI on the local cluster: the controller allocates, each node's
-//! `portkeeper-daemon` (in the node's namespace, on an abstract socket) wires pods into OVN, and the
+//! `portkeeper-daemon` (its veths and abstract socket in the node's namespace) wires pods into OVN, and the
 //! node agents run `portkeeper-cni` as a runtime does. Needs root; under `CI=true` a missing
 //! prerequisite fails instead of skipping.
 
@@ -25,23 +25,39 @@ impl Drop for Processes {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds portkeeper's CNI and controller binaries and returns the folder holding them.
 fn build_binaries() -> PathBuf {
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace())
-        .args(["build", "-p", "portkeeper-cni", "-p", "portkeeper-controller", "--bins"])
+        .args([
+            "build",
+            "-p",
+            "portkeeper-cni",
+            "-p",
+            "portkeeper-controller",
+            "--bins",
+        ])
         .status()
         .expect("run cargo");
-    assert!(status.success(), "building portkeeper-cni and portkeeper-controller failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    assert!(
+        status.success(),
+        "building portkeeper-cni and portkeeper-controller failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
     target.join("debug")
 }
 
@@ -51,14 +67,23 @@ fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
     for (k, v) in env {
         command.env(k, v);
     }
-    let out = command.output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn state(cluster: &Cluster, key: &str) -> String {
     let text = std::fs::read_to_string(cluster.run_dir().join("state")).expect("cluster state");
-    text.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).expect("state key").to_owned()
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .expect("state key")
+        .to_owned()
 }
 
 fn pod(name: &str, node: &str, annotations: &[(&str, &str)]) -> Pod {
@@ -83,24 +108,43 @@ async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
         {
             return p;
         }
-        assert!(Instant::now() < deadline, "pod {name} not Running with an IP: {:?}", pods.get(name).await.ok().and_then(|p| p.status));
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} not Running with an IP: {:?}",
+            pods.get(name).await.ok().and_then(|p| p.status)
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> &'a str {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str).unwrap_or_else(|| panic!("{key} missing"))
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("{key} missing"))
 }
 
 fn exec(cluster: &Cluster, pod: &str, cmd: &[&str]) -> (bool, String) {
     let out = cluster.pod_exec("default", pod, cmd).expect("pod-exec");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
     if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: the CNI e2e needs root");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: the CNI e2e needs root"
+        );
         eprintln!("the CNI e2e needs root: skipped");
         return;
     }
@@ -126,11 +170,24 @@ fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
     })
     .expect("local cluster up");
     let kubeconfig = cluster.kubeconfig().to_path_buf();
-    run("kubectl", &["apply", "-f", &workspace().join("yamls/crds.yaml").display().to_string()], &[("KUBECONFIG", &kubeconfig)]);
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "-f",
+            &workspace().join("yamls/crds.yaml").display().to_string(),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
 
-    let log_dir = cluster.run_dir().join("log");
+    // Our processes' logs outlive the cluster's run folder: kept when the test fails, removed when it passes.
+    let log_dir = std::env::temp_dir().join("portkeeper-cni-e2e-logs");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir).unwrap();
     let mut processes = Processes(Vec::new());
-    let log = |name: &str| Stdio::from(std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap());
+    let log = |name: &str| {
+        Stdio::from(std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap())
+    };
     processes.0.push(
         Command::new(bin.join("portkeeper-controller"))
             .env("KUBECONFIG", &kubeconfig)
@@ -147,10 +204,17 @@ fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
     for node in cluster.nodes() {
         let db = format!("unix:{}", cluster.node_dir(node).join("db.sock").display());
         processes.0.push(
-            Command::new("ip")
-                .args(["netns", "exec", &format!("{prefix}{node}")])
-                .arg(bin.join("portkeeper-daemon"))
-                .args(["--node-name", node, "--socket", "@portkeeper-cni", "--ovs-db", &db])
+            Command::new(bin.join("portkeeper-daemon"))
+                .args([
+                    "--node-name",
+                    node,
+                    "--socket",
+                    "@portkeeper-cni",
+                    "--ovs-db",
+                    &db,
+                ])
+                .arg("--netns")
+                .arg(Path::new("/run/netns").join(format!("{prefix}{node}")))
                 .env("KUBECONFIG", &kubeconfig)
                 .stdout(log(&format!("portkeeper-daemon-{node}")))
                 .stderr(log(&format!("portkeeper-daemon-{node}.err")))
@@ -170,19 +234,39 @@ fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let n = nodes.get(node).await.unwrap();
-                let chassis = n.metadata.annotations.as_ref().and_then(|a| a.get("ovn.kubernetes.io/chassis").cloned());
+                let chassis = n
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("ovn.kubernetes.io/chassis").cloned());
                 if chassis.as_deref() == Some(node.as_str()) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{node} has no chassis annotation: {chassis:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{node} has no chassis annotation: {chassis:?}; daemon log:\n{}",
+                    std::fs::read_to_string(
+                        log_dir.join(format!("portkeeper-daemon-{node}.err.log"))
+                    )
+                    .unwrap_or_default()
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
 
         // Two pods on node1, one with a static IP and MAC, and one on node2.
-        let static_ip = [("ovn.kubernetes.io/ip_address", "10.16.0.100"), ("ovn.kubernetes.io/mac_address", "02:00:00:00:01:00")];
-        for (name, node, annotations) in [("a", "node1", &static_ip[..]), ("b", "node1", &[][..]), ("c", "node2", &[][..])] {
-            pods.create(&PostParams::default(), &pod(name, node, annotations)).await.expect("create pod");
+        let static_ip = [
+            ("ovn.kubernetes.io/ip_address", "10.16.0.100"),
+            ("ovn.kubernetes.io/mac_address", "02:00:00:00:01:00"),
+        ];
+        for (name, node, annotations) in [
+            ("a", "node1", &static_ip[..]),
+            ("b", "node1", &[][..]),
+            ("c", "node2", &[][..]),
+        ] {
+            pods.create(&PostParams::default(), &pod(name, node, annotations))
+                .await
+                .expect("create pod");
         }
         let mut running = BTreeMap::new();
         for name in ["a", "b", "c"] {
@@ -193,14 +277,30 @@ fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
         for (name, p) in &running {
             let ip = annotation(p, "ovn.kubernetes.io/ip_address");
             let mac = annotation(p, "ovn.kubernetes.io/mac_address").to_lowercase();
-            assert_eq!(p.status.as_ref().unwrap().pod_ip.as_deref(), Some(ip), "pod {name} status IP");
+            assert_eq!(
+                p.status.as_ref().unwrap().pod_ip.as_deref(),
+                Some(ip),
+                "pod {name} status IP"
+            );
             let (ok, link) = exec(&cluster, name, &["ip", "-o", "link", "show", "eth0"]);
-            assert!(ok && link.contains(&mac), "pod {name} eth0 {link} lacks MAC {mac}");
+            assert!(
+                ok && link.contains(&mac),
+                "pod {name} eth0 {link} lacks MAC {mac}"
+            );
             let (ok, addrs) = exec(&cluster, name, &["ip", "-o", "-4", "addr", "show", "eth0"]);
-            assert!(ok && addrs.contains(&format!("{ip}/16")), "pod {name} eth0 {addrs} lacks {ip}/16");
+            assert!(
+                ok && addrs.contains(&format!("{ip}/16")),
+                "pod {name} eth0 {addrs} lacks {ip}/16"
+            );
         }
-        assert_eq!(annotation(&running["a"], "ovn.kubernetes.io/ip_address"), "10.16.0.100");
-        assert_eq!(annotation(&running["a"], "ovn.kubernetes.io/mac_address"), "02:00:00:00:01:00");
+        assert_eq!(
+            annotation(&running["a"], "ovn.kubernetes.io/ip_address"),
+            "10.16.0.100"
+        );
+        assert_eq!(
+            annotation(&running["a"], "ovn.kubernetes.io/mac_address"),
+            "02:00:00:00:01:00"
+        );
 
         // Same-node traffic.
         let b_ip = annotation(&running["b"], "ovn.kubernetes.io/ip_address").to_owned();
@@ -209,44 +309,90 @@ fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
 
         // Both chassis bind their own pods.
         for (name, chassis) in [("a", "node1"), ("c", "node2")] {
-            let out = cluster.ovn_sbctl(&["--bare", "--columns=chassis", "find", "port_binding", &format!("logical_port={name}.default")]).unwrap();
+            let out = cluster
+                .ovn_sbctl(&[
+                    "--bare",
+                    "--columns=chassis",
+                    "find",
+                    "port_binding",
+                    &format!("logical_port={name}.default"),
+                ])
+                .unwrap();
             let uuid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            let out = cluster.ovn_sbctl(&["--bare", "--columns=name", "list", "chassis", &uuid]).unwrap();
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), chassis, "{name}.default binding");
+            let out = cluster
+                .ovn_sbctl(&["--bare", "--columns=name", "list", "chassis", &uuid])
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                chassis,
+                "{name}.default binding"
+            );
         }
         let c_ip = annotation(&running["c"], "ovn.kubernetes.io/ip_address").to_owned();
         let (cross, out) = exec(&cluster, "a", &["ping", "-c", "2", "-W", "3", &c_ip]);
-        eprintln!("cross-node ping a (node1) -> c (node2): {}", if cross { "ok" } else { &out });
-        let gateway = annotation(&running["a"], "ovn.kubernetes.io/gateway").split(',').next().unwrap().to_owned();
+        eprintln!(
+            "cross-node ping a (node1) -> c (node2): {}",
+            if cross { "ok" } else { &out }
+        );
+        let gateway = annotation(&running["a"], "ovn.kubernetes.io/gateway")
+            .split(',')
+            .next()
+            .unwrap()
+            .to_owned();
         let (gw, out) = exec(&cluster, "a", &["ping", "-c", "2", "-W", "3", &gateway]);
-        eprintln!("ping a -> gateway {gateway}: {}", if gw { "ok" } else { &out });
+        eprintln!(
+            "ping a -> gateway {gateway}: {}",
+            if gw { "ok" } else { &out }
+        );
 
         // Deleting the pods removes their ports and veths.
         for name in ["a", "b", "c"] {
             pods.delete(name, &DeleteParams::default()).await.unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let left: Vec<String> = cluster
                 .nodes()
                 .iter()
                 .flat_map(|node| {
-                    let db = format!("--db=unix:{}", cluster.node_dir(node).join("db.sock").display());
+                    let db = format!(
+                        "--db=unix:{}",
+                        cluster.node_dir(node).join("db.sock").display()
+                    );
                     let ports = run("ovs-vsctl", &[&db, "list-ports", "br-int"], &[]);
                     let links = run("ip", &["-n", &format!("{prefix}{node}"), "-o", "link"], &[]);
-                    ports.lines().chain(links.lines().filter_map(|l| l.split(": ").nth(1)))
+                    ports
+                        .lines()
+                        .chain(links.lines().filter_map(|l| l.split(": ").nth(1)))
                         .filter(|n| n.starts_with("pk"))
                         .map(str::to_owned)
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            if left.is_empty() && pods.list(&Default::default()).await.unwrap().items.is_empty() {
+            if left.is_empty()
+                && pods
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty()
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "left after DEL: {left:?}");
+            if Instant::now() > deadline {
+                // Keep the node agents' logs (the cluster's run folder goes with the cluster).
+                for entry in std::fs::read_dir(cluster.run_dir().join("log"))
+                    .unwrap()
+                    .flatten()
+                {
+                    let _ = std::fs::copy(entry.path(), log_dir.join(entry.file_name()));
+                }
+                panic!("left after DEL: {left:?}; logs in {}", log_dir.display());
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
     drop(processes);
     cluster.down().expect("cluster down");
+    let _ = std::fs::remove_dir_all(&log_dir);
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use portkeeper_cni::cni::config::DEFAULT_DAEMON_SOCKET;
+use portkeeper_cni::daemon::netns::Netns;
 use portkeeper_cni::daemon::ovs::Ovs;
 use portkeeper_cni::daemon::{Daemon, KubeAllocations, Settings, chassis, server};
 use std::path::PathBuf;
@@ -27,6 +28,11 @@ struct Args {
     /// Pod interface MTU when the network configuration sets none (1400 leaves room for Geneve).
     #[arg(long, default_value_t = 1400)]
     mtu: u32,
+    /// Network namespace (a path, e.g. /run/netns/node1) holding this node's ovs-vswitchd and the
+    /// pods' host ends, when it is not the daemon's own (several nodes on one machine). The socket is
+    /// bound there too, which makes an abstract `@name` socket per node.
+    #[arg(long)]
+    netns: Option<PathBuf>,
     /// Seconds ADD waits for the controller's allocation.
     #[arg(long, default_value_t = 60)]
     allocation_timeout: u64,
@@ -62,8 +68,17 @@ async fn main() -> anyhow::Result<()> {
         allocation_timeout: Duration::from_secs(args.allocation_timeout),
         install_timeout: Duration::from_secs(args.install_timeout),
     };
-    let daemon = Arc::new(Daemon::new(KubeAllocations(kube), ovs, settings)?);
-    let listener = server::bind(&args.socket)?;
+    let node_netns = args.netns.as_deref().map(Netns::open).transpose()?;
+    let daemon = Arc::new(Daemon::new(
+        KubeAllocations(kube),
+        ovs,
+        settings,
+        node_netns.as_ref(),
+    )?);
+    let listener = match &node_netns {
+        Some(netns) => netns.enter_sync(|| server::bind(&args.socket))??,
+        None => server::bind(&args.socket)?,
+    };
     tracing::info!(socket = %args.socket.display(), node = %args.node_name, "serving CNI requests");
     tokio::select! {
         served = server::serve(listener, daemon) => served?,

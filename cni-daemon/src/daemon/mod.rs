@@ -84,12 +84,22 @@ pub struct Daemon<A> {
 }
 
 impl<A: AllocationSource> Daemon<A> {
-    /// A daemon using `ovs` and a netlink connection in the calling thread's (the host's) namespace.
-    pub fn new(allocations: A, ovs: Ovs, settings: Settings) -> Result<Self, CniError> {
+    /// A daemon using `ovs`, with the pods' host ends in `node_netns` (the node's namespace when it is
+    /// not the daemon's own, as on the local cluster) or else in the calling thread's namespace.
+    pub fn new(
+        allocations: A,
+        ovs: Ovs,
+        settings: Settings,
+        node_netns: Option<&Netns>,
+    ) -> Result<Self, CniError> {
+        let host = match node_netns {
+            Some(netns) => netns.enter_sync(netdev::connect)??,
+            None => netdev::connect()?,
+        };
         Ok(Self {
             allocations,
             ovs,
-            host: netdev::connect()?,
+            host,
             settings,
         })
     }

@@ -44,6 +44,34 @@ impl Netns {
         &self.file
     }
 
+    /// Runs `job` to completion on a fresh thread inside this namespace, within the caller's tokio
+    /// runtime (if any), so sockets it opens live in the namespace yet are driven by the caller's
+    /// runtime. Blocks the caller: meant for start-up, not for requests.
+    pub fn enter_sync<T: Send>(&self, job: impl FnOnce() -> T + Send) -> Result<T, CniError> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _context = runtime.as_ref().map(|r| r.enter());
+                    setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        CniError::new(
+                            ErrorCode::IoFailure,
+                            format!("cannot enter network namespace {}", self.path),
+                        )
+                        .with_details(e)
+                    })?;
+                    Ok(job())
+                })
+                .join()
+                .map_err(|_| {
+                    CniError::new(
+                        ErrorCode::IoFailure,
+                        format!("a job in network namespace {} panicked", self.path),
+                    )
+                })?
+        })
+    }
+
     /// Runs the future built by `job` on a current-thread runtime inside this namespace and returns its output.
     pub async fn run<T, F, Fut>(&self, job: F) -> Result<T, CniError>
     where

@@ -513,7 +513,7 @@ pub async fn fixture(install_timeout: Duration) -> Fixture {
         allocation_timeout: Duration::from_secs(1),
         install_timeout,
     };
-    let daemon = Arc::new(Daemon::new(allocations.clone(), ovs, settings).expect("daemon"));
+    let daemon = Arc::new(Daemon::new(allocations.clone(), ovs, settings, None).expect("daemon"));
     Fixture {
         ovn,
         allocations,
