@@ -48,6 +48,9 @@ fn controller_binary() -> PathBuf {
     target.join("debug/portkeeper-controller")
 }
 
+/// Pod annotations as (key without the `ovn.kubernetes.io/` prefix, value) pairs.
+type Annotations<'a> = &'a [(&'a str, &'a str)];
+
 /// The controller as a child process; SIGKILLed on drop.
 struct Controller {
     child: Child,
@@ -113,7 +116,7 @@ fn kubectl(cluster: &Cluster, args: &[&str]) {
     );
 }
 
-fn pod(name: &str, annotations: &[(&str, &str)]) -> Pod {
+fn pod(name: &str, annotations: Annotations) -> Pod {
     let annotations: BTreeMap<String, String> = annotations
         .iter()
         .map(|(k, v)| (format!("ovn.kubernetes.io/{k}"), v.to_string()))
@@ -454,7 +457,7 @@ async fn cases(cluster: &Cluster) {
     );
 
     println!("case: bad input gets an Event and changes nothing");
-    let bad: &[(&str, &[(&str, &str)], &str, &[&str])] = &[
+    let bad: &[(&str, Annotations, &str, &[&str])] = &[
         (
             "bad-ip",
             &[("ip_address", "10.16.0.300")],
@@ -807,7 +810,7 @@ async fn cases(cluster: &Cluster) {
         json!(253.0),
     )
     .await;
-    let dual_cases: [(&str, &[(&str, &str)], &str, &str); 4] = [
+    let dual_cases: [(&str, Annotations, &str, &str); 4] = [
         ("dual-both", &[], "10.18.0.2", "fd00:10:18::2"),
         ("dual-v4", &[("ip_family", "ipv4")], "10.18.0.3", ""),
         ("dual-v6", &[("ip_family", "ipv6")], "", "fd00:10:18::3"),
