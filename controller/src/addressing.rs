@@ -310,6 +310,21 @@ fn ready_condition(previous: &[Condition], error: Option<&Error>) -> Vec<Conditi
     }]
 }
 
+/// Copies the engine's counters into a Subnet or IPPool status: both carry the same fields,
+/// under different JSON spellings.
+macro_rules! copy_counters {
+    ($status:ident, $c:ident) => {
+        $status.v4_available_ips = count($c.v4_available_ips);
+        $status.v4_using_ips = count($c.v4_using_ips);
+        $status.v6_available_ips = count($c.v6_available_ips);
+        $status.v6_using_ips = count($c.v6_using_ips);
+        $status.v4_available_ip_range = $c.v4_available_ip_range;
+        $status.v4_using_ip_range = $c.v4_using_ip_range;
+        $status.v6_available_ip_range = $c.v6_available_ip_range;
+        $status.v6_using_ip_range = $c.v6_using_ip_range;
+    };
+}
+
 async fn publish_subnet_status<N>(
     ctx: &Context<N>,
     subnet: &Subnet,
@@ -322,14 +337,7 @@ async fn publish_subnet_status<N>(
         ..old.clone()
     };
     if let Some(c) = counters {
-        status.v4_available_ips = count(c.v4_available_ips);
-        status.v4_using_ips = count(c.v4_using_ips);
-        status.v6_available_ips = count(c.v6_available_ips);
-        status.v6_using_ips = count(c.v6_using_ips);
-        status.v4_available_ip_range = c.v4_available_ip_range;
-        status.v4_using_ip_range = c.v4_using_ip_range;
-        status.v6_available_ip_range = c.v6_available_ip_range;
-        status.v6_using_ip_range = c.v6_using_ip_range;
+        copy_counters!(status, c);
     }
     if status == old {
         return;
@@ -362,14 +370,7 @@ async fn publish_pool_status<N>(
         ..old.clone()
     };
     if let Some(c) = counters {
-        status.v4_available_ips = count(c.v4_available_ips);
-        status.v4_using_ips = count(c.v4_using_ips);
-        status.v6_available_ips = count(c.v6_available_ips);
-        status.v6_using_ips = count(c.v6_using_ips);
-        status.v4_available_ip_range = c.v4_available_ip_range;
-        status.v4_using_ip_range = c.v4_using_ip_range;
-        status.v6_available_ip_range = c.v6_available_ip_range;
-        status.v6_using_ip_range = c.v6_using_ip_range;
+        copy_counters!(status, c);
     }
     if status == old {
         return;
