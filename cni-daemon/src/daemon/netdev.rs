@@ -189,16 +189,7 @@ pub async fn configure_pod_side(nic: PodNic) -> Result<(), CniError> {
             .await
             .map_err(|e| netlink_error("cannot bring lo up in the pod", e))?;
     }
-    let index = find_link(&handle, &nic.ifname)
-        .await?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!("{} is missing in the pod", nic.ifname),
-            )
-        })?
-        .header
-        .index;
+    let index = pod_link_index(&handle, &nic.ifname).await?;
     for address in &nic.addresses {
         let mut request = handle
             .address()
@@ -245,19 +236,24 @@ pub async fn configure_pod_side(nic: PodNic) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Inside the pod: sends a gratuitous ARP or unsolicited NA for each address.
-pub async fn announce_pod_addresses(nic: PodNic) -> Result<(), CniError> {
-    let handle = connect()?;
-    let index = find_link(&handle, &nic.ifname)
+/// Inside the pod: the index of the pod's interface, which must exist by now.
+async fn pod_link_index(handle: &Handle, ifname: &str) -> Result<u32, CniError> {
+    Ok(find_link(handle, ifname)
         .await?
         .ok_or_else(|| {
             CniError::new(
                 ErrorCode::IoFailure,
-                format!("{} is missing in the pod", nic.ifname),
+                format!("{ifname} is missing in the pod"),
             )
         })?
         .header
-        .index;
+        .index)
+}
+
+/// Inside the pod: sends a gratuitous ARP or unsolicited NA for each address.
+pub async fn announce_pod_addresses(nic: PodNic) -> Result<(), CniError> {
+    let handle = connect()?;
+    let index = pod_link_index(&handle, &nic.ifname).await?;
     for address in &nic.addresses {
         let (ethertype, frame) = announce::frame(nic.mac, address.addr());
         announce::send(index, ethertype, &frame).map_err(|e| {
