@@ -6,11 +6,13 @@
 //! - [`node`] registers the Node and keeps it Ready.
 //! - [`pods`] reconciles the pods bound to the node.
 //! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
+//! - [`portkeeper`] runs portkeeper's binaries on a cluster and reads back their results.
 
 pub mod cni;
 pub mod harness;
 pub mod node;
 pub mod pods;
+pub mod portkeeper;
 pub mod sandbox;
 
 pub use harness::{Cluster, ClusterOptions, HarnessError, Provider};

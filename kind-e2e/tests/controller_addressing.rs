@@ -5,11 +5,13 @@
 //! The controller binary is built with cargo (or taken from `PORTKEEPER_CONTROLLER_BIN`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kind_e2e::portkeeper::{
+    Controller, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
+    kubeovn_resource, nb_addresses, nbctl, print_controller_logs, repo_root, wait_for, warnings,
+};
 use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -17,104 +19,9 @@ use serde_json::{Value, json};
 
 const NS: &str = "addr";
 const CIDR: &str = "10.16.0.0/16";
-const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds (if needed) and returns the controller binary.
-fn controller_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("PORTKEEPER_CONTROLLER_BIN") {
-        return PathBuf::from(path);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo_root())
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "portkeeper-controller",
-            "--bin",
-            "portkeeper-controller",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building portkeeper-controller failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    target.join("debug/portkeeper-controller")
-}
 
 /// Pod annotations as (key without the `ovn.kubernetes.io/` prefix, value) pairs.
 type Annotations<'a> = &'a [(&'a str, &'a str)];
-
-/// The controller as a child process; SIGKILLed on drop.
-struct Controller {
-    child: Child,
-}
-
-impl Controller {
-    fn start(bin: &Path, cluster: &Cluster, run: &Path, generation: u32) -> Self {
-        let log = std::fs::File::create(run.join(format!("controller-{generation}.log"))).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("RUST_LOG", "info")
-            .args(["--ovn-nb-db", cluster.nb_remote()])
-            .args(["--default-cidr", CIDR])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-namespace", "default", "--lease-duration", "3"])
-            .args(["--identity", &format!("e2e-{generation}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the controller");
-        Controller { child }
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nbctl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.ovn_nbctl(args).expect("run ovn-nbctl");
-    assert!(
-        out.status.success(),
-        "ovn-nbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn kubectl(cluster: &Cluster, args: &[&str]) {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn pod(name: &str, annotations: Annotations) -> Pod {
     let annotations: BTreeMap<String, String> = annotations
@@ -139,46 +46,12 @@ async fn create(pods: &Api<Pod>, p: Pod) {
         .expect("create pod");
 }
 
-async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
-    p.annotations()
-        .get(&format!("ovn.kubernetes.io/{key}"))
-        .map(String::as_str)
-}
-
 async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
     wait_for(&format!("{name} allocated"), async || {
         let p = pods.get(name).await.ok()?;
         (annotation(&p, "allocated") == Some("true")).then_some(p)
     })
     .await
-}
-
-async fn ip_resource(client: &Client, name: &str) -> Option<Value> {
-    let api: Api<kube::api::DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::api::ApiResource {
-            group: "kubeovn.io".into(),
-            version: "v1".into(),
-            api_version: "kubeovn.io/v1".into(),
-            kind: "IP".into(),
-            plural: "ips".into(),
-        },
-    );
-    api.get_opt(name)
-        .await
-        .unwrap()
-        .map(|o| serde_json::to_value(o).unwrap())
 }
 
 /// The three views of one allocated nic must agree.
@@ -222,23 +95,10 @@ async fn verify_three_ways(cluster: &Cluster, client: &Client, p: &Pod) -> (Stri
     (ip, mac)
 }
 
-async fn warnings(client: &Client, name: &str) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
-    events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect()
-}
-
 /// A rejected pod: the Warning event with `reason` naming every `needle`, and no side effect.
 async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, needles: &[&str]) {
     let (r, message) = wait_for(&format!("{reason} event on {name}"), async || {
-        warnings(client, name).await.into_iter().next()
+        warnings(client, NS, name).await.into_iter().next()
     })
     .await;
     assert_eq!(r, reason, "{name}: {message}");
@@ -276,62 +136,6 @@ async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, 
     );
 }
 
-/// Every IP on a VIF port of the NB database, with duplicates.
-fn nb_addresses(cluster: &Cluster) -> Vec<String> {
-    nbctl(
-        cluster,
-        &[
-            "--bare",
-            "--columns=addresses",
-            "find",
-            "Logical_Switch_Port",
-            "type=\"\"",
-        ],
-    )
-    .split_whitespace()
-    .filter(|w| w.parse::<std::net::IpAddr>().is_ok())
-    .map(str::to_owned)
-    .collect()
-}
-
-fn kubectl_apply(cluster: &Cluster, manifest: &str) {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "kubectl apply failed:\n{manifest}"
-    );
-}
-
-async fn resource(client: &Client, plural: &str, kind: &str, name: &str) -> Option<Value> {
-    let api: Api<kube::api::DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::api::ApiResource {
-            group: "kubeovn.io".into(),
-            version: "v1".into(),
-            api_version: "kubeovn.io/v1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        },
-    );
-    api.get_opt(name)
-        .await
-        .unwrap()
-        .map(|o| serde_json::to_value(o).unwrap())
-}
-
 /// Waits until `status.<field>` of a Subnet or IPPool equals `want`.
 async fn status_is(
     client: &Client,
@@ -344,7 +148,7 @@ async fn status_is(
     wait_for(
         &format!("{kind} {name} status.{field} = {want}"),
         async || {
-            let r = resource(client, plural, kind, name).await?;
+            let r = kubeovn_resource(client, plural, kind, name).await?;
             let got = r["status"].get(field).cloned().unwrap_or(Value::Null);
             let same = got == want || (got.is_number() && got.as_f64() == want.as_f64());
             same.then_some(())
@@ -395,18 +199,7 @@ fn controller_addressing() {
     }));
     drop(runtime);
     if result.is_err() {
-        for generation in 0..3 {
-            let log = cluster
-                .run_dir()
-                .join(format!("controller-{generation}.log"));
-            if let Ok(text) = std::fs::read_to_string(&log) {
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("--- {} (last 40 lines)", log.display());
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{line}");
-                }
-            }
-        }
+        print_controller_logs(&cluster, 3);
     }
     cluster.down().expect("cluster down");
     if let Err(panic) = result {
@@ -429,8 +222,7 @@ async fn cases(cluster: &Cluster) {
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let run = cluster.run_dir().to_owned();
-    let mut controller = Controller::start(&bin, cluster, &run, 0);
+    let mut controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
 
     println!("case: a pod without annotations gets the lowest free address");
     create(&pods, pod("plain", &[])).await;
@@ -951,7 +743,7 @@ async fn cases(cluster: &Cluster) {
     .await;
     create(&pods, pod("new", &[("ip_address", "10.16.0.80")])).await;
     create(&pods, pod("dynamic-while-down", &[])).await;
-    controller = Controller::start(&bin, cluster, &run, 1);
+    controller = Controller::start(&bin, cluster, CIDR, 1, &[]);
     let p = allocated(&pods, "new").await;
     assert_eq!(
         verify_three_ways(cluster, &client, &p).await.0,
@@ -978,7 +770,7 @@ async fn cases(cluster: &Cluster) {
         create(&pods, pod(&format!("burst-{i}"), &[])).await;
         if i == 60 {
             controller.kill();
-            controller = Controller::start(&bin, cluster, &run, 2);
+            controller = Controller::start(&bin, cluster, CIDR, 2, &[]);
         }
     }
     for i in 0..200 {

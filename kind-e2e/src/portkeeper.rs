@@ -1,0 +1,263 @@
+//! Driving portkeeper's own binaries on a local cluster from the end-to-end suite: building them,
+//! running the controller as a child process, and reading back what users read (`ovn-nbctl`,
+//! pod annotations, the `kubeovn.io` resources and Events). Shared so every e2e test checks
+//! results the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+use crate::Cluster;
+
+/// How long a wait in the e2e suite may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The workspace root, so tests find `yamls/` and build binaries wherever they run from.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds one of the workspace's binaries with cargo (unless `override_var` names a prebuilt
+/// one) and returns its path, so tests always run the code they were built with.
+pub fn cargo_binary(package: &str, bin: &str, override_var: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(override_var) {
+        return PathBuf::from(path);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    target.join("debug").join(bin)
+}
+
+/// The controller binary (`PORTKEEPER_CONTROLLER_BIN` overrides the build).
+pub fn controller_binary() -> PathBuf {
+    cargo_binary(
+        "portkeeper-controller",
+        "portkeeper-controller",
+        "PORTKEEPER_CONTROLLER_BIN",
+    )
+}
+
+/// The controller as a child process of the test; SIGKILLed on drop so a failing test leaves
+/// no controller behind.
+pub struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    /// Starts generation `generation` of the controller, logging to
+    /// `<run_dir>/controller-<generation>.log` (see [`print_controller_logs`]).
+    pub fn start(
+        bin: &Path,
+        cluster: &Cluster,
+        default_cidr: &str,
+        generation: u32,
+        extra_args: &[&str],
+    ) -> Self {
+        let log = std::fs::File::create(controller_log(cluster, generation)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "info")
+            .args(["--ovn-nb-db", cluster.nb_remote()])
+            .args(["--default-cidr", default_cidr])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--lease-namespace", "default", "--lease-duration", "3"])
+            .args(["--identity", &format!("e2e-{generation}")])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        Controller { child }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_log(cluster: &Cluster, generation: u32) -> PathBuf {
+    cluster
+        .run_dir()
+        .join(format!("controller-{generation}.log"))
+}
+
+/// Prints the tail of each controller generation's log, for a failed test's output.
+pub fn print_controller_logs(cluster: &Cluster, generations: u32) {
+    for generation in 0..generations {
+        let log = controller_log(cluster, generation);
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {} (last 40 lines)", log.display());
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// `ovn-nbctl` against the cluster's NB database; its trimmed stdout, failing the test on error.
+pub fn nbctl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.ovn_nbctl(args).expect("run ovn-nbctl");
+    assert!(
+        out.status.success(),
+        "ovn-nbctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Every IP on a VIF port of the NB database, with duplicates, to prove none is held twice.
+pub fn nb_addresses(cluster: &Cluster) -> Vec<String> {
+    nbctl(
+        cluster,
+        &[
+            "--bare",
+            "--columns=addresses",
+            "find",
+            "Logical_Switch_Port",
+            "type=\"\"",
+        ],
+    )
+    .split_whitespace()
+    .filter(|w| w.parse::<std::net::IpAddr>().is_ok())
+    .map(str::to_owned)
+    .collect()
+}
+
+/// `kubectl` against the cluster, failing the test on error.
+pub fn kubectl(cluster: &Cluster, args: &[&str]) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl apply` of a manifest given as text.
+pub fn kubectl_apply(cluster: &Cluster, manifest: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "kubectl apply failed:\n{manifest}"
+    );
+}
+
+/// Polls `check` until it yields a value, failing the test after [`TIMEOUT`].
+pub async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Kube-OVN annotation of a pod, by its key without the `ovn.kubernetes.io/` prefix.
+pub fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.annotations()
+        .get(&format!("ovn.kubernetes.io/{key}"))
+        .map(String::as_str)
+}
+
+/// A cluster-scoped `kubeovn.io/v1` object (Subnet, IP, IPPool) as JSON, if it exists.
+pub async fn kubeovn_resource(
+    client: &Client,
+    plural: &str,
+    kind: &str,
+    name: &str,
+) -> Option<Value> {
+    let api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "kubeovn.io".into(),
+            version: "v1".into(),
+            api_version: "kubeovn.io/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        },
+    );
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+/// The IP resource of a nic (`<pod>.<ns>[.<provider>]`), if it exists.
+pub async fn ip_resource(client: &Client, name: &str) -> Option<Value> {
+    kubeovn_resource(client, "ips", "IP", name).await
+}
+
+/// (reason, message) of every Warning Event about the object `name` in `namespace`.
+pub async fn warnings(client: &Client, namespace: &str, name: &str) -> Vec<(String, String)> {
+    events(client, namespace, name)
+        .await
+        .into_iter()
+        .filter(|(kind, _, _)| kind == "Warning")
+        .map(|(_, reason, message)| (reason, message))
+        .collect()
+}
+
+/// (type, reason, message) of every Event about the object `name` in `namespace`.
+pub async fn events(client: &Client, namespace: &str, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    api.list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
