@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "PORTKEEPER_GC_INTERVAL", default_value_t = 360)]
     pub gc_interval: u64,
 
+    /// Seconds between retention sweeps, which release StatefulSet and VM identities whose
+    /// workload is gone or scaled below them (one also runs at start and on every StatefulSet or
+    /// VM change).
+    #[arg(long, env = "PORTKEEPER_RETENTION_INTERVAL", default_value_t = 30)]
+    pub retention_interval: u64,
+
     /// Parallel pod reconciles.
     #[arg(long, env = "PORTKEEPER_WORKERS", default_value_t = 16)]
     pub workers: u16,
@@ -76,6 +82,11 @@ impl Config {
     /// The GC period, if periodic GC is on.
     pub fn gc_interval(&self) -> Option<Duration> {
         (self.gc_interval > 0).then(|| Duration::from_secs(self.gc_interval))
+    }
+
+    /// The period of the retention sweep (at least a second).
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval.max(1))
     }
 
     /// This replica's identity.

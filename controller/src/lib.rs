@@ -18,6 +18,7 @@ pub mod ovn;
 pub mod plan;
 pub mod pod;
 pub mod rebuild;
+pub mod retention;
 pub mod run;
 pub mod stores;
 

@@ -360,12 +360,19 @@ pub fn allocated_annotations(
     out
 }
 
-/// The IP resource spec for a nic.
-pub fn ip_spec(pod: &PodFacts<'_>, lease: &Lease, node: Option<&str>, pod_type: &str) -> IPSpec {
+/// The IP resource spec for a nic: `pod_name` is the nic's name part (the VM for launcher
+/// pods, as Kube-OVN records it).
+pub fn ip_spec(
+    pod_name: &str,
+    namespace: &str,
+    lease: &Lease,
+    node: Option<&str>,
+    pod_type: &str,
+) -> IPSpec {
     let addresses = lease.addresses();
     IPSpec {
-        pod_name: pod.name.to_owned(),
-        namespace: pod.namespace.to_owned(),
+        pod_name: pod_name.to_owned(),
+        namespace: namespace.to_owned(),
         subnet: lease.subnet.clone(),
         node_name: node.unwrap_or_default().to_owned(),
         ip_address: ip_address_value(lease),

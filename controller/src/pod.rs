@@ -5,6 +5,12 @@
 //! are named after the nic, so a retry after a crash rewrites the same objects, and `allocated`
 //! is written last, in the one annotation patch, so a pod is never marked allocated before its
 //! port and IP resource exist.
+//!
+//! StatefulSet pods and virt-launcher pods carry an identity owned by their workload
+//! ([`identity`]); it is reclaimed by the workload's next pod and decided by
+//! [`crate::retention`] when no pod holds it.
+
+pub mod identity;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,10 +30,11 @@ use crate::allocate::{FOREIGN_PORT_OWNER, claim_checked};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
 use crate::northbound::{Northbound, port_spec};
-use crate::plan::{self, Catalog, Ordinal, PodFacts, SubnetNetwork};
+use crate::plan::{self, Catalog, Ordinal, PodFacts, SubnetNetwork, Target};
+use crate::retention::{Decision, OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind};
 
-/// Annotation on IP resources (and `external_ids` key on ports) recording the owning pod's UID,
-/// so that a restart can tell a recreated pod from the one that held the address.
+/// Annotation on IP resources recording the UID of the pod that last wrote it, so that a
+/// restart can tell a recreated pod from the one that held the address.
 pub const POD_UID: &str = "portkeeper.io/pod-uid";
 /// `external_ids` key on ports recording the owning pod's UID.
 pub const PORT_POD_UID: &str = "pod_uid";
@@ -72,9 +79,38 @@ pub fn wants_address(pod: &Pod) -> bool {
     !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
 }
 
-/// The nic key of a pod's primary network.
+/// The nic key of a pod's primary network: `<pod>.<ns>`, or `<vm>.<ns>` for a virt-launcher
+/// pod, so every launcher pod of a VM shares one port, IP resource and MAC. The one place a
+/// key is computed.
 pub fn nic_key(pod: &Pod) -> NicKey {
-    NicKey::new(&pod.name_any(), &pod.namespace().unwrap_or_default(), None)
+    NicKey::new(
+        &identity::nic_name(pod),
+        &pod.namespace().unwrap_or_default(),
+        None,
+    )
+}
+
+/// What the port and the IP resource record about a nic's holder.
+struct NicRecord<'a> {
+    /// The nic's name part: the pod, or the VM.
+    name: &'a str,
+    /// The pod's namespace.
+    namespace: &'a str,
+    /// The writing pod's UID.
+    pod_uid: &'a str,
+    /// The workload owning the identity, if it outlives the pod.
+    owner: Option<&'a Owner>,
+}
+
+impl NicRecord<'_> {
+    /// Kube-OVN's IP resource `podType`.
+    fn pod_type(&self) -> &'static str {
+        match self.owner.map(|o| o.kind) {
+            Some(OwnerKind::StatefulSet) => "StatefulSet",
+            Some(OwnerKind::VirtualMachine) => "VirtualMachine",
+            None => "",
+        }
+    }
 }
 
 async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
@@ -87,25 +123,28 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         pod.uid().unwrap_or_default(),
     );
     let key = nic_key(pod);
+    let owner = identity::owner_of(pod, &ctx.stores);
+    let holder = identity::holder_uid(pod, owner.as_ref());
+    let nic_name = identity::nic_name(pod);
+    let record = NicRecord {
+        name: &nic_name,
+        namespace: &namespace,
+        pod_uid: &uid,
+        owner: owner.as_ref(),
+    };
     let _guard = ctx.locks.lock(key.as_str()).await;
     let keys = &ctx.keys;
     let annotations = pod.annotations();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let allocated = annotations.get(&keys.allocated).map(String::as_str) == Some("true");
 
-    let held = ctx.engine.lease(&key).filter(|l| l.uid == uid);
-    if annotations.get(&keys.allocated).map(String::as_str) == Some("true")
+    let held = ctx.engine.lease(&key).filter(|l| l.uid == holder);
+    if allocated
         && let Some(lease) = held
         && ctx.nb.port(key.as_str()).is_some()
     {
         if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
-            let facts = PodFacts {
-                name: &name,
-                namespace: &namespace,
-                uid: &uid,
-                annotations,
-                ordinal: None,
-            };
-            apply_ip(&ctx.client, &facts, &lease, node.as_deref(), "").await?;
+            apply_ip(&ctx.client, &record, &lease, node.as_deref()).await?;
             patch_annotations(
                 &ctx.client,
                 pod,
@@ -136,12 +175,26 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     let facts = PodFacts {
         name: &name,
         namespace: &namespace,
-        uid: &uid,
+        uid: &holder,
         annotations,
         ordinal: statefulset_ordinal(pod, ctx),
     };
-    let planned = plan::choose_target(&request, &facts, &catalog, |s| has_room(ctx, s))
-        .map(|target| plan::claim(target, key.clone(), &request, &uid))
+    let target = match plan::choose_target(&request, &facts, &catalog, |s| has_room(ctx, s)) {
+        Ok(t) => t,
+        Err(r) => {
+            ctx.warn(&reference, "Allocate", &r).await;
+            return Err(rejected(r));
+        }
+    };
+    if !allocated && let Err(r) = take_over(ctx, pod, &key, &holder).await? {
+        ctx.warn(&reference, "Allocate", &r).await;
+        return Err(rejected(r));
+    }
+    let target = match owner.as_ref() {
+        Some(owner) => follow_subnet(ctx, pod, &key, owner, target).await?,
+        None => target,
+    };
+    let planned = Ok(plan::claim(target, key.clone(), &request, &holder))
         .and_then(|claim| {
             let statics = !matches!(claim.ip, IpRequest::Dynamic | IpRequest::Pools(_));
             claim_checked(
@@ -171,13 +224,82 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         }
     };
 
-    write_port(ctx, &lease, &namespace, &name, &uid, request.port_security).await?;
-    apply_ip(&ctx.client, &facts, &lease, node.as_deref(), "").await?;
+    write_port(ctx, &lease, &record, request.port_security).await?;
+    apply_ip(&ctx.client, &record, &lease, node.as_deref()).await?;
     let written = plan::allocated_annotations(keys, &lease, &network, node.is_some());
     patch_annotations(&ctx.client, pod, written).await?;
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %plan::ip_address_value(&lease), "allocated");
     Ok(())
+}
+
+/// A nic still held by another holder (an earlier workload of the same name, or an earlier pod):
+/// a workload-owned identity its owner still keeps refuses the pod (`Ok(Err)`); one its owner
+/// no longer keeps is released first, so the pod starts fresh. An earlier plain pod's binding is
+/// left to the engine, which hands it to the new UID.
+async fn take_over<N: Northbound>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    key: &NicKey,
+    holder: &str,
+) -> Result<Result<(), crate::error::Rejection>, Error> {
+    let Some(existing) = ctx.engine.lease(key).filter(|l| l.uid != holder) else {
+        return Ok(Ok(()));
+    };
+    let Some(recorded) = identity::recorded_owner(ctx, key).filter(|o| o.uid == existing.uid)
+    else {
+        return Ok(Ok(()));
+    };
+    let decision = identity::decide_nic(ctx, &existing, &recorded, &pod.name_any());
+    if let Decision::Keep(why) = decision {
+        return Ok(Err(crate::error::Rejection {
+            reason: crate::error::RejectReason::AddressConflict,
+            message: format!(
+                "AddressConflict: {key} ({}) is kept for {} {}: {why}; pod {} has another owner and cannot take it",
+                plan::ip_address_value(&existing),
+                recorded.kind.as_str(),
+                recorded.name,
+                pod.name_any(),
+            ),
+        }));
+    }
+    release_nic(ctx, key, Some(&existing.uid)).await?;
+    identity::announce(ctx, &existing, &recorded, &decision, Some(pod)).await;
+    Ok(Ok(()))
+}
+
+/// A workload's identity held in another subnet than its pod now asks for moves there: released
+/// here, allocated fresh by the caller. While another pod of the workload still runs on it (a
+/// migration's source), the pod joins that subnet instead, keeping the addresses it holds.
+async fn follow_subnet<N: Northbound>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    key: &NicKey,
+    owner: &Owner,
+    target: Target,
+) -> Result<Target, Error> {
+    let Some(existing) = ctx
+        .engine
+        .lease(key)
+        .filter(|l| l.uid == owner.uid && l.subnet != target.subnet)
+    else {
+        return Ok(target);
+    };
+    if identity::live_holder(&ctx.stores, key, &pod.name_any()).is_some() {
+        return Ok(Target {
+            subnet: existing.subnet,
+            ip: IpRequest::Dynamic,
+        });
+    }
+    release_nic(ctx, key, Some(&existing.uid)).await?;
+    let decision = Decision::Release(format!(
+        "{} {} now selects subnet {}; allocating there",
+        owner.kind.as_str(),
+        owner.name,
+        target.subnet
+    ));
+    identity::announce(ctx, &existing, owner, &decision, Some(pod)).await;
+    Ok(target)
 }
 
 fn has_room<N>(ctx: &Context<N>, subnet: &str) -> bool {
@@ -192,19 +314,12 @@ fn statefulset_ordinal<N>(pod: &Pod, ctx: &Context<N>) -> Option<Ordinal> {
         .owner_references()
         .iter()
         .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))?;
-    let name = pod.name_any();
-    let ordinal = name
-        .strip_prefix(&owner.name)?
-        .strip_prefix('-')?
-        .parse()
-        .ok()?;
-    let start = ctx
-        .stores
-        .statefulsets
-        .get(&kube::runtime::reflector::ObjectRef::new(&owner.name).within(&pod.namespace()?))
-        .and_then(|s| s.spec.as_ref()?.ordinals.as_ref()?.start)
-        .map_or(0, |s| s.max(0) as u64);
-    Some(Ordinal { ordinal, start })
+    let ordinal = crate::retention::ordinal_of(&pod.name_any(), &owner.name)?;
+    let set = ctx.stores.statefulset(&pod.namespace()?, &owner.name);
+    Some(Ordinal {
+        ordinal,
+        start: identity::statefulset_start(set.as_deref()),
+    })
 }
 
 /// Another IP resource holding `ip` in `subnet`.
@@ -225,20 +340,22 @@ fn ip_resource_holder<N>(
 async fn write_port<N: Northbound>(
     ctx: &Context<N>,
     lease: &Lease,
-    namespace: &str,
-    name: &str,
-    uid: &str,
+    record: &NicRecord<'_>,
     port_security: bool,
 ) -> Result<(), Error> {
     let mut spec = port_spec(
         lease.key.as_str(),
         &lease.subnet,
-        &format!("{namespace}/{name}"),
+        &format!("{}/{}", record.namespace, record.name),
         plan::port_addresses(lease),
         port_security,
     );
     spec.external_ids
-        .insert(PORT_POD_UID.to_owned(), uid.to_owned());
+        .insert(PORT_POD_UID.to_owned(), record.pod_uid.to_owned());
+    if let Some(owner) = record.owner {
+        spec.external_ids
+            .insert(OWNER_PORT_KEY.to_owned(), owner.to_string());
+    }
     let started = Instant::now();
     let result = ctx.nb.upsert_port(&spec).await;
     ctx.metrics
@@ -249,10 +366,9 @@ async fn write_port<N: Northbound>(
 /// Creates or updates the nic's IP resource by server-side apply.
 async fn apply_ip(
     client: &kube::Client,
-    pod: &PodFacts<'_>,
+    record: &NicRecord<'_>,
     lease: &Lease,
     node: Option<&str>,
-    pod_type: &str,
 ) -> Result<(), Error> {
     let mut labels = BTreeMap::from([
         (annotations::LABEL_SUBNET.to_owned(), lease.subnet.clone()),
@@ -265,15 +381,19 @@ async fn apply_ip(
     if let Some(node) = node {
         labels.insert(annotations::LABEL_NODE_NAME.to_owned(), node.to_owned());
     }
+    let mut recorded = BTreeMap::from([(POD_UID, record.pod_uid.to_owned())]);
+    if let Some(owner) = record.owner {
+        recorded.insert(OWNER_ANNOTATION, owner.to_string());
+    }
     let body = json!({
         "apiVersion": "kubeovn.io/v1",
         "kind": "IP",
         "metadata": {
             "name": lease.key.as_str(),
             "labels": labels,
-            "annotations": { POD_UID: pod.uid },
+            "annotations": recorded,
         },
-        "spec": plan::ip_spec(pod, lease, node, pod_type),
+        "spec": plan::ip_spec(record.name, record.namespace, lease, node, record.pod_type()),
     });
     Api::<IP>::all(client.clone())
         .patch(
@@ -302,38 +422,41 @@ async fn patch_annotations(
     Ok(())
 }
 
-/// Whether a departed pod's identity is kept for a successor. Ordinary pods release; the
-/// StatefulSet and KubeVirt rules of the next issue plug in here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Retention {
-    /// Release port, IP resource and engine binding.
-    Release,
-    /// Keep them, for this reason.
-    Keep(String),
+/// Whether a live pod or a workload keeps a nic that garbage collection found without its pod.
+pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
+    identity::keeps_identity(ctx, lease)
 }
 
-/// Decides the fate of a deleted pod's nic.
-pub fn retention<N>(_pod: &Pod, _ctx: &Context<N>) -> Retention {
-    Retention::Release
-}
-
-/// Releases a deleted pod's nic: compare-and-swap on the pod UID, so a late delete of an old
-/// incarnation never frees what a new pod of the same name holds.
+/// Settles a deleted pod's nic: compare-and-swap on the holder, so a late delete of an old
+/// incarnation never frees what a new pod of the same name holds. A plain pod's nic is
+/// released; a workload-owned one is decided by [`crate::retention::decide`] (kept while the
+/// workload still needs it, with an Event either way); a launcher pod's nic stays while another
+/// launcher pod of the VM runs.
 pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
     let key = nic_key(pod);
     let uid = pod.uid().unwrap_or_default();
     let _guard = ctx.locks.lock(key.as_str()).await;
-    let namespace = pod.namespace().unwrap_or_default();
-    if let Some(current) = ctx.stores.pod(&namespace, &pod.name_any())
+    let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    if let Some(current) = ctx.stores.pod(&namespace, &name)
         && current.uid().as_deref() != Some(uid.as_str())
     {
         return Ok(());
     }
-    if let Retention::Keep(reason) = retention(pod, ctx) {
-        tracing::info!(nic = %key, %reason, "keeping the identity of a deleted pod");
+    let Some(lease) = ctx.engine.lease(&key) else {
+        return Ok(());
+    };
+    if let Some(owner) = identity::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid) {
+        identity::settle(ctx, &lease, &owner, &name, None).await?;
         return Ok(());
     }
-    release_nic(ctx, &key, Some(&uid)).await
+    if identity::launcher_vm(pod).is_some() {
+        if identity::live_holder(&ctx.stores, &key, &name).is_none() {
+            release_nic(ctx, &key, Some(&lease.uid)).await?;
+        }
+        return Ok(());
+    }
+    let holder = identity::holder_uid(pod, identity::owner_of(pod, &ctx.stores).as_ref());
+    release_nic(ctx, &key, Some(&holder)).await
 }
 
 /// Deletes a nic's port (if portkeeper made it for this owner) and IP resource, then frees the
@@ -355,7 +478,7 @@ pub async fn release_nic<N: Northbound>(
     }
     if let Some(port) = ctx.nb.port(key.as_str())
         && port.is_ours()
-        && uid.is_none_or(|u| port.external_ids.get(PORT_POD_UID).is_none_or(|p| p == u))
+        && uid.is_none_or(|u| identity::port_holder(&port.external_ids).is_none_or(|p| p == u))
     {
         let started = Instant::now();
         let result = ctx.nb.delete_port(key.as_str()).await;
@@ -365,7 +488,7 @@ pub async fn release_nic<N: Northbound>(
     }
     let ips: Api<IP> = Api::all(ctx.client.clone());
     if let Some(ip) = ips.get_opt(key.as_str()).await?
-        && uid.is_none_or(|u| ip.annotations().get(POD_UID).is_none_or(|p| p == u))
+        && uid.is_none_or(|u| identity::recorded_holder(ip.annotations()).is_none_or(|p| p == u))
     {
         match ips.delete(key.as_str(), &DeleteParams::default()).await {
             Ok(_) => {}
@@ -470,13 +593,11 @@ mod request_shape_tests {
     #[tokio::test]
     async fn ip_resource_is_server_side_applied_with_force() {
         let (client, mut handle) = mock();
-        let annotations = BTreeMap::new();
-        let facts = PodFacts {
+        let record = NicRecord {
             name: "web",
             namespace: "shop",
-            uid: "u-1",
-            annotations: &annotations,
-            ordinal: None,
+            pod_uid: "u-1",
+            owner: None,
         };
         let reply = json!({
             "apiVersion": "kubeovn.io/v1", "kind": "IP",
@@ -484,7 +605,7 @@ mod request_shape_tests {
         });
         let lease = lease();
         let (sent, server) = tokio::join!(
-            apply_ip(&client, &facts, &lease, Some("node1"), ""),
+            apply_ip(&client, &record, &lease, Some("node1")),
             next(&mut handle, reply)
         );
         sent.unwrap();

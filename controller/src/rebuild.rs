@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::northbound::{Northbound, ObservedPort};
 use crate::plan::SubnetNetwork;
-use crate::pod::{self, POD_UID, PORT_POD_UID};
+use crate::pod::{self, POD_UID};
 use crate::stores::Stores;
 
 /// Builds the engine from the synced caches and Northbound.
@@ -61,9 +61,7 @@ pub fn rebuild<N: Northbound>(
         let Some(lease) = lease(
             &ip.spec.subnet,
             NicKey::from(ip.name_any().as_str()),
-            ip.annotations()
-                .get(POD_UID)
-                .cloned()
+            pod::identity::recorded_holder(ip.annotations())
                 .unwrap_or_else(|| pod_uid(&ip.spec.namespace, &ip.spec.pod_name)),
             &addresses,
             &ip.spec.mac_address,
@@ -89,7 +87,7 @@ pub fn rebuild<N: Northbound>(
         if let Some(lease) = lease(
             subnet,
             pod::nic_key(&p),
-            p.uid().unwrap_or_default(),
+            pod::identity::holder_uid(&p, pod::identity::owner_of(&p, stores).as_ref()),
             addresses,
             &mac,
         ) {
@@ -124,16 +122,13 @@ fn port_lease(port: &ObservedPort, pod_uid: &impl Fn(&str, &str) -> String) -> O
         .collect::<Vec<_>>()
         .join(",");
     let uid = if port.is_ours() {
-        port.external_ids
-            .get(PORT_POD_UID)
-            .cloned()
-            .unwrap_or_else(|| {
-                let owner = port.external_ids.get(crate::northbound::ids::POD);
-                owner
-                    .and_then(|o| o.split_once('/'))
-                    .map(|(ns, name)| pod_uid(ns, name))
-                    .unwrap_or_default()
-            })
+        pod::identity::port_holder(&port.external_ids).unwrap_or_else(|| {
+            let owner = port.external_ids.get(crate::northbound::ids::POD);
+            owner
+                .and_then(|o| o.split_once('/'))
+                .map(|(ns, name)| pod_uid(ns, name))
+                .unwrap_or_default()
+        })
     } else {
         FOREIGN_PORT_OWNER.to_owned()
     };
@@ -185,9 +180,7 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
         if !orphaned || ctx.engine.lease(&lease.key) != Some(lease.clone()) {
             continue;
         }
-        if let Some(p) = &current
-            && let pod::Retention::Keep(_) = pod::retention(p, ctx)
-        {
+        if pod::keeps_identity(ctx, &lease) {
             continue;
         }
         pod::release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
@@ -284,7 +277,8 @@ mod tests {
             "0a:00:00:00:00:02 10.0.0.2 fd00::2".into(),
             false,
         );
-        spec.external_ids.insert(PORT_POD_UID.into(), "u-1".into());
+        spec.external_ids
+            .insert(crate::pod::PORT_POD_UID.into(), "u-1".into());
         let port = ObservedPort {
             name: spec.name.clone(),
             switch: spec.switch.clone(),

@@ -4,8 +4,9 @@
 //! 2. Start the watches; wait until every cache is synced and Northbound is synced with the
 //!    raft leader. Nothing is allocated before this point.
 //! 3. Rebuild the engine from IP resources, pod annotations and Northbound ports together.
-//! 4. Apply Subnets and IPPools, collect garbage once, then start the pod controller, the
-//!    release worker and periodic GC. `/readyz` turns ready.
+//! 4. Apply Subnets and IPPools, collect garbage and sweep retained identities once, then start
+//!    the pod controller, the release worker, the retention worker and periodic GC. `/readyz`
+//!    turns ready.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +69,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     });
 
     addressing::ensure_default_subnet(&client, &config).await?;
-    let (stores, triggers, watches) = stores::start(&client);
+    let (stores, triggers, watches) = stores::start(&client).await;
     for w in watches {
         tasks.spawn(w);
     }
@@ -103,9 +104,16 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     addressing::sync(&ctx, &addressing::Applied::default()).await;
     let collected = rebuild::collect_garbage(&ctx).await?;
     tracing::info!(collected, "start-up garbage collection done");
+    let released = pod::identity::sweep(&ctx).await?;
+    tracing::info!(released, "start-up retention sweep done");
 
     tasks.spawn(addressing::run(ctx.clone(), triggers.addressing));
     tasks.spawn(release_worker(ctx.clone(), triggers.deleted_pods));
+    tasks.spawn(retention_worker(
+        ctx.clone(),
+        triggers.workloads,
+        triggers.deleted_ips,
+    ));
     if let Some(period) = config.gc_interval() {
         tasks.spawn(periodic_gc(ctx.clone(), period));
     }
@@ -133,6 +141,33 @@ async fn release_worker<N: Northbound>(
             tracing::warn!(pod = ?pod.metadata.name, error = %e, "release failed; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Sweeps retained identities on every StatefulSet or VM change and periodically, and releases
+/// the identity of a workload whose IP resource a user deleted.
+async fn retention_worker<N: Northbound>(
+    ctx: Arc<Context<N>>,
+    mut workloads: futures::channel::mpsc::UnboundedReceiver<()>,
+    mut deleted_ips: futures::channel::mpsc::UnboundedReceiver<portkeeper_api::IP>,
+) {
+    let mut tick = tokio::time::interval(ctx.config.retention_interval());
+    loop {
+        tokio::select! {
+            ip = deleted_ips.next() => {
+                let Some(ip) = ip else { return };
+                if let Err(e) = pod::identity::ip_deleted(&ctx, &ip).await {
+                    tracing::warn!(error = %e, "releasing a deleted IP resource's nic failed");
+                }
+                continue;
+            }
+            w = workloads.next() => if w.is_none() { return },
+            _ = tick.tick() => {}
+        }
+        while workloads.try_recv().is_ok() {}
+        if let Err(e) = pod::identity::sweep(&ctx).await {
+            tracing::warn!(error = %e, "retention sweep failed");
         }
     }
 }

@@ -2,7 +2,12 @@
 //!
 //! Each resource is watched once. Pod events are split: applied pods trigger the pod
 //! controller, deleted pods go to the release worker; Subnet and IPPool events trigger the
-//! addressing loop. Nothing is acted on until every cache reports synced.
+//! addressing loop; StatefulSet and VirtualMachine events trigger the retention sweep, and
+//! deleted IP resources go to the retention worker. Nothing is acted on until every cache
+//! reports synced.
+//!
+//! KubeVirt is optional: VirtualMachines are watched only when the `kubevirt.io/v1` API is
+//! served at start-up.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -14,7 +19,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
+use portkeeper_api::kubevirt::VirtualMachine;
 use portkeeper_api::{IP, IPPool, Subnet};
 use serde::de::DeserializeOwned;
 
@@ -34,8 +40,10 @@ pub struct Stores {
     pub ips: Store<IP>,
     /// IPPools.
     pub pools: Store<IPPool>,
-    /// StatefulSets, for ordinals (and, later, retention).
+    /// StatefulSets, for ordinals and retention.
     pub statefulsets: Store<StatefulSet>,
+    /// VirtualMachines, for retention; `None` when KubeVirt is not installed.
+    pub virtual_machines: Option<Store<VirtualMachine>>,
 }
 
 /// What the watches hand to the workers.
@@ -46,6 +54,10 @@ pub struct Triggers {
     pub deleted_pods: UnboundedReceiver<Pod>,
     /// Subnet or IPPool changed.
     pub addressing: UnboundedReceiver<()>,
+    /// A StatefulSet or VirtualMachine changed or was deleted.
+    pub workloads: UnboundedReceiver<()>,
+    /// IP resources deleted.
+    pub deleted_ips: UnboundedReceiver<IP>,
 }
 
 /// The running watches.
@@ -53,10 +65,12 @@ pub type Watches = Vec<BoxFuture<'static, ()>>;
 
 /// Starts one watch per resource. The returned futures must be polled (spawned) for the stores
 /// to fill.
-pub fn start(client: &Client) -> (Stores, Triggers, Watches) {
+pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     let (applied_tx, applied_pods) = unbounded();
     let (deleted_tx, deleted_pods) = unbounded();
     let (addressing_tx, addressing) = unbounded();
+    let (workloads_tx, workloads) = unbounded();
+    let (deleted_ip_tx, deleted_ips) = unbounded();
     let mut watches = Watches::new();
 
     let pods = watch(
@@ -83,12 +97,26 @@ pub fn start(client: &Client) -> (Stores, Triggers, Watches) {
         notify(addressing_tx),
     );
     let namespaces = watch(Api::<Namespace>::all(client.clone()), &mut watches, |_| {});
-    let ips = watch(Api::<IP>::all(client.clone()), &mut watches, |_| {});
+    let ips = watch(Api::<IP>::all(client.clone()), &mut watches, move |event| {
+        if let watcher::Event::Delete(ip) = event {
+            let _ = deleted_ip_tx.unbounded_send(ip.clone());
+        }
+    });
     let statefulsets = watch(
         Api::<StatefulSet>::all(client.clone()),
         &mut watches,
-        |_| {},
+        notify(workloads_tx.clone()),
     );
+    let virtual_machines = if kubevirt_served(client).await {
+        Some(watch(
+            Api::<VirtualMachine>::all(client.clone()),
+            &mut watches,
+            notify(workloads_tx),
+        ))
+    } else {
+        tracing::info!("kubevirt.io/v1 VirtualMachines are not served; VM retention is off");
+        None
+    };
     (
         Stores {
             pods,
@@ -97,14 +125,30 @@ pub fn start(client: &Client) -> (Stores, Triggers, Watches) {
             ips,
             pools,
             statefulsets,
+            virtual_machines,
         },
         Triggers {
             applied_pods,
             deleted_pods,
             addressing,
+            workloads,
+            deleted_ips,
         },
         watches,
     )
+}
+
+/// Whether the API server serves `kubevirt.io/v1` VirtualMachines. Any answer but 404 counts as
+/// served, so a transient error cannot switch VM retention off (the watch then retries).
+async fn kubevirt_served(client: &Client) -> bool {
+    let api: Api<VirtualMachine> = Api::all(client.clone());
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Ok(_) | Err(_) => true,
+    }
 }
 
 /// A watch callback that pings `tx` on every change.
@@ -160,6 +204,10 @@ impl Stores {
             .await
             .map_err(dropped)?;
         metrics.synced("statefulsets");
+        if let Some(vms) = &self.virtual_machines {
+            vms.wait_until_ready().await.map_err(dropped)?;
+            metrics.synced("virtualmachines");
+        }
         Ok(())
     }
 
@@ -167,5 +215,36 @@ impl Stores {
     pub fn pod(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Pod>> {
         self.pods
             .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// A StatefulSet by namespace and name.
+    pub fn statefulset(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<StatefulSet>> {
+        self.statefulsets
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// A VirtualMachine by namespace and name (never, without KubeVirt).
+    pub fn virtual_machine(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<VirtualMachine>> {
+        self.virtual_machines
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// Pods of `namespace` (all pods when the namespace is empty) matching `keep`.
+    pub fn pods_where(
+        &self,
+        namespace: &str,
+        keep: impl Fn(&Pod) -> bool,
+    ) -> Vec<std::sync::Arc<Pod>> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| namespace.is_empty() || p.namespace().as_deref() == Some(namespace))
+            .filter(|p| keep(p))
+            .collect()
     }
 }

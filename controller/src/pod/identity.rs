@@ -1,0 +1,416 @@
+//! Whose network identity a pod carries, and the I/O around [`crate::retention::decide`]:
+//! gathering its facts from the caches, releasing what it does not keep, and the Events.
+//!
+//! A virt-launcher pod is keyed by its VM, so every launcher pod of one VM (a migration's source
+//! and target included) shares one port, one IP resource and one MAC, held in the engine under
+//! the VM's UID. A StatefulSet pod is held under its StatefulSet's UID. Any other pod is held
+//! under its own UID and releases with it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+use portkeeper_api::request::NetworkRequest;
+use portkeeper_api::{IP, kubevirt};
+use portkeeper_engine::{Lease, NicKey};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::northbound::Northbound;
+use crate::plan::{self, Catalog, Ordinal, PodFacts};
+use crate::retention::{
+    Decision, Facts, OWNER_ANNOTATION, OWNER_PORT_KEY, Observed, Owner, OwnerKind, SubnetFit,
+    decide, ordinal_of,
+};
+use crate::stores::Stores;
+
+use super::{POD_UID, PORT_POD_UID, release_nic, wants_address};
+
+/// Event reason when a departed pod's identity is kept for its workload's next pod.
+pub const REASON_KEPT: &str = "NetworkIdentityKept";
+/// Event reason when a workload's identity is released.
+pub const REASON_RELEASED: &str = "NetworkIdentityReleased";
+
+/// The VM a virt-launcher pod runs, from KubeVirt's labels.
+pub fn launcher_vm(pod: &Pod) -> Option<&str> {
+    let labels = pod.labels();
+    if labels.get(kubevirt::LABEL_APP).map(String::as_str) != Some(kubevirt::LAUNCHER_APP) {
+        return None;
+    }
+    labels
+        .get(kubevirt::LABEL_VM_NAME)
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+/// The name part of a pod's nic key, port and IP resource: the VM for launcher pods, else the
+/// pod.
+pub fn nic_name(pod: &Pod) -> String {
+    launcher_vm(pod).map_or_else(|| pod.name_any(), str::to_owned)
+}
+
+/// The workload that owns a pod's identity, when the identity outlives the pod. A launcher pod
+/// whose VM is not (yet) in the cache has none: its identity then lives as long as its pods.
+pub fn owner_of(pod: &Pod, stores: &Stores) -> Option<Owner> {
+    let namespace = pod.namespace().unwrap_or_default();
+    if let Some(vm) = launcher_vm(pod) {
+        let uid = stores.virtual_machine(&namespace, vm)?.uid()?;
+        return Some(Owner {
+            kind: OwnerKind::VirtualMachine,
+            name: vm.to_owned(),
+            uid,
+        });
+    }
+    let set = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))?;
+    ordinal_of(&pod.name_any(), &set.name)?;
+    Some(Owner {
+        kind: OwnerKind::StatefulSet,
+        name: set.name.clone(),
+        uid: set.uid.clone(),
+    })
+}
+
+/// The UID the engine holds a pod's nic under: its workload's, else (launcher pods of a VMI
+/// without a VM) the VMI's, else the pod's own.
+pub fn holder_uid(pod: &Pod, owner: Option<&Owner>) -> String {
+    if let Some(owner) = owner {
+        return owner.uid.clone();
+    }
+    launcher_vm(pod)
+        .and_then(|_| {
+            pod.owner_references()
+                .iter()
+                .find(|o| o.kind == "VirtualMachineInstance")
+                .map(|o| o.uid.clone())
+        })
+        .or_else(|| pod.uid())
+        .unwrap_or_default()
+}
+
+/// The holder an IP resource records: its owner's UID, else its pod's.
+pub fn recorded_holder(annotations: &BTreeMap<String, String>) -> Option<String> {
+    annotations
+        .get(OWNER_ANNOTATION)
+        .and_then(|o| Owner::parse(o))
+        .map(|o| o.uid)
+        .or_else(|| annotations.get(POD_UID).cloned())
+}
+
+/// The holder a port records in its `external_ids`: its owner's UID, else its pod's.
+pub fn port_holder(external_ids: &BTreeMap<String, String>) -> Option<String> {
+    external_ids
+        .get(OWNER_PORT_KEY)
+        .and_then(|o| Owner::parse(o))
+        .map(|o| o.uid)
+        .or_else(|| external_ids.get(PORT_POD_UID).cloned())
+}
+
+/// The workload a nic's IP resource (or, without one, its port) records.
+pub fn recorded_owner<N: Northbound>(ctx: &Context<N>, key: &NicKey) -> Option<Owner> {
+    let from_ip = ctx
+        .stores
+        .ips
+        .get(&kube::runtime::reflector::ObjectRef::new(key.as_str()))
+        .and_then(|ip| ip.annotations().get(OWNER_ANNOTATION).cloned());
+    let from_port = || {
+        ctx.nb
+            .port(key.as_str())
+            .filter(|p| p.is_ours())
+            .and_then(|p| p.external_ids.get(OWNER_PORT_KEY).cloned())
+    };
+    Owner::parse(&from_ip.or_else(from_port)?)
+}
+
+/// Whether something still keeps `lease`: a workload recorded as its owner (the retention sweep
+/// decides those) or a live pod of its key. Garbage collection leaves such nics alone.
+pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
+    recorded_owner(ctx, &lease.key).is_some_and(|o| o.uid == lease.uid)
+        || live_holder(&ctx.stores, &lease.key, "").is_some()
+}
+
+/// A live pod (other than `except`) whose nic is `key`: the pod of that name, or a launcher pod
+/// of the VM of that name.
+pub fn live_holder(stores: &Stores, key: &NicKey, except: &str) -> Option<String> {
+    let (name, namespace) = key.as_str().rsplit_once('.')?;
+    let live = |p: &Pod| p.name_any() != except && wants_address(p) && super::nic_key(p) == *key;
+    if let Some(p) = stores.pod(namespace, name) {
+        return live(&p).then(|| p.name_any());
+    }
+    stores
+        .pods_where(namespace, |p| launcher_vm(p) == Some(name) && live(p))
+        .first()
+        .map(|p| p.name_any())
+}
+
+/// What the caches say of `owner` now.
+fn observe(stores: &Stores, namespace: &str, owner: &Owner) -> Observed {
+    let seen = |meta: &kube::api::ObjectMeta| match (&meta.uid, &meta.deletion_timestamp) {
+        (_, Some(_)) => Some(Observed::Gone),
+        (Some(uid), None) if *uid != owner.uid => Some(Observed::Recreated),
+        _ => None,
+    };
+    match owner.kind {
+        OwnerKind::StatefulSet => {
+            let Some(set) = stores.statefulset(namespace, &owner.name) else {
+                return Observed::Gone;
+            };
+            seen(&set.metadata).unwrap_or_else(|| {
+                let spec = set.spec.as_ref();
+                Observed::StatefulSet {
+                    start: statefulset_start(Some(&set)),
+                    replicas: spec.and_then(|s| s.replicas).map_or(1, |r| r.max(0) as u64),
+                }
+            })
+        }
+        OwnerKind::VirtualMachine => match stores.virtual_machine(namespace, &owner.name) {
+            None => Observed::Gone,
+            Some(vm) => seen(&vm.metadata).unwrap_or(Observed::VirtualMachine),
+        },
+    }
+}
+
+/// `spec.ordinals.start` of a StatefulSet (0 when unset or unknown).
+pub fn statefulset_start(set: Option<&k8s_openapi::api::apps::v1::StatefulSet>) -> u64 {
+    set.and_then(|s| s.spec.as_ref()?.ordinals.as_ref()?.start)
+        .map_or(0, |s| s.max(0) as u64)
+}
+
+/// The annotations the owner's next pod will carry: the StatefulSet's pod template or the VM's
+/// VMI template.
+fn template_annotations(
+    stores: &Stores,
+    namespace: &str,
+    owner: &Owner,
+) -> BTreeMap<String, String> {
+    match owner.kind {
+        OwnerKind::StatefulSet => stores.statefulset(namespace, &owner.name).and_then(|s| {
+            s.spec
+                .as_ref()?
+                .template
+                .metadata
+                .as_ref()?
+                .annotations
+                .clone()
+        }),
+        OwnerKind::VirtualMachine => {
+            stores
+                .virtual_machine(namespace, &owner.name)
+                .and_then(|vm| {
+                    Some(
+                        vm.spec
+                            .template
+                            .as_ref()?
+                            .metadata
+                            .as_ref()?
+                            .annotations
+                            .clone(),
+                    )
+                })
+        }
+    }
+    .unwrap_or_default()
+}
+
+/// Whether `lease` still fits what the owner's next pod would ask for. An unreadable request
+/// (bad template annotation, unknown subnet) decides nothing: the pod gets its Event when it
+/// comes, and the identity is kept meanwhile.
+fn fit<N: Northbound>(
+    ctx: &Context<N>,
+    namespace: &str,
+    owner: &Owner,
+    ordinal: Option<u64>,
+    lease: &Lease,
+) -> SubnetFit {
+    let annotations = template_annotations(&ctx.stores, namespace, owner);
+    let Ok(request) = NetworkRequest::from_annotations(&ctx.keys, &annotations) else {
+        return SubnetFit::Fits;
+    };
+    let subnets = ctx.stores.subnets.state();
+    let pools = ctx.stores.pools.state();
+    let catalog = Catalog {
+        subnets: &subnets,
+        pools: &pools,
+        default_subnet: &ctx.config.default_ls,
+    };
+    let start = statefulset_start(ctx.stores.statefulset(namespace, &owner.name).as_deref());
+    let facts = PodFacts {
+        name: lease.key.as_str(),
+        namespace,
+        uid: &owner.uid,
+        annotations: &annotations,
+        ordinal: ordinal.map(|ordinal| Ordinal { ordinal, start }),
+    };
+    let room = |s: &str| s == lease.subnet || super::has_room(ctx, s);
+    match plan::choose_target(&request, &facts, &catalog, room) {
+        Err(_) => SubnetFit::Fits,
+        Ok(t) if t.subnet != lease.subnet => SubnetFit::Moved { to: t.subnet },
+        Ok(_) => {
+            let stranded = ctx
+                .engine
+                .stranded(&lease.subnet)
+                .map_or(true, |s| s.iter().any(|x| x.key == lease.key));
+            if stranded {
+                SubnetFit::Outside
+            } else {
+                SubnetFit::Fits
+            }
+        }
+    }
+}
+
+/// Decides whether the nic `key`, held by `lease` for `owner`, is kept; `except` is a pod that
+/// does not count as a live holder (the one departing or asking).
+pub fn decide_nic<N: Northbound>(
+    ctx: &Context<N>,
+    lease: &Lease,
+    owner: &Owner,
+    except: &str,
+) -> Decision {
+    let (name, namespace) = lease.key.as_str().rsplit_once('.').unwrap_or_default();
+    let live = live_holder(&ctx.stores, &lease.key, except);
+    let ordinal = match owner.kind {
+        OwnerKind::StatefulSet => ordinal_of(name, &owner.name),
+        OwnerKind::VirtualMachine => None,
+    };
+    decide(&Facts {
+        owner,
+        ordinal,
+        observed: observe(&ctx.stores, namespace, owner),
+        fit: fit(ctx, namespace, owner, ordinal, lease),
+        live_pod: live.as_deref(),
+    })
+}
+
+/// A reference to the owner, for Events once its pod is gone.
+fn owner_reference(owner: &Owner, namespace: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(owner.kind.api_version().to_owned()),
+        kind: Some(owner.kind.as_str().to_owned()),
+        name: Some(owner.name.clone()),
+        namespace: Some(namespace.to_owned()),
+        uid: Some(owner.uid.clone()),
+        ..Default::default()
+    }
+}
+
+/// Publishes the decision as an Event: on `pod` when there is one, else on the owner.
+pub async fn announce<N: Northbound>(
+    ctx: &Context<N>,
+    lease: &Lease,
+    owner: &Owner,
+    decision: &Decision,
+    pod: Option<&Pod>,
+) {
+    let namespace = lease.key.as_str().rsplit_once('.').map_or("", |(_, ns)| ns);
+    let reference = pod.map_or_else(|| owner_reference(owner, namespace), |p| p.object_ref(&()));
+    let addresses = format!(
+        "{} ({}, MAC {})",
+        lease.key,
+        plan::ip_address_value(lease),
+        lease.mac.map(|m| m.to_string()).unwrap_or_default()
+    );
+    let (reason, note) = match decision {
+        Decision::Keep(why) => (REASON_KEPT, format!("kept {addresses}: {why}")),
+        Decision::Release(why) => (REASON_RELEASED, format!("released {addresses}: {why}")),
+    };
+    tracing::info!(nic = %lease.key, %owner, %note, "retention");
+    ctx.note(&reference, reason, "Retain", note).await;
+}
+
+/// Decides `lease` for `owner` and acts: releases what is not kept. Callers hold the nic's
+/// lock. Returns whether it released.
+pub async fn settle<N: Northbound>(
+    ctx: &Context<N>,
+    lease: &Lease,
+    owner: &Owner,
+    except: &str,
+    pod: Option<&Pod>,
+) -> Result<bool, Error> {
+    let decision = decide_nic(ctx, lease, owner, except);
+    let release = !decision.keeps();
+    if release {
+        release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
+    }
+    announce(ctx, lease, owner, &decision, pod).await;
+    Ok(release)
+}
+
+/// Every workload-owned nic that no live pod holds is decided again; those whose owner is gone,
+/// recreated or scaled below them, or whose subnet moved, are released. Runs at start, on every
+/// StatefulSet or VM change and periodically, so it never depends on a pod's delete event.
+pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
+    let mut owned: BTreeMap<String, Owner> = BTreeMap::new();
+    for ip in ctx.stores.ips.state() {
+        if let Some(owner) = ip
+            .annotations()
+            .get(OWNER_ANNOTATION)
+            .and_then(|o| Owner::parse(o))
+        {
+            owned.insert(ip.name_any(), owner);
+        }
+    }
+    for port in ctx.nb.ports() {
+        if let Some(owner) = port
+            .external_ids
+            .get(OWNER_PORT_KEY)
+            .and_then(|o| Owner::parse(o))
+            && port.is_ours()
+        {
+            owned.entry(port.name.clone()).or_insert(owner);
+        }
+    }
+    let mut released = 0;
+    for (name, owner) in owned {
+        let key = NicKey::from(name.as_str());
+        let _guard = ctx.locks.lock(key.as_str()).await;
+        let Some(lease) = ctx.engine.lease(&key).filter(|l| l.uid == owner.uid) else {
+            continue;
+        };
+        let decision = decide_nic(ctx, &lease, &owner, "");
+        if decision.keeps() {
+            continue;
+        }
+        release_nic(ctx, &key, Some(&lease.uid)).await?;
+        let (pod_name, namespace) = name.rsplit_once('.').unwrap_or_default();
+        let pod = ctx.stores.pod(namespace, pod_name);
+        announce(ctx, &lease, &owner, &decision, pod.as_deref()).await;
+        released += 1;
+    }
+    Ok(released)
+}
+
+/// A workload-owned IP resource was deleted. If no live pod holds the nic, the user asked for a
+/// fresh address (Kube-OVN's "delete the IP while the VM is stopped"): release port and binding.
+pub async fn ip_deleted<N: Northbound>(ctx: &Context<N>, ip: &IP) -> Result<(), Error> {
+    let Some(owner) = ip
+        .annotations()
+        .get(OWNER_ANNOTATION)
+        .and_then(|o| Owner::parse(o))
+    else {
+        return Ok(());
+    };
+    let key = NicKey::from(ip.name_any().as_str());
+    let _guard = ctx.locks.lock(key.as_str()).await;
+    let Some(lease) = ctx.engine.lease(&key).filter(|l| l.uid == owner.uid) else {
+        return Ok(());
+    };
+    if live_holder(&ctx.stores, &key, "").is_some() {
+        return Ok(());
+    }
+    let api: Api<IP> = Api::all(ctx.client.clone());
+    if api.get_opt(key.as_str()).await?.is_some() {
+        return Ok(());
+    }
+    release_nic(ctx, &key, Some(&lease.uid)).await?;
+    let decision = Decision::Release(format!(
+        "its IP resource was deleted while no pod of {} {} ran",
+        owner.kind.as_str(),
+        owner.name
+    ));
+    announce(ctx, &lease, &owner, &decision, None).await;
+    Ok(())
+}
