@@ -1,4 +1,5 @@
-//! Renders the CRD YAML committed under `yamls/` from the Rust types.
+//! Renders the committed CRD YAML from the Rust types: the `kubeovn.io` CRDs portkeeper serves
+//! (`yamls/`) and the KubeVirt CRDs the local test cluster needs (`kind-e2e/crds/`).
 //!
 //! `cargo run -p portkeeper-api --bin crdgen` rewrites the files; the `crd_drift` test fails when
 //! the committed files differ from what the types produce.
@@ -12,8 +13,9 @@ use crate::{IP, IPPool, Subnet};
 
 /// Path (relative to the repository root) of the kubeovn.io CRDs portkeeper serves.
 pub const KUBEOVN_CRDS_PATH: &str = "yamls/crds.yaml";
-/// Path (relative to the repository root) of the KubeVirt CRDs used only by the local test cluster.
-pub const KUBEVIRT_TEST_CRDS_PATH: &str = "yamls/testing/kubevirt-crds.yaml";
+/// Path (relative to the repository root) of the KubeVirt CRDs used only by the local test
+/// cluster; a real cluster gets them from KubeVirt itself.
+pub const KUBEVIRT_TEST_CRDS_PATH: &str = "kind-e2e/crds/kubevirt.yaml";
 /// The command that regenerates both files, printed when they drift.
 pub const REGENERATE_COMMAND: &str = "cargo run -p portkeeper-api --bin crdgen";
 
