@@ -261,3 +261,25 @@ pub async fn events(client: &Client, namespace: &str, name: &str) -> Vec<(String
         })
         .collect()
 }
+
+/// The KubeVirt CRDs for the local cluster (`kind-e2e/crds/kubevirt.yaml`), so a test can play
+/// virt-controller with VirtualMachine, VirtualMachineInstance and migration objects.
+pub fn kubevirt_crds() -> PathBuf {
+    repo_root().join("kind-e2e/crds/kubevirt.yaml")
+}
+
+/// The namespaced `kubevirt.io/v1` API of `kind` (`VirtualMachine`, `VirtualMachineInstance`,
+/// `VirtualMachineInstanceMigration`), untyped: tests write KubeVirt's objects as JSON.
+pub fn kubevirt_api(client: &Client, namespace: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource {
+            group: "kubevirt.io".into(),
+            version: "v1".into(),
+            api_version: "kubevirt.io/v1".into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_lowercase()),
+        },
+    )
+}
