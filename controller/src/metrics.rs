@@ -41,6 +41,8 @@ pub struct Metrics {
     pub startup_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Objects deleted by garbage collection, by kind.
     pub garbage_collected: Family<ReasonLabel, Counter>,
+    /// Live-migration option changes written to VM ports, by Event reason.
+    pub migration_options: Family<ReasonLabel, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -60,6 +62,7 @@ impl Metrics {
             cache_synced: Family::default(),
             startup_seconds: Gauge::default(),
             garbage_collected: Family::default(),
+            migration_options: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("portkeeper");
         r.register("allocations", "Nics allocated", m.allocations.clone());
@@ -99,7 +102,21 @@ impl Metrics {
             "Objects removed by garbage collection",
             m.garbage_collected.clone(),
         );
+        r.register(
+            "migration_options_written",
+            "Live-migration option changes written to VM ports, by Event reason",
+            m.migration_options.clone(),
+        );
         m
+    }
+
+    /// Counts one write of a VM port's live-migration options.
+    pub fn migration_options_written(&self, reason: &str) {
+        self.migration_options
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a rejection.

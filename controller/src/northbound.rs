@@ -133,6 +133,15 @@ pub trait Northbound: Send + Sync + 'static {
     fn upsert_port(&self, spec: &PortSpec) -> impl Future<Output = Result<(), NbError>> + Send;
     /// Deletes a port if it exists.
     fn delete_port(&self, name: &str) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Sets and removes single keys of a port's `options`, leaving every other key as it is
+    /// (live migration owns `requested-chassis` and `activation-strategy`). A missing port is
+    /// left missing.
+    fn update_port_options(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> impl Future<Output = Result<(), NbError>> + Send;
 }
 
 /// The desired port of a nic.
@@ -226,6 +235,18 @@ pub mod memory {
         }
         async fn delete_port(&self, name: &str) -> Result<(), NbError> {
             self.ports.lock().remove(name);
+            Ok(())
+        }
+        async fn update_port_options(
+            &self,
+            name: &str,
+            set: &BTreeMap<String, String>,
+            remove: &[String],
+        ) -> Result<(), NbError> {
+            if let Some(port) = self.ports.lock().get_mut(name) {
+                port.options.retain(|k, _| !remove.contains(k));
+                port.options.extend(set.clone());
+            }
             Ok(())
         }
     }

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use ovsdb_client::cache::CacheView;
 use ovsdb_client::client::Client;
-use ovsdb_client::datum::Uuid;
+use ovsdb_client::datum::{Uuid, Value};
 use ovsdb_client::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
     add_switch_port, remove_switch_port,
 };
-use ovsdb_client::operation::{Condition, Insert, Operation, Update, Wait};
+use ovsdb_client::operation::{Condition, Insert, Mutate, Mutation, Operation, Update, Wait};
 use ovsdb_client::row::Row;
 use ovsdb_client::table::Table;
 use ovsdb_client::transaction::{wait_absent, wait_unchanged};
@@ -370,5 +370,26 @@ impl Northbound for OvnNorthbound {
             }
         })
         .await
+    }
+
+    async fn update_port_options(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), NbError> {
+        // Delete-then-insert in one mutate: `insert` never replaces an existing key, and a
+        // replay after a lost reply writes the same result.
+        let replaced = remove.iter().chain(set.keys()).map(String::as_str);
+        let op: Operation = Mutate::new(LogicalSwitchPort::TABLE)
+            .filter(Condition::eq("name", name))
+            .mutation(Mutation::delete("options", Value::set(replaced)))
+            .mutation(Mutation::insert(
+                "options",
+                Value::map(set.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            ))
+            .into();
+        self.write("update_port_options", |_| vec![op.clone()])
+            .await
     }
 }

@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::migration;
 use crate::northbound::Northbound;
 use crate::pod;
 use crate::rebuild;
@@ -109,6 +110,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
 
     tasks.spawn(addressing::run(ctx.clone(), triggers.addressing));
     tasks.spawn(release_worker(ctx.clone(), triggers.deleted_pods));
+    tasks.spawn(migration::run(ctx.clone()));
     tasks.spawn(retention_worker(
         ctx.clone(),
         triggers.workloads,
