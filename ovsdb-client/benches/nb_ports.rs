@@ -363,21 +363,29 @@ fn client(
         let slots = Arc::new(Semaphore::new(window));
         let (server0, client0) = (fixture.server().cpu_time(), rusage_cpu(libc::RUSAGE_SELF));
         let start = Instant::now();
-        let mut tasks = JoinSet::new();
-        for port in wanted {
-            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        // The driver runs as a task on the runtime, as a controller's reconcilers do,
+        // not on the thread blocked in `block_on`.
+        let driver = {
             let client = client.clone();
-            tasks.spawn(async move {
-                client
-                    .transact(&add_switch_port(switch, &port, None))
-                    .await
-                    .expect("port committed");
-                drop(permit);
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.expect("task");
-        }
+            tokio::spawn(async move {
+                let mut tasks = JoinSet::new();
+                for port in wanted {
+                    let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                    let client = client.clone();
+                    tasks.spawn(async move {
+                        client
+                            .transact(&add_switch_port(switch, &port, None))
+                            .await
+                            .expect("port committed");
+                        drop(permit);
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.expect("task");
+                }
+            })
+        };
+        driver.await.expect("driver");
         let wall = start.elapsed();
         let (server1, client1) = (fixture.server().cpu_time(), rusage_cpu(libc::RUSAGE_SELF));
         assert_eq!(fixture.port_count(), ports);

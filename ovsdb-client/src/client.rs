@@ -299,6 +299,7 @@ impl From<CallError> for Error {
     fn from(e: CallError) -> Self {
         match e {
             CallError::Rpc(e) => Error::Rpc(e),
+            CallError::Json(e) => Error::Protocol(e),
             CallError::ConnectionLost { sent, reason } => Error::ConnectionLost {
                 may_have_committed: sent,
                 reason: reason.to_string(),

@@ -4,8 +4,14 @@
 //! completes pending calls by id and hands notifications to a handler *inline*, in
 //! arrival order. Because ovsdb-server sends a monitor update before the reply to
 //! the `transact` that caused it, a caller whose call completes already sees its
-//! effect in anything the handler maintains (the cache). A writer task batches
-//! queued requests into few writes, so many calls can be in flight at once.
+//! effect in anything the handler maintains (the cache).
+//!
+//! The hot path allocates little: a caller serializes its request straight into the
+//! shared outgoing buffer (no JSON tree, no per-message `Vec`), and the writer task
+//! takes the whole buffer and writes it in one go per wakeup, so many calls can be
+//! in flight at once and a burst costs few system calls. The reader only parses
+//! each message's envelope; a result reaches its caller as unparsed JSON text and a
+//! notification reaches the handler borrowed from the read buffer.
 //!
 //! The connection never reconnects: when it ends, every pending call fails with
 //! [`CallError::ConnectionLost`] and [`Connection::closed`] resolves. Reconnecting
@@ -19,20 +25,22 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
+use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, trace, warn};
 
 use crate::framing::{FrameError, JsonFramer};
-use crate::jsonrpc::{self, Message, Notification, RpcError};
+use crate::jsonrpc::{self, RawMessage, RawNotification, RpcError};
 use crate::transport::{Remote, Stream};
 
 /// Receives every notification, in arrival order, on the reader task. It must not
 /// block. Returning an error closes the connection (e.g. the cache became
 /// inconsistent and must be rebuilt from a fresh monitor).
-pub type NotificationHandler = Arc<dyn Fn(Notification) -> Result<(), String> + Send + Sync>;
+pub type NotificationHandler = Arc<dyn Fn(RawNotification<'_>) -> Result<(), String> + Send + Sync>;
 
 /// Why a call did not produce a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,6 +48,10 @@ pub enum CallError {
     /// The server answered with a JSON-RPC error.
     #[error("server error: {0}")]
     Rpc(#[from] RpcError),
+    /// The request's parameters could not be serialized, or the reply's result
+    /// could not be decoded; nothing was sent in the first case.
+    #[error("JSON: {0}")]
+    Json(String),
     /// The connection ended before the reply arrived. When `sent` is true the
     /// server may have received and executed the request.
     #[error("connection lost ({reason}); request {}", if *sent { "may have been executed" } else { "was not sent" })]
@@ -90,7 +102,7 @@ impl fmt::Display for CloseReason {
     }
 }
 
-type Reply = oneshot::Sender<Result<Value, CallError>>;
+type Reply = oneshot::Sender<Result<Box<RawValue>, CallError>>;
 
 struct Pending {
     calls: HashMap<u64, Reply>,
@@ -101,9 +113,27 @@ struct Shared {
     pending: Mutex<Pending>,
     cancel: CancellationToken,
     next_id: AtomicU64,
+    /// Encoded messages not yet taken by the writer task.
+    outbox: Mutex<Vec<u8>>,
+    /// Wakes the writer task when the outbox gains bytes.
+    wake_writer: Notify,
 }
 
 impl Shared {
+    /// Appends one message to the outbox with `encode` and wakes the writer.
+    fn send<E>(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let was_empty = {
+            let mut outbox = self.outbox.lock();
+            let was_empty = outbox.is_empty();
+            encode(&mut outbox)?;
+            was_empty
+        };
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
+        Ok(())
+    }
+
     /// Ends the connection once: records the reason and fails every pending call.
     fn close(&self, reason: CloseReason) {
         let calls = {
@@ -148,7 +178,6 @@ impl Default for ConnectionOptions {
 pub struct Connection {
     remote: Remote,
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 impl fmt::Debug for Connection {
@@ -174,19 +203,14 @@ impl Connection {
             }),
             cancel: CancellationToken::new(),
             next_id: AtomicU64::new(1),
+            outbox: Mutex::new(Vec::with_capacity(OUTBOX_CAPACITY)),
+            wake_writer: Notify::new(),
         });
         let (read, write) = tokio::io::split(stream);
-        let (outgoing, queue) = mpsc::unbounded_channel();
         let span = tracing::debug_span!("ovsdb_connection", remote = %remote);
-        tokio::spawn(write_loop(write, queue, shared.clone()).instrument(span.clone()));
-        tokio::spawn(
-            read_loop(read, options, handler, shared.clone(), outgoing.clone()).instrument(span),
-        );
-        Self {
-            remote,
-            shared,
-            outgoing,
-        }
+        tokio::spawn(write_loop(write, shared.clone()).instrument(span.clone()));
+        tokio::spawn(read_loop(read, options, handler, shared.clone()).instrument(span));
+        Self { remote, shared }
     }
 
     /// The server this connection talks to.
@@ -195,7 +219,22 @@ impl Connection {
     }
 
     /// Sends a request and waits for its reply. Many calls may be in flight at once.
-    pub async fn call(&self, method: &str, params: &Value) -> Result<Value, CallError> {
+    pub async fn call<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<Value, CallError> {
+        let raw = self.call_raw(method, params).await?;
+        serde_json::from_str(raw.get()).map_err(|e| CallError::Json(e.to_string()))
+    }
+
+    /// Like [`Connection::call`], but returns the result as unparsed JSON text, for
+    /// callers that decode it straight into their own types.
+    pub async fn call_raw<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<Box<RawValue>, CallError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -209,19 +248,12 @@ impl Connection {
             pending.calls.insert(id, reply);
         }
         trace!(id, method, "request");
-        if self
-            .outgoing
-            .send(jsonrpc::encode_request(id, method, params))
-            .is_err()
-        {
+        let encoded = self
+            .shared
+            .send(|out| jsonrpc::encode_request_into(out, id, method, params));
+        if let Err(e) = encoded {
             self.shared.pending.lock().calls.remove(&id);
-            let reason = self
-                .close_reason()
-                .unwrap_or_else(|| CloseReason::Requested("writer stopped".into()));
-            return Err(CallError::ConnectionLost {
-                sent: false,
-                reason,
-            });
+            return Err(CallError::Json(e.to_string()));
         }
         match answer.await {
             Ok(result) => result,
@@ -264,39 +296,37 @@ impl Drop for Connection {
     }
 }
 
-async fn write_loop(
-    write: WriteHalf<Stream>,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    shared: Arc<Shared>,
-) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, write);
+/// Initial and retained capacity of the outgoing buffers.
+const OUTBOX_CAPACITY: usize = 64 * 1024;
+
+async fn write_loop(mut write: WriteHalf<Stream>, shared: Arc<Shared>) {
+    let mut batch = Vec::with_capacity(OUTBOX_CAPACITY);
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            next = queue.recv() => match next {
-                Some(bytes) => bytes,
-                None => break,
-            },
+            _ = shared.wake_writer.notified() => {}
+        }
+        // Everything queued since the last wakeup goes out in one write.
+        std::mem::swap(&mut *shared.outbox.lock(), &mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let written = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            written = write.write_all(&batch) => written,
         };
-        let mut result = writer.write_all(&first).await;
-        // Coalesce everything already queued into the same flush.
-        while result.is_ok() {
-            match queue.try_recv() {
-                Ok(bytes) => result = writer.write_all(&bytes).await,
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = result {
+        if let Err(e) = written {
             shared.close(CloseReason::Io(e.to_string()));
             break;
         }
-        if let Err(e) = writer.flush().await {
-            shared.close(CloseReason::Io(e.to_string()));
-            break;
+        batch.clear();
+        if batch.capacity() > 16 * OUTBOX_CAPACITY {
+            batch.shrink_to(OUTBOX_CAPACITY);
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = write.shutdown().await;
 }
 
 async fn read_loop(
@@ -304,7 +334,6 @@ async fn read_loop(
     options: ConnectionOptions,
     handler: NotificationHandler,
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<Vec<u8>>,
 ) {
     let mut framer = JsonFramer::new(options.max_message_size);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -324,15 +353,10 @@ async fn read_loop(
                 }
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 debug!(id, "idle; sending inactivity probe");
-                if outgoing
-                    .send(jsonrpc::encode_request(
-                        id,
-                        "echo",
-                        &Value::Array(Vec::new()),
-                    ))
-                    .is_err()
-                {
-                    return;
+                let probe =
+                    shared.send(|out| jsonrpc::encode_request_into(out, id, "echo", &[(); 0]));
+                if let Err(e) = probe {
+                    break CloseReason::Io(e.to_string());
                 }
                 probe_outstanding = true;
                 continue;
@@ -347,11 +371,11 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(e) => break 'read CloseReason::Frame(e),
             };
-            let message = match Message::decode(&frame) {
+            let message = match RawMessage::decode(&frame) {
                 Ok(message) => message,
                 Err(e) => break 'read CloseReason::Decode(e.to_string()),
             };
-            if let Err(reason) = dispatch(message, &handler, &shared, &outgoing) {
+            if let Err(reason) = dispatch(message, &handler, &shared) {
                 break 'read reason;
             }
         }
@@ -373,36 +397,40 @@ async fn maybe_timeout<F: std::future::Future>(
 }
 
 fn dispatch(
-    message: Message,
+    message: RawMessage<'_>,
     handler: &NotificationHandler,
     shared: &Shared,
-    outgoing: &mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<(), CloseReason> {
     match message {
-        Message::Response {
+        RawMessage::Response {
             id: Some(id),
             result,
         } => {
             let reply = shared.pending.lock().calls.remove(&id);
             match reply {
                 Some(reply) => {
-                    let _ = reply.send(result.map_err(CallError::Rpc));
+                    let _ = reply.send(result.map(RawValue::to_owned).map_err(CallError::Rpc));
                 }
                 None => trace!(id, "reply to a call nobody waits for (probe or abandoned)"),
             }
         }
-        Message::Response { id: None, .. } => debug!("ignoring reply with an id we never issue"),
-        Message::Request { id, method, .. } if method == "echo" => {
+        RawMessage::Response { id: None, .. } => debug!("ignoring reply with an id we never issue"),
+        RawMessage::Request { id, method } if method == "echo" => {
             trace!("answering server echo");
-            let _ = outgoing.send(jsonrpc::encode_reply(&id, &Value::Array(Vec::new())));
+            let _ = shared.send(|out| {
+                jsonrpc::encode_raw_reply(out, id, "[]", "null");
+                Ok::<_, ()>(())
+            });
         }
-        Message::Request { id, method, .. } => {
-            debug!(method, "server request we do not implement");
-            let error = serde_json::json!({"id": id, "result": null, "error": "unknown method"});
-            let _ = outgoing.send(error.to_string().into_bytes());
+        RawMessage::Request { id, method } => {
+            debug!(%method, "server request we do not implement");
+            let _ = shared.send(|out| {
+                jsonrpc::encode_raw_reply(out, id, "null", "\"unknown method\"");
+                Ok::<_, ()>(())
+            });
         }
-        Message::Notification(notification) => {
-            trace!(method = notification.method, "notification");
+        RawMessage::Notification(notification) => {
+            trace!(method = %notification.method, "notification");
             handler(notification).map_err(CloseReason::Handler)?;
         }
     }
@@ -496,7 +524,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let handler: NotificationHandler = Arc::new(move |n| {
-            log.lock().push(n.method);
+            log.lock().push(n.method.into_owned());
             Ok(())
         });
         let (conn, mut server, _dir) = pair(ConnectionOptions::default(), handler).await;

@@ -629,8 +629,12 @@ impl Value {
             *self = diff;
             return Ok(());
         }
-        let current = std::mem::replace(self, Value::empty_set());
-        match (current.coerce(ty)?, diff) {
+        let current = match (std::mem::replace(self, Value::empty_set()), &ty.value) {
+            // The cache holds canonical values: skip a pass over a large set.
+            (current @ Value::Map(_), Some(_)) | (current @ Value::Set(_), None) => current,
+            (current, _) => current.coerce(ty)?,
+        };
+        match (current, diff) {
             (Value::Map(mut map), Value::Map(d)) => {
                 for (k, v) in d {
                     match map.get(&k) {
@@ -724,7 +728,10 @@ impl Serialize for Atom {
             Self::Real(r) => s.serialize_f64(*r),
             Self::Boolean(b) => s.serialize_bool(*b),
             Self::String(v) => s.serialize_str(v),
-            Self::Uuid(u) => (&"uuid", &u.hyphenated().to_string()).serialize(s),
+            Self::Uuid(u) => {
+                let mut text = Uuid::encode_buffer();
+                ("uuid", &*u.hyphenated().encode_lower(&mut text)).serialize(s)
+            }
             Self::NamedUuid(n) => (&"named-uuid", &**n).serialize(s),
         }
     }

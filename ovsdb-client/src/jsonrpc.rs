@@ -5,8 +5,11 @@
 //! string, an object or (for `convert`) a one-element array in `error`, and omit
 //! `result`; all three decode to [`RpcError`].
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// A decoded message from the server.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,30 +102,68 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-/// The members of any JSON-RPC message; decoding into it avoids building a map
-/// for the envelope. `result` keeps `null` apart from absent.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    id: Value,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    params: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    result: Option<Value>,
-    #[serde(default)]
-    error: Value,
+/// A message borrowed from its frame: the parts the connection only routes
+/// (results, notification parameters, echo ids) stay unparsed JSON text, so the
+/// caller that needs them decodes them once, into its own types.
+#[derive(Debug, Clone)]
+pub enum RawMessage<'a> {
+    /// A request the server expects an answer to.
+    Request {
+        /// The id to answer with, unchanged.
+        id: &'a RawValue,
+        /// The method name.
+        method: Cow<'a, str>,
+    },
+    /// A notification.
+    Notification(RawNotification<'a>),
+    /// The reply to one of our requests.
+    Response {
+        /// Our request id; `None` when the server sent an id we never issue.
+        id: Option<u64>,
+        /// The result text, or the error the server returned.
+        result: Result<&'a RawValue, RpcError>,
+    },
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+/// A notification borrowed from its frame.
+#[derive(Debug, Clone)]
+pub struct RawNotification<'a> {
+    /// `update`, `update2`, `update3`, `locked`, `stolen` or `monitor_canceled`.
+    pub method: Cow<'a, str>,
+    /// The parameters, as JSON text (an empty array when the server sent none).
+    pub params: &'a RawValue,
+}
+
+/// The members of any JSON-RPC message, borrowed. `result` keeps `null` apart from
+/// absent.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     serde::Deserialize::deserialize(d).map(Some)
 }
 
-impl Message {
-    /// Decodes one framed message.
-    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
-        let envelope: Envelope = serde_json::from_slice(frame).map_err(|e| {
+const EMPTY_PARAMS: &str = "[]";
+
+fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|r| r.get() == "null")
+}
+
+impl<'a> RawMessage<'a> {
+    /// Decodes the envelope of one framed message, leaving its payload unparsed.
+    pub fn decode(frame: &'a [u8]) -> Result<Self, DecodeError> {
+        let envelope: Envelope<'a> = serde_json::from_slice(frame).map_err(|e| {
             if e.is_data() {
                 DecodeError::Malformed("members of the wrong type, or not an object")
             } else {
@@ -137,39 +178,89 @@ impl Message {
             error,
         } = envelope;
         if let Some(method) = method {
-            let params = params.unwrap_or(Value::Array(Vec::new()));
-            return Ok(if id.is_null() {
-                Message::Notification(Notification { method, params })
-            } else {
-                Message::Request { id, method, params }
+            let params = params.unwrap_or_else(|| {
+                serde_json::from_str(EMPTY_PARAMS).expect("an empty array is JSON")
+            });
+            return Ok(match id.filter(|id| id.get() != "null") {
+                None => RawMessage::Notification(RawNotification { method, params }),
+                Some(id) => RawMessage::Request { id, method },
             });
         }
-        let result = if error.is_null() {
+        let result = if is_null(error) {
             Ok(result.ok_or(DecodeError::Malformed("reply has neither result nor error"))?)
         } else {
+            let error = error.map(RawValue::get).unwrap_or("null");
+            let error: Value =
+                serde_json::from_str(error).map_err(|e| DecodeError::Json(e.to_string()))?;
             Err(RpcError::from_value(error))
         };
-        if id.is_null() {
+        if is_null(id) {
             return Err(DecodeError::Malformed("reply without an id"));
         }
-        Ok(Message::Response {
-            id: id.as_u64(),
+        Ok(RawMessage::Response {
+            id: id.and_then(|id| id.get().parse().ok()),
             result,
         })
     }
 }
 
+impl Message {
+    /// Decodes one framed message, payloads included.
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        let parse = |raw: &RawValue| {
+            serde_json::from_str::<Value>(raw.get()).map_err(|e| DecodeError::Json(e.to_string()))
+        };
+        Ok(match RawMessage::decode(frame)? {
+            RawMessage::Request { id, method } => {
+                let envelope: Envelope<'_> =
+                    serde_json::from_slice(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
+                Message::Request {
+                    id: parse(id)?,
+                    method: method.into_owned(),
+                    params: match envelope.params {
+                        Some(params) => parse(params)?,
+                        None => Value::Array(Vec::new()),
+                    },
+                }
+            }
+            RawMessage::Notification(n) => Message::Notification(Notification {
+                method: n.method.into_owned(),
+                params: parse(n.params)?,
+            }),
+            RawMessage::Response { id, result } => Message::Response {
+                id,
+                result: match result {
+                    Ok(raw) => Ok(parse(raw)?),
+                    Err(e) => Err(e),
+                },
+            },
+        })
+    }
+}
+
+/// Appends a request with one of our ids to `out`, serializing `params` straight
+/// into it. On failure `out` is left as it was.
+pub fn encode_request_into<P: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: u64,
+    method: &str,
+    params: &P,
+) -> Result<(), serde_json::Error> {
+    #[derive(Serialize)]
+    struct Request<'a, P: ?Sized> {
+        id: u64,
+        method: &'a str,
+        params: &'a P,
+    }
+    let len = out.len();
+    serde_json::to_writer(&mut *out, &Request { id, method, params })
+        .inspect_err(|_| out.truncate(len))
+}
+
 /// Encodes a request with one of our ids.
 pub fn encode_request(id: u64, method: &str, params: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    #[derive(Serialize)]
-    struct Request<'a> {
-        id: u64,
-        method: &'a str,
-        params: &'a Value,
-    }
-    // Writing a `Value` into a `Vec` has no failure case.
-    serde_json::to_writer(&mut out, &Request { id, method, params })
+    encode_request_into(&mut out, id, method, params)
         .expect("JSON serialization of a request cannot fail");
     out
 }
@@ -178,6 +269,17 @@ pub fn encode_request(id: u64, method: &str, params: &Value) -> Vec<u8> {
 pub fn encode_reply(id: &Value, result: &Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"id": id, "result": result, "error": null}))
         .expect("JSON serialization of a reply cannot fail")
+}
+
+/// Appends the reply to a server request whose id is kept as JSON text.
+pub(crate) fn encode_raw_reply(out: &mut Vec<u8>, id: &RawValue, result: &str, error: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result.as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    out.extend_from_slice(error.as_bytes());
+    out.push(b'}');
 }
 
 #[cfg(test)]

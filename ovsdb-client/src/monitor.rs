@@ -7,17 +7,25 @@
 //! the delta since then, `found=false` means it is the whole database, which
 //! replaces the cache. Updates that arrive before the monitor reply has been
 //! applied are buffered and replayed after it, in order.
+//!
+//! `update2`/`update3` notifications and `monitor_cond`/`monitor_cond_since`
+//! replies are decoded straight from the JSON text into typed rows, with each
+//! column's schema type, without an intermediate JSON tree.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 use crate::cache::{Batch, Cache, Inconsistent, RowUpdate};
 use crate::datum::Uuid;
-use crate::jsonrpc::Notification;
-use crate::row::Row;
-use crate::schema::DatabaseSchema;
+use crate::jsonrpc::RawNotification;
+use crate::row::{Row, RowSeed};
+use crate::schema::{DatabaseSchema, TableSchema};
 
 /// The monitor flavours, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,7 +65,7 @@ pub type MonitorTables = BTreeMap<String, Option<Vec<String>>>;
 pub(crate) fn request_params(
     method: MonitorMethod,
     db: &str,
-    monitor_id: &Json,
+    monitor_id: &str,
     tables: &MonitorTables,
     last_txn_id: Option<Uuid>,
 ) -> Json {
@@ -71,7 +79,7 @@ pub(crate) fn request_params(
             (table.clone(), Json::Array(vec![Json::Object(request)]))
         })
         .collect();
-    let mut params = vec![json!(db), monitor_id.clone(), Json::Object(requests)];
+    let mut params = vec![json!(db), json!(monitor_id), Json::Object(requests)];
     if method == MonitorMethod::CondSince {
         params.push(json!(last_txn_id.unwrap_or(Uuid::nil()).to_string()));
     }
@@ -98,20 +106,20 @@ pub(crate) fn bad(what: impl Into<String>) -> Inconsistent {
 pub(crate) fn decode_reply(
     method: MonitorMethod,
     schema: &DatabaseSchema,
-    reply: &Json,
+    reply: &RawValue,
 ) -> Result<InitialState, Inconsistent> {
     match method {
         MonitorMethod::CondSince => {
-            let parts = reply.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
-                bad("monitor_cond_since reply is not [found, last-txn-id, updates]")
-            })?;
-            let found = parts[0]
-                .as_bool()
-                .ok_or_else(|| bad("monitor_cond_since reply: found is not a boolean"))?;
+            let (found, last_txn_id, updates): (bool, Cow<'_, str>, &RawValue) =
+                serde_json::from_str(reply.get()).map_err(|e| {
+                    bad(format!(
+                        "monitor_cond_since reply is not [found, last-txn-id, updates]: {e}"
+                    ))
+                })?;
             Ok(InitialState {
                 found,
-                last_txn_id: txn_id(&parts[1])?,
-                batch: decode_updates2(schema, &parts[2])?,
+                last_txn_id: txn_id(&last_txn_id)?,
+                batch: decode_updates2(schema, updates)?,
             })
         }
         MonitorMethod::Cond => Ok(InitialState {
@@ -122,15 +130,16 @@ pub(crate) fn decode_reply(
         MonitorMethod::Plain => Ok(InitialState {
             found: false,
             last_txn_id: None,
-            batch: decode_updates(schema, reply)?,
+            batch: decode_updates(schema, &parse(reply)?)?,
         }),
     }
 }
 
-fn txn_id(json: &Json) -> Result<Option<Uuid>, Inconsistent> {
-    let text = json
-        .as_str()
-        .ok_or_else(|| bad("last transaction id is not a string"))?;
+fn parse(raw: &RawValue) -> Result<Json, Inconsistent> {
+    serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))
+}
+
+fn txn_id(text: &str) -> Result<Option<Uuid>, Inconsistent> {
     let id =
         Uuid::parse_str(text).map_err(|e| bad(format!("last transaction id {text:?}: {e}")))?;
     Ok((!id.is_nil()).then_some(id))
@@ -156,39 +165,205 @@ pub(crate) enum Decoded {
     NotOurs,
 }
 
+/// The id of the monitor a notification is for: its first parameter, as JSON text.
+/// Our monitor ids are plain strings, so their JSON text is the id in quotes.
+pub(crate) fn monitor_id_of<'a>(notification: &RawNotification<'a>) -> Option<&'a str> {
+    let params: Vec<&RawValue> = serde_json::from_str(notification.params.get()).ok()?;
+    let first = params.first()?.get();
+    first
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .filter(|id| !id.contains('\\'))
+}
+
 /// Decodes `update`, `update2`, `update3` and `monitor_canceled` notifications.
 pub(crate) fn decode_notification(
     schema: &DatabaseSchema,
-    monitor_id: &Json,
-    notification: &Notification,
+    monitor_id: &str,
+    notification: &RawNotification<'_>,
 ) -> Result<Decoded, Inconsistent> {
-    let params = notification
-        .params
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    if params.first() != Some(monitor_id) {
+    if monitor_id_of(notification) != Some(monitor_id) {
         return Ok(Decoded::NotOurs);
     }
-    match (notification.method.as_str(), params) {
-        ("update", [_, updates]) => Ok(Decoded::Update(Update {
-            last_txn_id: None,
-            batch: decode_updates(schema, updates)?,
-        })),
-        ("update2", [_, updates]) => Ok(Decoded::Update(Update {
-            last_txn_id: None,
-            batch: decode_updates2(schema, updates)?,
-        })),
-        ("update3", [_, id, updates]) => Ok(Decoded::Update(Update {
-            last_txn_id: txn_id(id)?,
-            batch: decode_updates2(schema, updates)?,
-        })),
-        ("monitor_canceled", _) => Ok(Decoded::Canceled),
-        (method, _) => Err(bad(format!("malformed {method} notification"))),
+    let method = &*notification.method;
+    let malformed = |e: serde_json::Error| bad(format!("malformed {method} notification: {e}"));
+    let params = notification.params.get();
+    match method {
+        "update" => {
+            let (_, updates): (IgnoredAny, Json) =
+                serde_json::from_str(params).map_err(malformed)?;
+            Ok(Decoded::Update(Update {
+                last_txn_id: None,
+                batch: decode_updates(schema, &updates)?,
+            }))
+        }
+        "update2" => {
+            let (_, updates): (IgnoredAny, &RawValue) =
+                serde_json::from_str(params).map_err(malformed)?;
+            Ok(Decoded::Update(Update {
+                last_txn_id: None,
+                batch: decode_updates2(schema, updates)?,
+            }))
+        }
+        "update3" => {
+            let (_, id, updates): (IgnoredAny, Cow<'_, str>, &RawValue) =
+                serde_json::from_str(params).map_err(malformed)?;
+            Ok(Decoded::Update(Update {
+                last_txn_id: txn_id(&id)?,
+                batch: decode_updates2(schema, updates)?,
+            }))
+        }
+        "monitor_canceled" => Ok(Decoded::Canceled),
+        _ => Ok(Decoded::NotOurs),
     }
 }
 
-/// Every `(table, uuid, row-update)` of a `<table-updates>` object, in order.
+/// Decodes `<table-updates2>` (`initial`/`insert`/`modify`/`delete`) straight from
+/// its JSON text.
+pub(crate) fn decode_updates2(
+    schema: &DatabaseSchema,
+    updates: &RawValue,
+) -> Result<Batch, Inconsistent> {
+    let mut batch = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(updates.get());
+    TableUpdates2 {
+        schema,
+        batch: &mut batch,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(batch)
+}
+
+/// `{table: {uuid: row-update2}}`, appended to a batch.
+struct TableUpdates2<'s> {
+    schema: &'s DatabaseSchema,
+    batch: &'s mut Batch,
+}
+
+impl<'de> DeserializeSeed<'de> for TableUpdates2<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TableUpdates2<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("table updates: an object of tables")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(table) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value_seed(TableRows {
+                table: &table,
+                schema: self.schema.table(&table),
+                batch: self.batch,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `{uuid: row-update2}` of one table.
+struct TableRows<'s> {
+    table: &'s str,
+    schema: Option<&'s TableSchema>,
+    batch: &'s mut Batch,
+}
+
+impl<'de> DeserializeSeed<'de> for TableRows<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TableRows<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "updates of {}: an object of rows", self.table)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(uuid) = map.next_key::<Cow<'de, str>>()? {
+            let uuid = Uuid::parse_str(&uuid).map_err(|e| {
+                de::Error::custom(format!("row uuid {uuid:?} in {}: {e}", self.table))
+            })?;
+            let change = map.next_value_seed(RowUpdate2 {
+                table: self.table,
+                schema: self.schema,
+                uuid,
+            })?;
+            self.batch.push((self.table.to_owned(), uuid, change));
+        }
+        Ok(())
+    }
+}
+
+/// One `{"initial"|"insert"|"modify"|"delete": …}`.
+struct RowUpdate2<'s> {
+    table: &'s str,
+    schema: Option<&'s TableSchema>,
+    uuid: Uuid,
+}
+
+impl<'de> DeserializeSeed<'de> for RowUpdate2<'_> {
+    type Value = RowUpdate;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RowUpdate, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowUpdate2<'_> {
+    type Value = RowUpdate;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a one-member row update for {} {}",
+            self.table, self.uuid
+        )
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RowUpdate, A::Error> {
+        let unknown = || {
+            de::Error::custom(format!(
+                "unknown row update for {} {}",
+                self.table, self.uuid
+            ))
+        };
+        let kind = map.next_key::<Cow<'de, str>>()?.ok_or_else(unknown)?;
+        let change = match &*kind {
+            "initial" | "insert" => {
+                RowUpdate::Insert(map.next_value_seed(RowSeed::whole(self.table, self.schema))?)
+            }
+            "modify" => {
+                RowUpdate::Modify(map.next_value_seed(RowSeed::diff(self.table, self.schema))?)
+            }
+            "delete" => {
+                map.next_value::<IgnoredAny>()?;
+                RowUpdate::Delete
+            }
+            _ => return Err(unknown()),
+        };
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "row update for {} {} is not a one-member object",
+                self.table, self.uuid
+            )));
+        }
+        Ok(change)
+    }
+}
+
+/// Every `(table, uuid, row-update)` of an RFC 7047 `<table-updates>` object, in order.
 fn each_row(updates: &Json) -> Result<Vec<(&str, Uuid, &Json)>, Inconsistent> {
     let tables = updates
         .as_object()
@@ -214,55 +389,6 @@ fn decode_row(schema: &DatabaseSchema, table: &str, json: &Json) -> Result<Row, 
         Some(ts) => Row::from_json_typed(json, ts).map_err(|e| bad(e.to_string())),
         None => Row::from_json(json).map_err(|e| bad(e.to_string())),
     }
-}
-
-/// Decodes `<table-updates2>` (`initial`/`insert`/`modify`/`delete`).
-pub(crate) fn decode_updates2(
-    schema: &DatabaseSchema,
-    updates: &Json,
-) -> Result<Batch, Inconsistent> {
-    let mut batch = Vec::new();
-    for (table, uuid, update) in each_row(updates)? {
-        let obj = update.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-            bad(format!(
-                "row update for {table} {uuid} is not a one-member object"
-            ))
-        })?;
-        let change = match obj.iter().next() {
-            Some((kind, row)) if kind == "initial" || kind == "insert" => {
-                RowUpdate::Insert(decode_row(schema, table, row)?)
-            }
-            Some((kind, row)) if kind == "modify" => {
-                RowUpdate::Modify(decode_diff(schema, table, row)?)
-            }
-            Some((kind, _)) if kind == "delete" => RowUpdate::Delete,
-            _ => return Err(bad(format!("unknown row update for {table} {uuid}"))),
-        };
-        batch.push((table.to_owned(), uuid, change));
-    }
-    Ok(batch)
-}
-
-/// A `modify` diff: decoded without coercion to the column's bounds, since a set
-/// diff may hold more elements than the column allows.
-fn decode_diff(schema: &DatabaseSchema, table: &str, json: &Json) -> Result<Row, Inconsistent> {
-    let ts = schema.table(table);
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad(format!("modify for {table} is not an object")))?;
-    obj.iter()
-        .map(|(column, value)| {
-            let value = crate::datum::Value::from_json(value)
-                .map_err(|e| bad(format!("{table} column {column}: {e}")))?;
-            let value = match ts.and_then(|t| t.column(column)) {
-                Some(col) if col.ty.is_scalar() => value
-                    .coerce(&col.ty)
-                    .map_err(|e| bad(format!("{table} column {column}: {e}")))?,
-                _ => value,
-            };
-            Ok((Arc::<str>::from(column.as_str()), value))
-        })
-        .collect()
 }
 
 /// Decodes RFC 7047 `<table-updates>` (`old`/`new` pairs).
@@ -413,21 +539,40 @@ mod tests {
     }
 
     fn establish(state: &mut MonitorState, cache: &Cache, reply: Json) -> bool {
-        let initial = decode_reply(MonitorMethod::CondSince, &schema(), &reply).unwrap();
+        let initial = decode_reply(MonitorMethod::CondSince, &schema(), &raw(&reply)).unwrap();
         state
             .establish(initial, schema(), &tables(), cache)
             .unwrap()
     }
 
-    fn notification(method: &str, params: Json) -> Notification {
-        Notification {
-            method: method.into(),
-            params,
+    /// An owned notification, as the connection would lend it to the handler.
+    struct TestNotification {
+        method: String,
+        params: Box<RawValue>,
+    }
+
+    impl TestNotification {
+        fn raw(&self) -> RawNotification<'_> {
+            RawNotification {
+                method: Cow::Borrowed(&self.method),
+                params: &self.params,
+            }
         }
     }
 
-    fn update(state: &mut MonitorState, cache: &Cache, n: Notification) {
-        let Decoded::Update(u) = decode_notification(&schema(), &json!("mon"), &n).unwrap() else {
+    fn raw(json: &Json) -> Box<RawValue> {
+        serde_json::value::to_raw_value(json).unwrap()
+    }
+
+    fn notification(method: &str, params: Json) -> TestNotification {
+        TestNotification {
+            method: method.into(),
+            params: raw(&params),
+        }
+    }
+
+    fn update(state: &mut MonitorState, cache: &Cache, n: TestNotification) {
+        let Decoded::Update(u) = decode_notification(&schema(), "mon", &n.raw()).unwrap() else {
             panic!("not an update")
         };
         let generation = state.generation;
@@ -439,13 +584,7 @@ mod tests {
         let mut t = MonitorTables::new();
         t.insert("Logical_Switch".into(), Some(vec!["name".into()]));
         t.insert("NB_Global".into(), None);
-        let since = request_params(
-            MonitorMethod::CondSince,
-            "OVN_Northbound",
-            &json!("m"),
-            &t,
-            None,
-        );
+        let since = request_params(MonitorMethod::CondSince, "OVN_Northbound", "m", &t, None);
         assert_eq!(
             since,
             json!(["OVN_Northbound", "m",
@@ -453,9 +592,9 @@ mod tests {
                 "00000000-0000-0000-0000-000000000000"])
         );
         let id = uuid(LS);
-        let since = request_params(MonitorMethod::CondSince, "db", &json!("m"), &t, Some(id));
+        let since = request_params(MonitorMethod::CondSince, "db", "m", &t, Some(id));
         assert_eq!(since[3], json!(LS));
-        let plain = request_params(MonitorMethod::Plain, "db", &json!("m"), &t, Some(id));
+        let plain = request_params(MonitorMethod::Plain, "db", "m", &t, Some(id));
         assert_eq!(plain.as_array().unwrap().len(), 3);
     }
 
@@ -600,7 +739,7 @@ mod tests {
             "update2",
             json!(["mon", {"Logical_Switch": {LS: {"insert": {"name": "x"}}}}]),
         );
-        let Decoded::Update(u) = decode_notification(&schema(), &json!("mon"), &n).unwrap() else {
+        let Decoded::Update(u) = decode_notification(&schema(), "mon", &n.raw()).unwrap() else {
             panic!()
         };
         state.on_update(1, u, &cache).unwrap();
@@ -674,7 +813,9 @@ mod tests {
         let initial = decode_reply(
             MonitorMethod::Plain,
             &schema(),
-            &json!({"Logical_Switch": {LS: {"new": {"name": "ls-cl", "ports": ["set", []]}}}}),
+            &raw(
+                &json!({"Logical_Switch": {LS: {"new": {"name": "ls-cl", "ports": ["set", []]}}}}),
+            ),
         )
         .unwrap();
         state
@@ -708,17 +849,17 @@ mod tests {
     fn other_monitors_and_cancellation() {
         let n = notification("update2", json!(["other", {}]));
         assert!(matches!(
-            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
             Decoded::NotOurs
         ));
         let n = notification("monitor_canceled", json!(["mon"]));
         assert!(matches!(
-            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
             Decoded::Canceled
         ));
         let n = notification("locked", json!(["lock"]));
         assert!(matches!(
-            decode_notification(&schema(), &json!("mon"), &n).unwrap(),
+            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
             Decoded::NotOurs
         ));
     }
@@ -734,7 +875,7 @@ mod tests {
         ] {
             let n = notification("update3", bad.clone());
             assert!(
-                decode_notification(&schema(), &json!("mon"), &n).is_err(),
+                decode_notification(&schema(), "mon", &n.raw()).is_err(),
                 "{bad}"
             );
         }

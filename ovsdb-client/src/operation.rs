@@ -12,8 +12,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
-use serde_json::{Map as JsonMap, Value as Json, json};
+use serde_json::Value as Json;
+use serde_json::value::RawValue;
 
 use crate::datum::{Atom, Uuid, Value};
 use crate::row::Row;
@@ -126,13 +128,19 @@ impl Condition {
 
     /// The wire form.
     pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).expect("a condition always serializes")
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Clause {
                 column,
                 function,
                 value,
-            } => json!([&**column, function.as_str(), value.to_json()]),
-            Self::Constant(b) => Json::Bool(*b),
+            } => (&**column, function.as_str(), value).serialize(s),
+            Self::Constant(b) => s.serialize_bool(*b),
         }
     }
 }
@@ -220,12 +228,14 @@ impl Mutation {
 
     /// The wire form.
     pub fn to_json(&self) -> Json {
-        json!([&*self.column, self.mutator.as_str(), self.value.to_json()])
+        serde_json::to_value(self).expect("a mutation always serializes")
     }
 }
 
-fn where_json(conditions: &[Condition]) -> Json {
-    Json::Array(conditions.iter().map(Condition::to_json).collect())
+impl Serialize for Mutation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&*self.column, self.mutator.as_str(), &self.value).serialize(s)
+    }
 }
 
 /// `insert`: adds a row. `uuid_name` lets later operations in the same transaction
@@ -556,76 +566,92 @@ impl Operation {
 
     /// The wire form.
     pub fn to_json(&self) -> Json {
-        let mut o = JsonMap::new();
-        o.insert("op".into(), self.name().into());
-        if let Some(t) = self.table() {
-            o.insert("table".into(), t.into());
-        }
-        match self {
-            Self::Insert(i) => {
-                o.insert("row".into(), i.row.to_json());
-                if let Some(n) = &i.uuid_name {
-                    o.insert("uuid-name".into(), n.as_str().into());
-                }
-                if let Some(u) = &i.uuid {
-                    o.insert("uuid".into(), u.to_string().into());
-                }
-            }
-            Self::Select(s) => {
-                o.insert("where".into(), where_json(&s.conditions));
-                if let Some(c) = &s.columns {
-                    o.insert("columns".into(), c.clone().into());
-                }
-            }
-            Self::Update(u) => {
-                o.insert("where".into(), where_json(&u.conditions));
-                o.insert("row".into(), u.row.to_json());
-            }
-            Self::Mutate(m) => {
-                o.insert("where".into(), where_json(&m.conditions));
-                o.insert(
-                    "mutations".into(),
-                    m.mutations.iter().map(Mutation::to_json).collect(),
-                );
-            }
-            Self::Delete(d) => {
-                o.insert("where".into(), where_json(&d.conditions));
-            }
-            Self::Wait(w) => {
-                o.insert("where".into(), where_json(&w.conditions));
-                o.insert("columns".into(), w.columns.clone().into());
-                o.insert("until".into(), w.until.as_str().into());
-                o.insert("rows".into(), w.rows.iter().map(Row::to_json).collect());
-                if let Some(t) = w.timeout {
-                    o.insert("timeout".into(), t.into());
-                }
-            }
-            Self::Commit { durable } => {
-                o.insert("durable".into(), (*durable).into());
-            }
-            Self::Abort => {}
-            Self::Comment(c) => {
-                o.insert("comment".into(), c.as_str().into());
-            }
-            Self::Assert { lock } => {
-                o.insert("lock".into(), lock.as_str().into());
-            }
-        }
-        Json::Object(o)
+        serde_json::to_value(self).expect("an operation always serializes")
     }
 }
 
+/// Operations serialize straight to the wire form, with no intermediate JSON tree:
+/// this is the hot path of every transaction.
 impl Serialize for Operation {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("op", self.name())?;
+        if let Some(t) = self.table() {
+            o.serialize_entry("table", t)?;
+        }
+        match self {
+            Self::Insert(i) => {
+                o.serialize_entry("row", &i.row)?;
+                if let Some(n) = &i.uuid_name {
+                    o.serialize_entry("uuid-name", n)?;
+                }
+                if let Some(u) = &i.uuid {
+                    o.serialize_entry(
+                        "uuid",
+                        u.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+                    )?;
+                }
+            }
+            Self::Select(sel) => {
+                o.serialize_entry("where", &sel.conditions)?;
+                if let Some(c) = &sel.columns {
+                    o.serialize_entry("columns", c)?;
+                }
+            }
+            Self::Update(u) => {
+                o.serialize_entry("where", &u.conditions)?;
+                o.serialize_entry("row", &u.row)?;
+            }
+            Self::Mutate(m) => {
+                o.serialize_entry("where", &m.conditions)?;
+                o.serialize_entry("mutations", &m.mutations)?;
+            }
+            Self::Delete(d) => o.serialize_entry("where", &d.conditions)?,
+            Self::Wait(w) => {
+                o.serialize_entry("where", &w.conditions)?;
+                o.serialize_entry("columns", &w.columns)?;
+                o.serialize_entry("until", w.until.as_str())?;
+                o.serialize_entry("rows", &w.rows)?;
+                if let Some(t) = w.timeout {
+                    o.serialize_entry("timeout", &t)?;
+                }
+            }
+            Self::Commit { durable } => o.serialize_entry("durable", durable)?,
+            Self::Abort => {}
+            Self::Comment(c) => o.serialize_entry("comment", c)?,
+            Self::Assert { lock } => o.serialize_entry("lock", lock)?,
+        }
+        o.end()
+    }
+}
+
+/// The `params` of a `transact` request, serialized without building them as a
+/// JSON tree: the database name, then the operations.
+pub(crate) struct TransactParams<'a> {
+    /// The database.
+    pub database: &'a str,
+    /// The operations, in order.
+    pub operations: &'a [Operation],
+}
+
+impl Serialize for TransactParams<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.operations.len() + 1))?;
+        seq.serialize_element(self.database)?;
+        for op in self.operations {
+            seq.serialize_element(op)?;
+        }
+        seq.end()
     }
 }
 
 /// The `params` of a `transact` request: the database name, then the operations.
 pub fn transact_params(database: &str, operations: &[Operation]) -> Json {
-    std::iter::once(Json::from(database))
-        .chain(operations.iter().map(Operation::to_json))
-        .collect()
+    serde_json::to_value(TransactParams {
+        database,
+        operations,
+    })
+    .expect("operations always serialize")
 }
 
 /// The error tags OVSDB servers use, from RFC 7047 and ovsdb-server's extensions.
@@ -907,6 +933,74 @@ pub fn parse_results(
         .collect()
 }
 
+/// [`parse_results`] from the reply's JSON text. The common case (every operation
+/// succeeded) is decoded straight from the text; anything else (an error, a
+/// mismatch) takes the general path, which words the error.
+pub fn parse_raw_results(
+    operations: &[Operation],
+    result: &RawValue,
+    schema: Option<&DatabaseSchema>,
+) -> Result<Vec<OperationResult>, TransactError> {
+    if let Some(results) = parse_successes(operations, result.get(), schema) {
+        return Ok(results);
+    }
+    let json: Json = serde_json::from_str(result.get())
+        .map_err(|e| TransactError::Malformed(format!("result is not JSON: {e}")))?;
+    parse_results(operations, &json, schema)
+}
+
+/// One element of a successful result array, borrowed from the reply.
+#[derive(serde::Deserialize)]
+struct Success<'a> {
+    #[serde(default)]
+    uuid: Option<Atom>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default, borrow)]
+    rows: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+fn parse_successes(
+    operations: &[Operation],
+    text: &str,
+    schema: Option<&DatabaseSchema>,
+) -> Option<Vec<OperationResult>> {
+    let items: Vec<Success<'_>> = serde_json::from_str(text).ok()?;
+    if items.len() != operations.len() {
+        return None;
+    }
+    operations
+        .iter()
+        .zip(items)
+        .map(|(op, item)| {
+            if item.error.is_some() {
+                return None;
+            }
+            match op {
+                Operation::Insert(_) => match item.uuid? {
+                    Atom::Uuid(u) => Some(OperationResult::Inserted(u)),
+                    _ => None,
+                },
+                Operation::Select(_) => {
+                    let rows: Json = serde_json::from_str(item.rows?.get()).ok()?;
+                    let rows = serde_json::json!({ "rows": rows });
+                    parse_one(op, &rows, schema).ok()
+                }
+                Operation::Update(_) | Operation::Mutate(_) | Operation::Delete(_) => {
+                    item.count.map(OperationResult::Count)
+                }
+                Operation::Wait(_)
+                | Operation::Commit { .. }
+                | Operation::Abort
+                | Operation::Comment(_)
+                | Operation::Assert { .. } => Some(OperationResult::Done),
+            }
+        })
+        .collect()
+}
+
 fn parse_one(
     op: &Operation,
     item: &Json,
@@ -961,6 +1055,7 @@ fn kind_of(json: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn lsp_row() -> Row {
         Row::new()

@@ -263,6 +263,83 @@ impl<'de> Deserialize<'de> for Row {
     }
 }
 
+/// Decodes a row straight from JSON text with its table's column types, as
+/// [`Row::from_json_typed`] does from a JSON tree (untyped for a table the schema
+/// lacks). A `modify` diff is decoded without the column's bounds, since a set
+/// diff may hold more elements than the column allows.
+pub(crate) struct RowSeed<'s> {
+    table: &'s str,
+    schema: Option<&'s TableSchema>,
+    diff: bool,
+}
+
+impl<'s> RowSeed<'s> {
+    /// A whole row (`initial`, `insert`).
+    pub(crate) fn whole(table: &'s str, schema: Option<&'s TableSchema>) -> Self {
+        Self {
+            table,
+            schema,
+            diff: false,
+        }
+    }
+
+    /// A `modify` diff.
+    pub(crate) fn diff(table: &'s str, schema: Option<&'s TableSchema>) -> Self {
+        Self {
+            table,
+            schema,
+            diff: true,
+        }
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Row;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Row, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a row of table {} (an object)", self.table)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+        let mut columns: Vec<(Arc<str>, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let bad = |e: &dyn fmt::Display| {
+                de::Error::custom(format!("table {} column {name}: {e}", self.table))
+            };
+            let column = self.schema.and_then(|t| t.column(&name));
+            let value = match column {
+                Some(col) if !self.diff => map
+                    .next_value_seed(crate::datum::TypedSeed(&col.ty))
+                    .map_err(|e| bad(&e))?,
+                Some(col) if col.ty.is_scalar() => map
+                    .next_value::<Value>()
+                    .map_err(|e| bad(&e))?
+                    .coerce(&col.ty)
+                    .map_err(|e| bad(&e))?,
+                _ => map.next_value::<Value>().map_err(|e| bad(&e))?,
+            };
+            let key = column.map_or_else(|| Arc::from(&*name), |c| c.name.clone());
+            columns.push((key, value));
+        }
+        columns.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = columns.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(de::Error::custom(format!(
+                "table {}: duplicate column {:?}",
+                self.table, pair[0].0
+            )));
+        }
+        Ok(Row { columns })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use crate::cache::Cache;
 use crate::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
 use crate::connection::{CallError, Connection, ConnectionOptions, NotificationHandler};
 use crate::error::Error;
-use crate::jsonrpc::Notification;
+use crate::jsonrpc::RawNotification;
 use crate::metrics::Metrics;
 use crate::monitor::{self, Decoded, MonitorMethod, MonitorState, MonitorTables};
 use crate::schema::DatabaseSchema;
@@ -292,10 +292,14 @@ impl Session {
         })
     }
 
-    fn on_notification(&self, generation: u64, notification: Notification) -> Result<(), String> {
+    fn on_notification(
+        &self,
+        generation: u64,
+        notification: RawNotification<'_>,
+    ) -> Result<(), String> {
         let schema = self.data_schema.lock().clone();
         let Some(schema) = schema else { return Ok(()) };
-        let decoded = monitor::decode_notification(&schema, &json!(DATA_MONITOR), &notification);
+        let decoded = monitor::decode_notification(&schema, DATA_MONITOR, &notification);
         match decoded {
             Ok(Decoded::Update(update)) => self
                 .monitor
@@ -318,13 +322,13 @@ impl Session {
     fn on_server_notification(
         &self,
         generation: u64,
-        notification: &Notification,
+        notification: &RawNotification<'_>,
     ) -> Result<(), String> {
         let mut server = self.server.lock();
         let Some(watch) = server.as_mut().filter(|w| w.generation == generation) else {
             return Ok(());
         };
-        match monitor::decode_notification(&watch.schema, &json!(SERVER_MONITOR), notification)
+        match monitor::decode_notification(&watch.schema, SERVER_MONITOR, notification)
             .map_err(|e| e.to_string())?
         {
             Decoded::Update(update) => {
@@ -340,7 +344,7 @@ impl Session {
             }
             Decoded::Canceled => Err("the server cancelled the _Server monitor".into()),
             Decoded::NotOurs => {
-                debug!(method = notification.method, "ignoring notification");
+                debug!(method = %notification.method, "ignoring notification");
                 Ok(())
             }
         }
@@ -417,11 +421,11 @@ impl Session {
             let params = monitor::request_params(
                 method,
                 &self.config.database,
-                &json!(DATA_MONITOR),
+                DATA_MONITOR,
                 &tables,
                 last_txn_id,
             );
-            match conn.call(method.name(), &params).await {
+            match conn.call_raw(method.name(), &params).await {
                 Ok(reply) => break reply,
                 Err(CallError::Rpc(e)) if e.is_unknown_method() => match method.fallback() {
                     Some(older) => {
@@ -501,9 +505,8 @@ impl Session {
         });
         let mut method = MonitorMethod::Cond;
         let reply = loop {
-            let params =
-                monitor::request_params(method, "_Server", &json!(SERVER_MONITOR), &tables, None);
-            match conn.call(method.name(), &params).await {
+            let params = monitor::request_params(method, "_Server", SERVER_MONITOR, &tables, None);
+            match conn.call_raw(method.name(), &params).await {
                 Ok(reply) => break reply,
                 Err(CallError::Rpc(e))
                     if e.is_unknown_method() && method == MonitorMethod::Cond =>

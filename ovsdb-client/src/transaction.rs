@@ -39,9 +39,12 @@ impl Client {
         let span = debug_span!("ovsdb_transact", ops = operations.len());
         async {
             let conn = self.session().wait_ready(deadline).await?;
-            let params = operation::transact_params(self.database(), operations);
+            let params = operation::TransactParams {
+                database: self.database(),
+                operations,
+            };
             let started = Instant::now();
-            let reply = tokio::time::timeout_at(deadline, conn.call("transact", &params)).await;
+            let reply = tokio::time::timeout_at(deadline, conn.call_raw("transact", &params)).await;
             let metrics = &self.session().metrics;
             let (outcome, result) = match reply {
                 Err(_) => (
@@ -54,7 +57,7 @@ impl Client {
                 Ok(Err(e)) => (TxnOutcome::Failed, Err(e.into())),
                 Ok(Ok(reply)) => {
                     let schema = self.cache().schema();
-                    match operation::parse_results(operations, &reply, Some(&schema)) {
+                    match operation::parse_raw_results(operations, &reply, Some(&schema)) {
                         Ok(results) => (TxnOutcome::Committed, Ok(results)),
                         Err(e) => (TxnOutcome::Failed, Err(Error::Transaction(e))),
                     }

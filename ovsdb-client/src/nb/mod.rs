@@ -11,10 +11,15 @@ use crate::operation::{Insert, Operation, Wait};
 
 /// A `uuid-name` unique to `name` and valid as an OVSDB identifier.
 fn uuid_name_for(prefix: &str, name: &str) -> String {
-    name.bytes().fold(format!("{prefix}_"), |mut s, b| {
-        s.push_str(&format!("{b:02x}"));
-        s
-    })
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(prefix.len() + 1 + 2 * name.len());
+    s.push_str(prefix);
+    s.push('_');
+    for b in name.bytes() {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// The insert for a new child row: by client-chosen uuid when `uuid` is set,
