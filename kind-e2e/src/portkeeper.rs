@@ -283,3 +283,39 @@ pub fn kubevirt_api(client: &Client, namespace: &str, kind: &str) -> Api<Dynamic
         },
     )
 }
+
+/// A node's OVN chassis name: `external_ids:system-id` of its Open_vSwitch database, which is
+/// what ovn-controller registers the chassis under (local provider).
+pub fn node_chassis(cluster: &Cluster, node: &str) -> String {
+    let db = cluster.node_dir(node).join("db.sock");
+    let out = Command::new("ovs-vsctl")
+        .arg(format!("--db=unix:{}", db.display()))
+        .args([
+            "--timeout=10",
+            "get",
+            "Open_vSwitch",
+            ".",
+            "external_ids:system-id",
+        ])
+        .output()
+        .expect("run ovs-vsctl");
+    assert!(
+        out.status.success(),
+        "ovs-vsctl on {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// A port's `options` as `ovn-nbctl lsp-get-options` prints them.
+pub fn lsp_options(cluster: &Cluster, port: &str) -> std::collections::BTreeMap<String, String> {
+    nbctl(cluster, &["lsp-get-options", port])
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
