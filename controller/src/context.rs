@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use parking_lot::Mutex;
 use portkeeper_api::annotations::NetworkKeys;
 use portkeeper_engine::Engine;
@@ -19,6 +19,8 @@ use crate::stores::Stores;
 
 /// The field manager of every write portkeeper makes.
 pub const FIELD_MANAGER: &str = "portkeeper-controller";
+/// The reporting controller of every Event portkeeper publishes.
+pub const REPORTING_CONTROLLER: &str = "portkeeper-controller";
 
 /// Everything a reconcile needs.
 pub struct Context<N> {
@@ -55,9 +57,7 @@ impl<N: Northbound> Context<N> {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, "could not publish event");
-        }
+        publish(&self.recorder, reference, event).await;
     }
 
     /// Publishes a Normal Event.
@@ -68,16 +68,28 @@ impl<N: Northbound> Context<N> {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: reason.to_owned(),
-            note: Some(truncate(&note)),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, "could not publish event");
-        }
+        publish(&self.recorder, reference, normal(reason, action, &note)).await;
+    }
+
+    /// Publishes a Normal Event as an Event of its own. The shared recorder folds Events with
+    /// the same reason about the same object into one series that keeps the first note, which
+    /// would hide why a later retention decision was made; these are rare enough to stand
+    /// alone.
+    pub async fn note_distinct(
+        &self,
+        reference: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: REPORTING_CONTROLLER.into(),
+                instance: Some(self.config.identity()),
+            },
+        );
+        publish(&recorder, reference, normal(reason, action, &note)).await;
     }
 
     /// The delay before retrying a failed object: 1 s doubling to 5 min.
@@ -91,6 +103,23 @@ impl<N: Northbound> Context<N> {
     /// Forgets an object's failures after a success.
     pub fn succeeded(&self, uid: &str) {
         self.failures.lock().remove(uid);
+    }
+}
+
+fn normal(reason: &str, action: &str, note: &str) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note: Some(truncate(note)),
+        action: action.to_owned(),
+        secondary: None,
+    }
+}
+
+/// Publishing is best effort: a failure is logged, never fatal.
+async fn publish(recorder: &Recorder, reference: &ObjectReference, event: Event) {
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, "could not publish event");
     }
 }
 

@@ -337,12 +337,14 @@ pub fn port_addresses(lease: &Lease) -> String {
 }
 
 /// The annotations written once the port and the IP resource exist; `allocated` is among them
-/// and the whole set goes out in one merge patch.
+/// and the whole set goes out in one merge patch. A launcher pod also gets `virtualmachine`,
+/// which tells the CNI daemon that its interface is the VM's port.
 pub fn allocated_annotations(
     keys: &NetworkKeys,
     lease: &Lease,
     network: &SubnetNetwork,
     routed: bool,
+    virtual_machine: Option<&str>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::from([
         (keys.allocated.clone(), "true".to_owned()),
@@ -356,6 +358,9 @@ pub fn allocated_annotations(
     }
     if routed {
         out.insert(keys.routed.clone(), "true".to_owned());
+    }
+    if let Some(vm) = virtual_machine {
+        out.insert(keys.virtual_machine.clone(), vm.to_owned());
     }
     out
 }
@@ -608,6 +613,7 @@ mod tests {
             &lease,
             &SubnetNetwork::of(&s).unwrap(),
             false,
+            Some("vm1"),
         );
         assert_eq!(a["ovn.kubernetes.io/allocated"], "true");
         assert_eq!(a["ovn.kubernetes.io/ip_address"], "10.16.0.2,fd00::2");
@@ -616,5 +622,6 @@ mod tests {
         assert_eq!(a["ovn.kubernetes.io/gateway"], "10.16.0.1,fd00::1");
         assert_eq!(a["ovn.kubernetes.io/logical_switch"], "ovn-default");
         assert!(!a.contains_key("ovn.kubernetes.io/routed"));
+        assert_eq!(a["ovn.kubernetes.io/virtualmachine"], "vm1");
     }
 }

@@ -226,7 +226,13 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
 
     write_port(ctx, &lease, &record, request.port_security).await?;
     apply_ip(&ctx.client, &record, &lease, node.as_deref()).await?;
-    let written = plan::allocated_annotations(keys, &lease, &network, node.is_some());
+    let written = plan::allocated_annotations(
+        keys,
+        &lease,
+        &network,
+        node.is_some(),
+        identity::launcher_vm(pod),
+    );
     patch_annotations(&ctx.client, pod, written).await?;
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %plan::ip_address_value(&lease), "allocated");
@@ -437,15 +443,20 @@ pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Resu
     let uid = pod.uid().unwrap_or_default();
     let _guard = ctx.locks.lock(key.as_str()).await;
     let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    if let Some(current) = ctx.stores.pod(&namespace, &name)
-        && current.uid().as_deref() != Some(uid.as_str())
-    {
-        return Ok(());
-    }
     let Some(lease) = ctx.engine.lease(&key) else {
         return Ok(());
     };
-    if let Some(owner) = identity::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid) {
+    let owner = identity::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid);
+    if let Some(current) = ctx.stores.pod(&namespace, &name)
+        && current.uid().as_deref() != Some(uid.as_str())
+    {
+        if let Some(owner) = owner {
+            let decision = Decision::Keep(format!("pod {name} was recreated and takes it over"));
+            identity::announce(ctx, &lease, &owner, &decision, Some(&current)).await;
+        }
+        return Ok(());
+    }
+    if let Some(owner) = owner {
         identity::settle(ctx, &lease, &owner, &name, None).await?;
         return Ok(());
     }

@@ -86,7 +86,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: "portkeeper-controller".into(),
+            controller: crate::context::REPORTING_CONTROLLER.into(),
             instance: Some(identity),
         },
     );

@@ -276,11 +276,15 @@ pub fn decide_nic<N: Northbound>(
         OwnerKind::StatefulSet => ordinal_of(name, &owner.name),
         OwnerKind::VirtualMachine => None,
     };
+    let fit = match live {
+        Some(_) => SubnetFit::Fits,
+        None => fit(ctx, namespace, owner, ordinal, lease),
+    };
     decide(&Facts {
         owner,
         ordinal,
         observed: observe(&ctx.stores, namespace, owner),
-        fit: fit(ctx, namespace, owner, ordinal, lease),
+        fit,
         live_pod: live.as_deref(),
     })
 }
@@ -318,7 +322,7 @@ pub async fn announce<N: Northbound>(
         Decision::Release(why) => (REASON_RELEASED, format!("released {addresses}: {why}")),
     };
     tracing::info!(nic = %lease.key, %owner, %note, "retention");
-    ctx.note(&reference, reason, "Retain", note).await;
+    ctx.note_distinct(&reference, reason, "Retain", note).await;
 }
 
 /// Decides `lease` for `owner` and acts: releases what is not kept. Callers hold the nic's
