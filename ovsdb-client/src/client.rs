@@ -12,8 +12,10 @@ use crate::cluster::ServerDatabase;
 use crate::connection::CallError;
 use crate::error::Error;
 use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::lock::LockRegistry;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::monitor::MonitorTables;
+use crate::operation::Condition;
 use crate::schema::DatabaseSchema;
 use crate::session::{Session, SessionConfig, TableSelection};
 use crate::transport::{Remote, TlsConfig};
@@ -287,6 +289,34 @@ impl Client {
             Err(_) => Err(Error::Timeout(self.inner.request_timeout)),
             Ok(result) => result.map_err(Error::from),
         }
+    }
+
+    /// Monitors only the rows of `table` matching any of `conditions` (they are
+    /// or-ed; `[Condition::Constant(false)]` monitors none, an empty list all),
+    /// with `monitor_cond_change`. When this returns the cache holds exactly the
+    /// matching rows; the conditions also apply to every later connection.
+    pub async fn set_monitor_condition(
+        &self,
+        table: &str,
+        conditions: Vec<Condition>,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        self.inner
+            .session
+            .change_conditions(table, conditions, deadline)
+            .await
+    }
+
+    /// Cancels the data monitor (`monitor_cancel`) and monitors again from
+    /// scratch on the same connection, replacing the cache (subscribers see the
+    /// differences and [`crate::cache::Event::Synced`] `{ full: true }`).
+    pub async fn resync(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        self.inner.session.resync(deadline).await
+    }
+
+    pub(crate) fn locks(&self) -> &LockRegistry {
+        &self.inner.session.locks
     }
 
     /// Round-trips an `echo`.

@@ -53,6 +53,7 @@ pub mod datum;
 pub mod error;
 pub mod framing;
 pub mod jsonrpc;
+pub mod lock;
 pub mod metrics;
 pub mod monitor;
 pub mod nb;

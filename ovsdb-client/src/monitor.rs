@@ -24,6 +24,7 @@ use serde_json::{Value as Json, json};
 use crate::cache::{Batch, Cache, Inconsistent, RowUpdate};
 use crate::datum::Uuid;
 use crate::jsonrpc::RawNotification;
+use crate::operation::Condition;
 use crate::row::{Row, RowSeed};
 use crate::schema::{DatabaseSchema, TableSchema};
 
@@ -67,6 +68,7 @@ pub(crate) fn request_params(
     db: &str,
     monitor_id: &str,
     tables: &MonitorTables,
+    conditions: &BTreeMap<String, Vec<Condition>>,
     last_txn_id: Option<Uuid>,
 ) -> Json {
     let requests: serde_json::Map<String, Json> = tables
@@ -75,6 +77,11 @@ pub(crate) fn request_params(
             let mut request = serde_json::Map::new();
             if let Some(columns) = columns {
                 request.insert("columns".into(), json!(columns));
+            }
+            if let Some(conditions) = conditions.get(table)
+                && method != MonitorMethod::Plain
+            {
+                request.insert("where".into(), json!(conditions));
             }
             (table.clone(), Json::Array(vec![Json::Object(request)]))
         })
@@ -176,13 +183,14 @@ pub(crate) fn monitor_id_of<'a>(notification: &RawNotification<'a>) -> Option<&'
         .filter(|id| !id.contains('\\'))
 }
 
-/// Decodes `update`, `update2`, `update3` and `monitor_canceled` notifications.
+/// Decodes `update`, `update2`, `update3` and `monitor_canceled` notifications
+/// for any of the monitors `monitor_ids`.
 pub(crate) fn decode_notification(
     schema: &DatabaseSchema,
-    monitor_id: &str,
+    monitor_ids: &[&str],
     notification: &RawNotification<'_>,
 ) -> Result<Decoded, Inconsistent> {
-    if monitor_id_of(notification) != Some(monitor_id) {
+    if !monitor_id_of(notification).is_some_and(|id| monitor_ids.contains(&id)) {
         return Ok(Decoded::NotOurs);
     }
     let method = &*notification.method;
@@ -233,6 +241,43 @@ pub(crate) fn decode_updates2(
     .deserialize(&mut de)
     .map_err(|e| bad(e.to_string()))?;
     Ok(batch)
+}
+
+/// Differential check for the fuzzer: `<table-updates2>` decoded straight from
+/// text must not panic, and every whole row must equal the same row decoded
+/// through a JSON tree by [`Row::from_json_typed`].
+#[cfg(fuzzing)]
+pub fn fuzz_updates2(schema: &DatabaseSchema, text: &str) {
+    let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
+        return;
+    };
+    let Ok(batch) = decode_updates2(schema, raw) else {
+        return;
+    };
+    let tree: Json = serde_json::from_str(text).expect("decoded text is JSON");
+    let tables = tree.as_object().expect("decoded updates are an object");
+    let entries = tables
+        .values()
+        .filter_map(Json::as_object)
+        .map(|rows| rows.len());
+    if entries.sum::<usize>() != batch.len() {
+        return; // duplicate keys, which the tree collapses
+    }
+    for (table, uuid, change) in batch {
+        let RowUpdate::Insert(row) = change else {
+            continue;
+        };
+        let rows = tables[&table].as_object().expect("rows are an object");
+        let mut same_uuid = rows
+            .iter()
+            .filter(|(key, _)| Uuid::parse_str(key).ok() == Some(uuid));
+        let (Some((_, update)), None) = (same_uuid.next(), same_uuid.next()) else {
+            continue;
+        };
+        let json = update.get("insert").or_else(|| update.get("initial"));
+        let json = json.expect("an insert comes from insert or initial");
+        assert_eq!(decode_row(schema, &table, json).as_ref(), Ok(&row));
+    }
 }
 
 /// `{table: {uuid: row-update2}}`, appended to a batch.
@@ -572,7 +617,7 @@ mod tests {
     }
 
     fn update(state: &mut MonitorState, cache: &Cache, n: TestNotification) {
-        let Decoded::Update(u) = decode_notification(&schema(), "mon", &n.raw()).unwrap() else {
+        let Decoded::Update(u) = decode_notification(&schema(), &["mon"], &n.raw()).unwrap() else {
             panic!("not an update")
         };
         let generation = state.generation;
@@ -584,7 +629,14 @@ mod tests {
         let mut t = MonitorTables::new();
         t.insert("Logical_Switch".into(), Some(vec!["name".into()]));
         t.insert("NB_Global".into(), None);
-        let since = request_params(MonitorMethod::CondSince, "OVN_Northbound", "m", &t, None);
+        let since = request_params(
+            MonitorMethod::CondSince,
+            "OVN_Northbound",
+            "m",
+            &t,
+            &BTreeMap::new(),
+            None,
+        );
         assert_eq!(
             since,
             json!(["OVN_Northbound", "m",
@@ -592,9 +644,23 @@ mod tests {
                 "00000000-0000-0000-0000-000000000000"])
         );
         let id = uuid(LS);
-        let since = request_params(MonitorMethod::CondSince, "db", "m", &t, Some(id));
+        let since = request_params(
+            MonitorMethod::CondSince,
+            "db",
+            "m",
+            &t,
+            &BTreeMap::new(),
+            Some(id),
+        );
         assert_eq!(since[3], json!(LS));
-        let plain = request_params(MonitorMethod::Plain, "db", "m", &t, Some(id));
+        let plain = request_params(
+            MonitorMethod::Plain,
+            "db",
+            "m",
+            &t,
+            &BTreeMap::new(),
+            Some(id),
+        );
         assert_eq!(plain.as_array().unwrap().len(), 3);
     }
 
@@ -739,7 +805,7 @@ mod tests {
             "update2",
             json!(["mon", {"Logical_Switch": {LS: {"insert": {"name": "x"}}}}]),
         );
-        let Decoded::Update(u) = decode_notification(&schema(), "mon", &n.raw()).unwrap() else {
+        let Decoded::Update(u) = decode_notification(&schema(), &["mon"], &n.raw()).unwrap() else {
             panic!()
         };
         state.on_update(1, u, &cache).unwrap();
@@ -849,17 +915,17 @@ mod tests {
     fn other_monitors_and_cancellation() {
         let n = notification("update2", json!(["other", {}]));
         assert!(matches!(
-            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
+            decode_notification(&schema(), &["mon"], &n.raw()).unwrap(),
             Decoded::NotOurs
         ));
         let n = notification("monitor_canceled", json!(["mon"]));
         assert!(matches!(
-            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
+            decode_notification(&schema(), &["mon"], &n.raw()).unwrap(),
             Decoded::Canceled
         ));
         let n = notification("locked", json!(["lock"]));
         assert!(matches!(
-            decode_notification(&schema(), "mon", &n.raw()).unwrap(),
+            decode_notification(&schema(), &["mon"], &n.raw()).unwrap(),
             Decoded::NotOurs
         ));
     }
@@ -875,7 +941,7 @@ mod tests {
         ] {
             let n = notification("update3", bad.clone());
             assert!(
-                decode_notification(&schema(), "mon", &n.raw()).is_err(),
+                decode_notification(&schema(), &["mon"], &n.raw()).is_err(),
                 "{bad}"
             );
         }

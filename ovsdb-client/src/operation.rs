@@ -967,7 +967,7 @@ fn parse_successes(
     text: &str,
     schema: Option<&DatabaseSchema>,
 ) -> Option<Vec<OperationResult>> {
-    let items: Vec<Success<'_>> = serde_json::from_str(text).ok()?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
     if items.len() != operations.len() {
         return None;
     }
@@ -975,6 +975,11 @@ fn parse_successes(
         .iter()
         .zip(items)
         .map(|(op, item)| {
+            // Only an object is a result (serde would also read a struct from an array).
+            if !item.get().starts_with('{') {
+                return None;
+            }
+            let item: Success<'_> = serde_json::from_str(item.get()).ok()?;
             if item.error.is_some() {
                 return None;
             }

@@ -10,6 +10,7 @@
 //! exponential backoff after a round in which every remote failed. It never gives
 //! up and never panics; it stops only when the client is dropped.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use rand::seq::SliceRandom;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -29,15 +30,18 @@ use crate::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
 use crate::connection::{CallError, Connection, ConnectionOptions, NotificationHandler};
 use crate::error::Error;
 use crate::jsonrpc::RawNotification;
+use crate::lock::LockRegistry;
 use crate::metrics::Metrics;
 use crate::monitor::{self, Decoded, MonitorMethod, MonitorState, MonitorTables};
+use crate::operation::Condition;
 use crate::schema::DatabaseSchema;
 use crate::transport::{self, Remote};
 
 /// How long a connection must have lived for its loss to reset the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
-/// Monitor id of the data monitor.
+/// Prefix of the data monitor's ids; each new monitor (after a condition change,
+/// a cancellation or a reconnection) gets the next number.
 const DATA_MONITOR: &str = "portkeeper-data";
 /// Monitor id of the `_Server.Database` monitor.
 const SERVER_MONITOR: &str = "portkeeper-server";
@@ -100,6 +104,16 @@ pub(crate) struct Session {
     /// Why the last connection attempt's server was refused, if it was.
     last_refusal: Mutex<Option<Refusal>>,
     shutdown: CancellationToken,
+    /// Data monitor ids whose updates are applied: the current one, plus the
+    /// next during a `monitor_cond_change` (updates may arrive under either).
+    monitor_ids: Mutex<Vec<String>>,
+    next_monitor: AtomicU64,
+    /// The caller's monitor conditions per table (clauses are or-ed), kept for
+    /// the monitor of every new connection.
+    conditions: Mutex<BTreeMap<String, Vec<Condition>>>,
+    /// One monitor change at a time.
+    monitor_change: tokio::sync::Mutex<()>,
+    pub(crate) locks: LockRegistry,
 }
 
 impl Session {
@@ -125,6 +139,11 @@ impl Session {
             last_error: Mutex::new(None),
             last_refusal: Mutex::new(None),
             shutdown: CancellationToken::new(),
+            monitor_ids: Mutex::new(Vec::new()),
+            next_monitor: AtomicU64::new(0),
+            conditions: Mutex::new(BTreeMap::new()),
+            monitor_change: tokio::sync::Mutex::new(()),
+            locks: LockRegistry::default(),
         })
     }
 
@@ -232,6 +251,7 @@ impl Session {
                     }
                 };
                 self.link.send_replace(Link::Down);
+                self.locks.disconnected();
                 self.metrics.disconnected();
                 *self.last_error.lock() = Some(format!("{remote}: {reason}"));
                 warn!(%remote, %reason, "disconnected; reconnecting");
@@ -293,13 +313,24 @@ impl Session {
     }
 
     fn on_notification(
-        &self,
+        self: &Arc<Self>,
         generation: u64,
         notification: RawNotification<'_>,
     ) -> Result<(), String> {
+        if generation == self.generation.load(Ordering::SeqCst)
+            && self
+                .locks
+                .on_notification(&notification.method, notification.params.get())
+        {
+            return Ok(());
+        }
         let schema = self.data_schema.lock().clone();
         let Some(schema) = schema else { return Ok(()) };
-        let decoded = monitor::decode_notification(&schema, DATA_MONITOR, &notification);
+        let decoded = {
+            let ids = self.monitor_ids.lock();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            monitor::decode_notification(&schema, &ids, &notification)
+        };
         match decoded {
             Ok(Decoded::Update(update)) => self
                 .monitor
@@ -307,14 +338,122 @@ impl Session {
                 .on_update(generation, update, &self.cache)
                 .map_err(|e| e.to_string()),
             Ok(Decoded::NotOurs) => self.on_server_notification(generation, &notification),
-            // Resuming would replay what cannot be applied: reload everything instead.
-            Ok(Decoded::Canceled) => {
-                self.monitor.lock().last_txn_id = None;
-                Err("the server cancelled the data monitor".into())
-            }
+            Ok(Decoded::Canceled) => self.on_canceled(generation),
             Err(e) => {
                 self.monitor.lock().last_txn_id = None;
                 Err(e.to_string())
+            }
+        }
+    }
+
+    /// The server cancelled the data monitor (the database was converted or
+    /// replaced): monitor it again on the same connection, from scratch, with the
+    /// schema it has now. Until then updates are buffered as on a new connection.
+    fn on_canceled(self: &Arc<Self>, generation: u64) -> Result<(), String> {
+        let Some(conn) = self.current() else {
+            self.monitor.lock().last_txn_id = None;
+            return Err("the server cancelled the data monitor during the handshake".into());
+        };
+        info!("the server cancelled the data monitor; monitoring again");
+        self.monitor_ids.lock().clear();
+        let session = self.clone();
+        tokio::spawn(
+            async move {
+                let _change = session.monitor_change.lock().await;
+                session.monitor.lock().last_txn_id = None;
+                if let Err(e) = session.start_data_monitor(&conn, generation).await {
+                    warn!(error = %e, "monitoring again failed; reconnecting");
+                    conn.close(format!("re-monitor after monitor_canceled: {e}"));
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    fn new_monitor_id(&self) -> String {
+        let n = self.next_monitor.fetch_add(1, Ordering::SeqCst);
+        format!("{DATA_MONITOR}-{n}")
+    }
+
+    /// Replaces the monitor conditions of `table` with `monitor_cond_change`; the
+    /// server then sends the rows that left (as deletes) and entered (as inserts)
+    /// the condition, which the cache applies before this returns.
+    pub(crate) async fn change_conditions(
+        &self,
+        table: &str,
+        conditions: Vec<Condition>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let _change = self.monitor_change.lock().await;
+        let monitored = match &self.config.tables {
+            TableSelection::All => self.cache.schema().table(table).is_some(),
+            TableSelection::Only(tables) => tables.contains_key(table),
+        };
+        if !monitored {
+            return Err(Error::Config(format!("table {table} is not monitored")));
+        }
+        self.conditions
+            .lock()
+            .insert(table.to_owned(), conditions.clone());
+        let conn = self.wait_ready(deadline).await?;
+        if *self.method.lock() == MonitorMethod::Plain {
+            return Err(Error::Protocol(
+                "the server has no conditional monitoring (monitor_cond)".into(),
+            ));
+        }
+        let new = self.new_monitor_id();
+        let old = {
+            let mut ids = self.monitor_ids.lock();
+            let old = ids.last().cloned().unwrap_or_default();
+            ids.push(new.clone());
+            old
+        };
+        let params = json!([old, new, {table: [{"where": conditions}]}]);
+        let reply =
+            tokio::time::timeout_at(deadline, conn.call_raw("monitor_cond_change", &params))
+                .await
+                .map_err(|_| Error::Timeout(deadline.saturating_duration_since(Instant::now())));
+        let mut ids = self.monitor_ids.lock();
+        match reply {
+            Ok(Ok(_)) => {
+                ids.retain(|id| *id == new);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                ids.retain(|id| *id != new);
+                Err(e.into())
+            }
+            Err(timeout) => Err(timeout),
+        }
+    }
+
+    /// Cancels the data monitor (`monitor_cancel`) and monitors again from
+    /// scratch on the same connection, replacing the cache.
+    pub(crate) async fn resync(&self, deadline: Instant) -> Result<(), Error> {
+        let _change = self.monitor_change.lock().await;
+        let conn = self.wait_ready(deadline).await?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let old = std::mem::take(&mut *self.monitor_ids.lock());
+        for id in old {
+            match conn.call_raw("monitor_cancel", &[id]).await {
+                Ok(_) | Err(CallError::Rpc(_)) => {}
+                Err(lost) => return Err(lost.into()),
+            }
+        }
+        self.monitor.lock().last_txn_id = None;
+        let started = self.start_data_monitor(&conn, generation);
+        match tokio::time::timeout_at(deadline, started).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                conn.close(format!("re-monitor failed: {e}"));
+                Err(Error::Protocol(e))
+            }
+            Err(_) => {
+                conn.close("re-monitor timed out");
+                Err(Error::Timeout(
+                    deadline.saturating_duration_since(Instant::now()),
+                ))
             }
         }
     }
@@ -328,7 +467,7 @@ impl Session {
         let Some(watch) = server.as_mut().filter(|w| w.generation == generation) else {
             return Ok(());
         };
-        match monitor::decode_notification(&watch.schema, SERVER_MONITOR, notification)
+        match monitor::decode_notification(&watch.schema, &[SERVER_MONITOR], notification)
             .map_err(|e| e.to_string())?
         {
             Decoded::Update(update) => {
@@ -387,14 +526,6 @@ impl Session {
             options,
             self.handler(generation),
         ));
-        let call = |method: &'static str, params: Json| {
-            let conn = conn.clone();
-            async move {
-                conn.call(method, &params)
-                    .await
-                    .map_err(|e| format!("{method}: {e}"))
-            }
-        };
         if let Err(e) = conn.call("set_db_change_aware", &json!([true])).await {
             match e {
                 CallError::Rpc(e) => {
@@ -405,7 +536,31 @@ impl Session {
         }
         self.watch_server(&conn, generation).await?;
 
-        let schema_json = call("get_schema", json!([self.config.database])).await?;
+        self.start_data_monitor(&conn, generation).await?;
+        self.locks
+            .reacquire(&conn)
+            .await
+            .map_err(|e| format!("lock: {e}"))?;
+        if conn.is_closed() {
+            return Err(conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default());
+        }
+        Ok(conn)
+    }
+
+    /// Fetches the schema and starts the data monitor on `conn` (resuming from the
+    /// last transaction id when there is one), then applies its reply to the cache.
+    async fn start_data_monitor(
+        &self,
+        conn: &Arc<Connection>,
+        generation: u64,
+    ) -> Result<(), String> {
+        let schema_json = conn
+            .call("get_schema", &[&self.config.database])
+            .await
+            .map_err(|e| format!("get_schema: {e}"))?;
         let schema =
             Arc::new(DatabaseSchema::from_json(&schema_json).map_err(|e| format!("schema: {e}"))?);
         let tables = self.monitor_tables(&schema)?;
@@ -415,14 +570,26 @@ impl Session {
             self.monitor.lock().last_txn_id = None;
         }
 
+        {
+            let mut state = self.monitor.lock();
+            if state.generation != generation {
+                return Err("superseded by a newer connection".into());
+            }
+            state.established = false;
+            state.buffered.clear();
+        }
+        let monitor_id = self.new_monitor_id();
+        *self.monitor_ids.lock() = vec![monitor_id.clone()];
+        let conditions = self.conditions.lock().clone();
         let mut method = *self.method.lock();
         let reply = loop {
             let last_txn_id = self.monitor.lock().last_txn_id;
             let params = monitor::request_params(
                 method,
                 &self.config.database,
-                DATA_MONITOR,
+                &monitor_id,
                 &tables,
+                &conditions,
                 last_txn_id,
             );
             match conn.call_raw(method.name(), &params).await {
@@ -453,14 +620,8 @@ impl Session {
                 .establish(initial, schema, &tables, &self.cache)
                 .map_err(|e| e.to_string())?
         };
-        if conn.is_closed() {
-            return Err(conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_default());
-        }
         info!(method = method.name(), resumed, full, "monitor established");
-        Ok(conn)
+        Ok(())
     }
 
     /// Monitors `_Server.Database` on the new connection and checks the server.
@@ -505,7 +666,14 @@ impl Session {
         });
         let mut method = MonitorMethod::Cond;
         let reply = loop {
-            let params = monitor::request_params(method, "_Server", SERVER_MONITOR, &tables, None);
+            let params = monitor::request_params(
+                method,
+                "_Server",
+                SERVER_MONITOR,
+                &tables,
+                &BTreeMap::new(),
+                None,
+            );
             match conn.call_raw(method.name(), &params).await {
                 Ok(reply) => break reply,
                 Err(CallError::Rpc(e))

@@ -1,15 +1,18 @@
 //! Feeds arbitrary bytes, parsed as JSON, to every data-layer decoder: datums
 //! (untyped and against every column type of the OVN NB schema), rows, typed NB
 //! and `_Server` rows, schemas, error objects, `transact` results and the schema
-//! checks of operations built from decoded rows. None of them may panic, and
-//! whatever decodes must re-encode to the same value.
+//! checks of operations built from decoded rows; `transact` results and
+//! `<table-updates2>` also through the fast paths that decode straight from JSON
+//! text, which must agree with the tree-based decoders. None of them may panic,
+//! and whatever decodes must re-encode to the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ovsdb_client::datum::Value;
 use ovsdb_client::nb;
 use ovsdb_client::operation::{
-    Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil, parse_results,
+    Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil, parse_raw_results,
+    parse_results,
 };
 use ovsdb_client::row::Row;
 use ovsdb_client::schema::DatabaseSchema;
@@ -76,14 +79,23 @@ fn decode(json: &serde_json::Value) {
         Wait::new("NB_Global", ["name"], WaitUntil::Equal, vec![]).into(),
         Operation::Commit { durable: false },
     ];
+    let raw = serde_json::value::to_raw_value(json).expect("a value re-encodes");
     for n in 0..=ops.len() {
-        let _ = parse_results(&ops[..n], json, Some(schema));
+        let tree = parse_results(&ops[..n], json, Some(schema));
         let _ = parse_results(&ops[..n], json, None);
+        // The fast path agrees with the tree path whenever either succeeds.
+        let text = parse_raw_results(&ops[..n], &raw, Some(schema));
+        if tree.is_ok() || text.is_ok() {
+            assert_eq!(text, tree);
+        }
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) {
         decode(&json);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        ovsdb_client::monitor::fuzz_updates2(nb::schema(), text);
     }
 });
