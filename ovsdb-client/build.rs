@@ -157,12 +157,22 @@ fn generate_table(out: &mut String, table: &TableSchema) {
             table.name, &*c.name
         );
     }
+    // Columns come sorted by name (a BTreeMap), as a row keeps them; their names are
+    // allocated once, not for every row.
     let _ = writeln!(
         out,
-        "        }})\n    }}\n\n    fn to_row(&self) -> Row {{\n        Row::from_iter(["
+        "        }})\n    }}\n\n    fn to_row(&self) -> Row {{\n        \
+         static NAMES: std::sync::LazyLock<[std::sync::Arc<str>; {n}]> = \
+         std::sync::LazyLock::new(|| {names:?}.map(std::sync::Arc::from));\n        \
+         Row::from_sorted_columns(vec![",
+        n = fields.len(),
+        names = fields.iter().map(|(_, c)| &*c.name).collect::<Vec<_>>(),
     );
-    for (f, c) in &fields {
-        let _ = writeln!(out, "            ({:?}, self.{f}.to_value()),", &*c.name);
+    for (i, (f, _)) in fields.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "            (NAMES[{i}].clone(), self.{f}.to_value()),"
+        );
     }
     let _ = writeln!(out, "        ])\n    }}\n}}");
 }

@@ -63,6 +63,13 @@ impl Row {
         self.columns.binary_search_by(|(k, _)| (**k).cmp(name))
     }
 
+    /// A row from columns already sorted by name, without duplicates (generated
+    /// typed tables build their rows this way).
+    pub(crate) fn from_sorted_columns(columns: Vec<(Arc<str>, Value)>) -> Self {
+        debug_assert!(columns.windows(2).all(|w| w[0].0 < w[1].0));
+        Self { columns }
+    }
+
     /// The value of a column.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.position(name).ok().map(|i| &self.columns[i].1)

@@ -11,8 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use ovsdb_client::datum::Value;
 use ovsdb_client::nb;
 use ovsdb_client::operation::{
-    Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil, parse_raw_results,
-    parse_results,
+    Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil,
+    parse_raw_results, parse_results,
 };
 use ovsdb_client::row::Row;
 use ovsdb_client::schema::DatabaseSchema;
