@@ -159,3 +159,10 @@ pk_wait() {
 	done
 	pk_die "timed out after ${secs}s waiting for $what"
 }
+
+# Puts a node's underlay address on its br-phy (the tap ovs-vswitchd makes, gone when it stops).
+pk_underlay_address() { # netns address/prefix
+	pk_wait 30 "br-phy in $1" ip -n "$1" link show br-phy
+	ip -n "$1" addr replace "$2" dev br-phy
+	ip -n "$1" link set br-phy up
+}

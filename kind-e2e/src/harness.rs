@@ -45,6 +45,16 @@ pub struct ClusterOptions {
     pub node_agent: Option<PathBuf>,
     /// Run folder; `None` picks a fresh one under the system temporary folder.
     pub run_dir: Option<PathBuf>,
+    /// The CNI network every node agent runs; `None` keeps the local cluster's default (Debian's
+    /// `bridge` and `host-local` plugins).
+    pub cni: Option<CniNetwork>,
+}
+
+/// A CNI network for the node agents: a configuration list and the folder holding its plugins.
+#[derive(Clone, Debug)]
+pub struct CniNetwork {
+    pub conflist: PathBuf,
+    pub bin_dir: PathBuf,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +64,7 @@ impl Default for ClusterOptions {
             raft: false,
             node_agent: None,
             run_dir: None,
+            cni: None,
         }
     }
 }
@@ -125,6 +136,10 @@ impl Cluster {
         }
         if let Some(agent) = &opts.node_agent {
             cmd.arg("--agent").arg(agent);
+        }
+        if let Some(cni) = &opts.cni {
+            cmd.env("PORTKEEPER_CNI_CONFLIST", &cni.conflist)
+                .env("PORTKEEPER_CNI_BIN_DIR", &cni.bin_dir);
         }
         let status = cmd.status()?;
         if !status.success() {

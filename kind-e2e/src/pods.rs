@@ -1,6 +1,13 @@
 //! The pod half of the kubelet: every pod bound to this node gets a network namespace wired by the
 //! CNI plugin, its addresses in `status`, and `Running`/`Ready`; a deleted pod gets `DEL`, loses its
 //! namespace, and its deletion is completed.
+//!
+//! Deletions do not rely on the reconciler alone. A pod deleted with no grace period is gone from
+//! the API (and from the controller's cache) right away, and kube-runtime drops a reconcile whose
+//! object is no longer cached, so such a pod would never get its `DEL`. A second watch therefore
+//! follows which pods exist: a `Deleted` event tears the sandbox down at once, and after every
+//! (re)list, and periodically, sandboxes of pods that exist in neither view are removed. Operations
+//! on one sandbox are serialized, so a `DEL` waits for an `ADD` still in flight.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -9,11 +16,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::Error;
 use crate::cni::{Attachment, CniRuntime, result_ips};
@@ -24,7 +32,8 @@ use crate::sandbox::{Sandbox, SandboxStore, create_netns, delete_netns};
 pub const SANDBOX_FAILURE_REASON: &str = "FailedCreatePodSandBox";
 const IFNAME: &str = "eth0";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const GC_PERIOD: Duration = Duration::from_secs(10);
+/// How often sandboxes whose pod is gone are looked for, besides after each (re)list.
+const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// Everything the pod reconciler needs.
 pub struct PodAgent {
@@ -38,6 +47,8 @@ pub struct PodAgent {
     failures: Mutex<HashMap<String, u32>>,
     /// Sandboxes made or verified (CNI `CHECK`) by this process; others come from a previous run.
     verified: Mutex<HashSet<String>>,
+    /// One lock per pod UID: setting up and tearing down a sandbox never overlap.
+    sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PodAgent {
@@ -58,6 +69,7 @@ impl PodAgent {
             netns_prefix,
             failures: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
+            sandbox_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -66,16 +78,38 @@ impl PodAgent {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let controller = Controller::new(pods, config);
-        tokio::spawn(collect_orphans(self.clone(), controller.store()));
+        let controller = Controller::new(pods.clone(), config.clone());
+        let deletions = tokio::spawn(follow_deletions(
+            self.clone(),
+            pods,
+            config,
+            controller.store(),
+        ));
         controller
             .run(reconcile, error_policy, self)
             .for_each(|res| async move {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "reconcile");
+                match res {
+                    // Logged by `error_policy`, and handled by `follow_deletions`, respectively.
+                    Ok(_)
+                    | Err(controller::Error::ReconcilerFailed(..))
+                    | Err(controller::Error::ObjectNotFound(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "pod watch"),
                 }
             })
             .await;
+        deletions.abort();
+    }
+
+    /// Holds the pod's sandbox lock until the guard is dropped.
+    async fn lock_sandbox(&self, uid: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .sandbox_locks
+            .lock()
+            .expect("not poisoned")
+            .entry(uid.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     fn attachment(&self, sandbox: &Sandbox) -> Attachment {
@@ -98,6 +132,7 @@ impl PodAgent {
 
     /// Makes the pod's namespace and runs `ADD`; on failure undoes what it did.
     async fn set_up(&self, pod: &Pod, uid: &str) -> Result<Sandbox, Error> {
+        let _lock = self.lock_sandbox(uid).await;
         let mut sandbox = Sandbox {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
@@ -123,7 +158,7 @@ impl PodAgent {
                 Ok(sandbox)
             }
             Err(e) => {
-                if let Err(cleanup) = self.tear_down(uid).await {
+                if let Err(cleanup) = self.tear_down_locked(uid).await {
                     tracing::warn!(error = %cleanup, "cleanup after failed ADD");
                 }
                 Err(e.into())
@@ -165,6 +200,19 @@ impl PodAgent {
 
     /// Runs `DEL`, removes the namespace and forgets the sandbox; a missing sandbox is fine.
     async fn tear_down(&self, uid: &str) -> Result<(), Error> {
+        let lock = self.lock_sandbox(uid).await;
+        self.tear_down_locked(uid).await?;
+        // Forget the lock unless someone waits on it (the map and `lock` hold the only references).
+        let mut locks = self.sandbox_locks.lock().expect("not poisoned");
+        if locks.get(uid).is_some_and(|l| Arc::strong_count(l) == 2) {
+            locks.remove(uid);
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    /// [`Self::tear_down`] for a caller already holding the pod's sandbox lock.
+    async fn tear_down_locked(&self, uid: &str) -> Result<(), Error> {
         let Some(sandbox) = self.sandboxes.load(uid)? else {
             return Ok(());
         };
@@ -359,28 +407,79 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(MAX_BACKOFF)
 }
 
-/// Tears down sandboxes whose pod is gone (deleted with grace 0 by someone else, or while the
-/// agent was down), once the pod cache is complete.
-async fn collect_orphans(agent: Arc<PodAgent>, store: Store<Pod>) {
-    if store.wait_until_ready().await.is_err() {
-        return;
-    }
-    let mut tick = tokio::time::interval(GC_PERIOD);
+/// Follows which pods bound to this node exist, through a watch of its own: tears down the
+/// sandbox of each deleted pod at once, and after every (re)list and every
+/// [`ORPHAN_SWEEP_PERIOD`] the sandboxes whose pod this watch and the controller's cache both lack.
+///
+/// Both views are consulted because they advance independently: the controller may already be
+/// setting up a pod this watch has not seen yet.
+async fn follow_deletions(
+    agent: Arc<PodAgent>,
+    pods: Api<Pod>,
+    config: watcher::Config,
+    cached: Store<Pod>,
+) {
+    let mut live: Option<HashSet<String>> = None;
+    let mut listing = HashSet::new();
+    let mut events = std::pin::pin!(watcher(pods, config).default_backoff());
+    let mut sweep = tokio::time::interval(ORPHAN_SWEEP_PERIOD);
     loop {
-        tick.tick().await;
-        let live: HashSet<String> = store.state().iter().filter_map(|p| p.uid()).collect();
-        let sandboxes = match agent.sandboxes.list() {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing sandboxes");
-                continue;
+        tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Err(e)) => tracing::warn!(error = %e, "pod deletion watch"),
+                Some(Ok(watcher::Event::Init)) => listing.clear(),
+                Some(Ok(watcher::Event::InitApply(pod))) => listing.extend(pod.uid()),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let listed = live.insert(std::mem::take(&mut listing));
+                    remove_orphans(&agent, listed, &cached).await;
+                }
+                Some(Ok(watcher::Event::Apply(pod))) => {
+                    if let Some(live) = live.as_mut() {
+                        live.extend(pod.uid());
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(pod))) => {
+                    let Some(uid) = pod.uid() else { continue };
+                    if let Some(live) = live.as_mut() {
+                        live.remove(&uid);
+                    }
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = agent.tear_down(&uid).await {
+                            tracing::warn!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                                error = %e, "removing the sandbox of a deleted pod");
+                        }
+                    });
+                }
+            },
+            _ = sweep.tick() => {
+                if let Some(live) = &live {
+                    remove_orphans(&agent, live, &cached).await;
+                }
             }
-        };
-        for sandbox in sandboxes.into_iter().filter(|s| !live.contains(&s.uid)) {
-            tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "removing orphaned sandbox");
-            if let Err(e) = agent.tear_down(&sandbox.uid).await {
-                tracing::warn!(error = %e, "removing orphaned sandbox");
-            }
+        }
+    }
+}
+
+/// Tears down every sandbox whose pod is neither in `live` nor in the controller's cache.
+async fn remove_orphans(agent: &PodAgent, live: &HashSet<String>, cached: &Store<Pod>) {
+    let sandboxes = match agent.sandboxes.list() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing sandboxes");
+            return;
+        }
+    };
+    let cached: HashSet<String> = cached.state().iter().filter_map(|p| p.uid()).collect();
+    for sandbox in sandboxes
+        .into_iter()
+        .filter(|s| !live.contains(&s.uid) && !cached.contains(&s.uid))
+    {
+        let pod = format!("{}/{}", sandbox.namespace, sandbox.name);
+        tracing::info!(%pod, "removing orphaned sandbox");
+        if let Err(e) = agent.tear_down(&sandbox.uid).await {
+            tracing::warn!(%pod, error = %e, "removing orphaned sandbox");
         }
     }
 }

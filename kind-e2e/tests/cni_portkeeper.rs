@@ -1,27 +1,105 @@
 //! portkeeper's own CNI on the local cluster: the controller allocates, each node's
-//! `portkeeper-daemon` (its veths and abstract socket in the node's namespace) wires pods into OVN, and the
-//! node agents run `portkeeper-cni` as a runtime does. Needs root; under `CI=true` a missing
-//! prerequisite fails instead of skipping.
+//! `portkeeper-daemon` (its veths and abstract socket in the node's namespace) wires pods into OVN,
+//! and the node agents run `portkeeper-cni` as a runtime does.
+//!
+//! One cluster serves the whole binary; trials run one at a time in the order below. When a trial
+//! fails, the cluster's and portkeeper's logs are copied to `$TMPDIR/portkeeper-cni-e2e-logs`
+//! before the cluster is torn down. Without root the trials are ignored, except under `CI=true`,
+//! where they run and fail.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kind_e2e::harness::client_from_kubeconfig;
-use kind_e2e::{Cluster, ClusterOptions};
+use kind_e2e::pods::SANDBOX_FAILURE_REASON;
+use kind_e2e::portkeeper::{self, Controller, annotation, kubectl, kubectl_apply, wait_for};
+use kind_e2e::{Cluster, ClusterOptions, CniNetwork};
 use kube::api::{Api, DeleteParams, PostParams};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use kube::{Client, ResourceExt};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{Value, json};
 
-/// Child processes killed (by their pid) when the test ends, also on failure.
-struct Processes(Vec<Child>);
+const SUBNET: &str = "10.16.0.0/16";
+const GATEWAY: &str = "10.16.0.1";
+/// The daemons' bound on waiting for an allocation (their default, 60 s, is the runtime's whole
+/// CNI timeout).
+const ALLOCATION_TIMEOUT_SECS: &str = "15";
+/// How long a gracefully deleted pod's port and veth may outlive the request.
+const CLEANUP_BOUND: Duration = Duration::from_secs(30);
+/// How long those of a pod deleted with no grace period may: well inside the node agent's 10 s
+/// orphan sweep, so the deletion itself must bring the `DEL`.
+const IMMEDIATE_CLEANUP_BOUND: Duration = Duration::from_secs(5);
 
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+static SETUP: Mutex<Option<Portkeeper>> = Mutex::new(None);
+static UP_FAILURE: OnceLock<String> = OnceLock::new();
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let runnable = is_root() || std::env::var("CI").as_deref() == Ok("true");
+    let trials = [
+        trial(
+            "nodes_publish_their_chassis_name",
+            nodes_publish_their_chassis_name,
+        ),
+        trial(
+            "pods_get_exactly_their_annotated_addresses_and_bind_on_their_chassis",
+            pods_get_exactly_their_annotated_addresses,
+        ),
+        trial(
+            "pods_ping_on_one_node_across_nodes_and_the_gateway",
+            pods_ping_on_one_node_across_nodes_and_the_gateway,
+        ),
+        trial(
+            "statefulset_pod_recreated_with_a_new_mac_answers_the_first_ping",
+            statefulset_pod_recreated_with_a_new_mac_answers_the_first_ping,
+        ),
+        trial(
+            "bad_cni_inputs_give_errors_and_leave_nothing",
+            bad_cni_inputs_give_errors_and_leave_nothing,
+        ),
+        trial(
+            "pod_whose_allocation_never_comes_gets_an_event_and_leaves_nothing",
+            pod_whose_allocation_never_comes_gets_an_event_and_leaves_nothing,
+        ),
+        trial(
+            "deleted_pods_leave_no_port_or_veth",
+            deleted_pods_leave_no_port_or_veth,
+        ),
+    ]
+    .into_iter()
+    .map(|t| t.with_ignored_flag(!runnable))
+    .collect();
+    if !runnable {
+        eprintln!("the CNI e2e needs root (set CI=true to make that a failure): ignored");
     }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(setup) = SETUP.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if conclusion.has_failed() {
+            setup.keep_logs();
+        }
+        drop(setup);
+    }
+    conclusion.exit();
+}
+
+fn trial<Fut>(name: &'static str, body: fn(Client) -> Fut) -> Trial
+where
+    Fut: Future<Output = ()> + 'static,
+{
+    Trial::test(name, move || {
+        let kubeconfig = with_setup(|s| s.cluster.kubeconfig().to_path_buf())?;
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async move {
+            let client = client_from_kubeconfig(&kubeconfig).await?;
+            body(client).await;
+            Ok(())
+        })
+    })
 }
 
 fn is_root() -> bool {
@@ -31,43 +109,191 @@ fn is_root() -> bool {
     })
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// The cluster with portkeeper's controller and one daemon per node. Fields drop in order: our
+/// processes go before the cluster they talk to.
+struct Portkeeper {
+    _daemons: Daemons,
+    _controller: Controller,
+    cluster: Cluster,
+    /// The `portkeeper-cni` binary as the node agents run it.
+    plugin: PathBuf,
+    /// The prefix of every network namespace of this cluster.
+    prefix: String,
+    _scratch: tempfile::TempDir,
 }
 
-/// Builds portkeeper's CNI and controller binaries and returns the folder holding them.
-fn build_binaries() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace())
-        .args([
-            "build",
-            "-p",
-            "portkeeper-cni",
-            "-p",
-            "portkeeper-controller",
-            "--bins",
-        ])
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building portkeeper-cni and portkeeper-controller failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    target.join("debug")
-}
+/// The daemons, killed (by their pid) when the run ends, also on failure.
+struct Daemons(Vec<Child>);
 
-fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
-    let mut command = Command::new(program);
-    command.args(args);
-    for (k, v) in env {
-        command.env(k, v);
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
-    let out = command
+}
+
+impl Portkeeper {
+    fn start() -> Result<Self, String> {
+        let plugin_bin =
+            portkeeper::cargo_binary("portkeeper-cni", "portkeeper-cni", "PORTKEEPER_CNI_BIN");
+        let daemon_bin = portkeeper::cargo_binary(
+            "portkeeper-cni",
+            "portkeeper-daemon",
+            "PORTKEEPER_DAEMON_BIN",
+        );
+        let controller_bin = portkeeper::controller_binary();
+        let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let bin_dir = scratch.path().join("cni-bin");
+        let plugin = bin_dir.join("portkeeper-cni");
+        let conflist = scratch.path().join("portkeeper.conflist");
+        std::fs::create_dir_all(&bin_dir)
+            .and_then(|()| std::fs::copy(&plugin_bin, &plugin))
+            .and_then(|_| std::fs::write(&conflist, conflist_text("1.0.0")))
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let cluster = Cluster::up(ClusterOptions {
+            node_agent: Some(env!("CARGO_BIN_EXE_node-agent").into()),
+            cni: Some(CniNetwork { conflist, bin_dir }),
+            ..ClusterOptions::default()
+        })
+        .map_err(|e| e.to_string())?;
+        eprintln!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
+        kubectl(
+            &cluster,
+            &[
+                "apply",
+                "-f",
+                &portkeeper::repo_root()
+                    .join("yamls/crds.yaml")
+                    .display()
+                    .to_string(),
+            ],
+        );
+        let controller = Controller::start(&controller_bin, &cluster, SUBNET, 0, &[]);
+        let prefix = std::fs::read_to_string(cluster.run_dir().join("state"))
+            .map_err(|e| e.to_string())?
+            .lines()
+            .find_map(|l| l.strip_prefix("PK_PREFIX="))
+            .ok_or("no PK_PREFIX in the cluster state")?
+            .to_owned();
+        let mut daemons = Daemons(Vec::new());
+        for node in cluster.nodes() {
+            let log = std::fs::File::create(cluster.run_dir().join(format!("daemon-{node}.log")))
+                .map_err(|e| e.to_string())?;
+            let db = format!("unix:{}", cluster.node_dir(node).join("db.sock").display());
+            daemons.0.push(
+                Command::new(&daemon_bin)
+                    .args(["--node-name", node, "--socket", "@portkeeper-cni"])
+                    .args(["--ovs-db", &db])
+                    .args(["--allocation-timeout", ALLOCATION_TIMEOUT_SECS])
+                    .arg("--netns")
+                    .arg(Path::new("/run/netns").join(format!("{prefix}{node}")))
+                    .env("KUBECONFIG", cluster.kubeconfig())
+                    .env("NO_COLOR", "1")
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .map_err(|e| format!("start portkeeper-daemon: {e}"))?,
+            );
+        }
+        Ok(Self {
+            _daemons: daemons,
+            _controller: controller,
+            cluster,
+            plugin,
+            prefix,
+            _scratch: scratch,
+        })
+    }
+
+    /// The network namespace of `node`.
+    fn node_netns(&self, node: &str) -> String {
+        format!("{}{node}", self.prefix)
+    }
+
+    /// Every `pk…` port on each node's `br-int` and `pk…` link in each node's namespace.
+    fn wiring(&self) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for node in self.cluster.nodes() {
+            let db = format!(
+                "--db=unix:{}",
+                self.cluster.node_dir(node).join("db.sock").display()
+            );
+            let ports = stdout(&run("ovs-vsctl", &[&db, "list-ports", "br-int"]));
+            let links = stdout(&run("ip", &["-n", &self.node_netns(node), "-o", "link"]));
+            let links = links.lines().filter_map(|l| l.split(": ").nth(1));
+            found.extend(
+                ports
+                    .lines()
+                    .map(|p| format!("{node} port {p}"))
+                    .chain(
+                        links.map(|l| format!("{node} link {}", l.split('@').next().unwrap_or(l))),
+                    )
+                    .filter(|what| what.split(' ').nth(2).is_some_and(|n| n.starts_with("pk"))),
+            );
+        }
+        found
+    }
+
+    /// Copies the cluster's and portkeeper's logs out of the run folder, which goes with the cluster.
+    fn keep_logs(&self) {
+        let kept = std::env::temp_dir().join("portkeeper-cni-e2e-logs");
+        let _ = std::fs::remove_dir_all(&kept);
+        let _ = std::fs::create_dir_all(&kept);
+        let run = self.cluster.run_dir();
+        let logs = std::fs::read_dir(run.join("log"))
+            .into_iter()
+            .chain(std::fs::read_dir(run))
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"));
+        for entry in logs {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+        }
+        eprintln!("logs kept in {}", kept.display());
+    }
+}
+
+/// The shared setup, started on first use; a failed start fails every later trial too.
+fn setup() -> Result<MutexGuard<'static, Option<Portkeeper>>, Failed> {
+    let mut guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        if let Some(failure) = UP_FAILURE.get() {
+            return Err(failure.clone().into());
+        }
+        match Portkeeper::start() {
+            Ok(setup) => *guard = Some(setup),
+            Err(e) => {
+                let failure = format!("starting the cluster with portkeeper failed: {e}");
+                let _ = UP_FAILURE.set(failure.clone());
+                return Err(failure.into());
+            }
+        }
+    }
+    Ok(guard)
+}
+
+fn with_setup<T>(f: impl FnOnce(&Portkeeper) -> T) -> Result<T, Failed> {
+    let guard = setup()?;
+    Ok(f(guard.as_ref().expect("set up")))
+}
+
+fn with<T>(f: impl FnOnce(&Portkeeper) -> T) -> T {
+    with_setup(f).expect("the setup was made by the trial's start")
+}
+
+fn conflist_text(version: &str) -> String {
+    json!({"cniVersion": version, "name": "portkeeper", "plugins": [
+        {"type": "portkeeper-cni", "daemonSocket": "@portkeeper-cni"}
+    ]})
+    .to_string()
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
@@ -75,59 +301,16 @@ fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
         "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn state(cluster: &Cluster, key: &str) -> String {
-    let text = std::fs::read_to_string(cluster.run_dir().join("state")).expect("cluster state");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .expect("state key")
-        .to_owned()
-}
-
-fn pod(name: &str, node: &str, annotations: &[(&str, &str)]) -> Pod {
-    let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": "cni-e2e"}, "annotations": annotations},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "c", "image": "none"}],
-            "terminationGracePeriodSeconds": 0
-        }
-    }))
-    .unwrap()
-}
-
-async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(p) = pods.get(name).await
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pod {name} not Running with an IP: {:?}",
-            pods.get(name).await.ok().and_then(|p| p.status)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn annotation<'a>(pod: &'a Pod, key: &str) -> &'a str {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
-        .unwrap_or_else(|| panic!("{key} missing"))
-}
-
-fn exec(cluster: &Cluster, pod: &str, cmd: &[&str]) -> (bool, String) {
-    let out = cluster.pod_exec("default", pod, cmd).expect("pod-exec");
+/// Runs `cmd` in the pod's network namespace; (success, stdout and stderr).
+fn exec(pod: &str, cmd: &[&str]) -> (bool, String) {
+    let out = with(|s| s.cluster.pod_exec("default", pod, cmd)).expect("pod-exec");
     (
         out.status.success(),
         format!(
@@ -138,262 +321,472 @@ fn exec(cluster: &Cluster, pod: &str, cmd: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
-#[ignore = "flaky: a pod's CNI DEL sometimes never reaches the daemon, so its veth and OVS port stay (issue 7 stays open; run with `cargo test -p portkeeper-kind-e2e --test cni_portkeeper -- --ignored`)"]
-fn portkeeper_cni_wires_pods_with_their_annotated_addresses() {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: the CNI e2e needs root"
-        );
-        eprintln!("the CNI e2e needs root: skipped");
-        return;
-    }
-    let bin = build_binaries();
-    let scratch = tempfile::tempdir().unwrap();
-    let cni_bin = scratch.path().join("cni-bin");
-    std::fs::create_dir_all(&cni_bin).unwrap();
-    std::fs::copy(bin.join("portkeeper-cni"), cni_bin.join("portkeeper-cni")).unwrap();
-    let conflist = scratch.path().join("portkeeper.conflist");
-    std::fs::write(
-        &conflist,
-        r#"{"cniVersion":"1.0.0","name":"portkeeper","plugins":[{"type":"portkeeper-cni","daemonSocket":"@portkeeper-cni"}]}"#,
-    )
-    .unwrap();
-    // SAFETY: set before any other thread of this test binary starts; the cluster scripts read them.
-    unsafe {
-        std::env::set_var("PORTKEEPER_CNI_CONFLIST", &conflist);
-        std::env::set_var("PORTKEEPER_CNI_BIN_DIR", &cni_bin);
-    }
-    let cluster = Cluster::up(ClusterOptions {
-        node_agent: Some(env!("CARGO_BIN_EXE_node-agent").into()),
-        ..ClusterOptions::default()
+fn ping(from: &str, to: &str) -> (bool, String) {
+    exec(from, &["ping", "-c", "1", "-W", "2", to])
+}
+
+fn pod_manifest(name: &str, node: &str, annotations: &[(&str, &str)], grace: u32) -> Pod {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "cni-e2e"}, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "none"}],
+            "terminationGracePeriodSeconds": grace
+        }
+    }))
+    .unwrap()
+}
+
+/// Waits until the pod `name` (of any UID but `not_uid`) is Running and Ready with an IP.
+async fn wait_running(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> Pod {
+    wait_for(&format!("pod {name} Running and Ready"), async || {
+        let p = pods.get_opt(name).await.ok().flatten()?;
+        let status = p.status.as_ref()?;
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready
+            && status.phase.as_deref() == Some("Running")
+            && status.pod_ip.is_some()
+            && p.uid().as_deref() != not_uid)
+            .then_some(p)
     })
-    .expect("local cluster up");
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
-    run(
-        "kubectl",
-        &[
-            "apply",
-            "-f",
-            &workspace().join("yamls/crds.yaml").display().to_string(),
-        ],
-        &[("KUBECONFIG", &kubeconfig)],
-    );
+    .await
+}
 
-    // Our processes' logs outlive the cluster's run folder: kept when the test fails, removed when it passes.
-    let log_dir = std::env::temp_dir().join("portkeeper-cni-e2e-logs");
-    let _ = std::fs::remove_dir_all(&log_dir);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let mut processes = Processes(Vec::new());
-    let log = |name: &str| {
-        Stdio::from(std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap())
-    };
-    processes.0.push(
-        Command::new(bin.join("portkeeper-controller"))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("OVN_NB_DB", cluster.nb_remote())
-            .env("PORTKEEPER_DEFAULT_CIDR", "10.16.0.0/16")
-            .env("PORTKEEPER_METRICS_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .stdout(log("portkeeper-controller"))
-            .stderr(log("portkeeper-controller.err"))
-            .spawn()
-            .expect("start portkeeper-controller"),
+/// The pods the address and traffic trials share: `a` (static IP and MAC) and `b` on node1, `c`
+/// on node2; made on first use.
+async fn shared_pods(client: &Client) -> [Pod; 3] {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let static_address = [
+        ("ovn.kubernetes.io/ip_address", "10.16.0.100"),
+        ("ovn.kubernetes.io/mac_address", "02:00:00:00:01:00"),
+    ];
+    let wanted = [
+        ("a", "node1", &static_address[..]),
+        ("b", "node1", &[][..]),
+        ("c", "node2", &[][..]),
+    ];
+    for (name, node, annotations) in wanted {
+        if pods.get_opt(name).await.unwrap().is_none() {
+            pods.create(
+                &PostParams::default(),
+                &pod_manifest(name, node, annotations, 0),
+            )
+            .await
+            .expect("create pod");
+        }
+    }
+    let mut running = Vec::new();
+    for (name, _, _) in wanted {
+        running.push(wait_running(&pods, name, None).await);
+    }
+    running.try_into().unwrap()
+}
+
+fn pod_ips(p: &Pod) -> Vec<&str> {
+    annotation(p, "ip_address")
+        .unwrap_or_else(|| panic!("{} has no ip_address", p.name_any()))
+        .split(',')
+        .collect()
+}
+
+/// The chassis the SB database binds `port` to.
+fn bound_chassis(port: &str) -> String {
+    with(|s| {
+        let sbctl = |args: &[&str]| {
+            stdout(&s.cluster.ovn_sbctl(args).unwrap())
+                .trim()
+                .to_owned()
+        };
+        let uuid = sbctl(&[
+            "--bare",
+            "--columns=chassis",
+            "find",
+            "port_binding",
+            &format!("logical_port={port}"),
+        ]);
+        sbctl(&["--bare", "--columns=name", "list", "chassis", &uuid])
+    })
+}
+
+async fn nodes_publish_their_chassis_name(client: Client) {
+    let nodes: Api<Node> = Api::all(client);
+    for node in with(|s| s.cluster.nodes().to_vec()) {
+        let system_id = with(|s| {
+            let db = format!(
+                "--db=unix:{}",
+                s.cluster.node_dir(&node).join("db.sock").display()
+            );
+            let out = run(
+                "ovs-vsctl",
+                &[&db, "get", "open_vswitch", ".", "external_ids:system-id"],
+            );
+            stdout(&out).trim().trim_matches('"').to_owned()
+        });
+        let registered = with(|s| {
+            stdout(
+                &s.cluster
+                    .ovn_sbctl(&["--bare", "--columns=name", "list", "chassis"])
+                    .unwrap(),
+            )
+        });
+        assert!(
+            registered.split_whitespace().any(|c| c == system_id),
+            "chassis {system_id} of {node} is not in the SB: {registered}"
+        );
+        let published = wait_for(&format!("{node}'s chassis annotation"), async || {
+            let n = nodes.get(&node).await.ok()?;
+            n.annotations().get("ovn.kubernetes.io/chassis").cloned()
+        })
+        .await;
+        assert_eq!(published, system_id, "{node}'s ovn.kubernetes.io/chassis");
+    }
+}
+
+async fn pods_get_exactly_their_annotated_addresses(client: Client) {
+    let pods = shared_pods(&client).await;
+    for p in &pods {
+        let name = p.name_any();
+        let ips = pod_ips(p);
+        let mac = annotation(p, "mac_address")
+            .expect("mac_address")
+            .to_lowercase();
+        let status = p.status.as_ref().unwrap();
+        let reported: Vec<&str> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|i| i.ip.as_str())
+            .collect();
+        assert_eq!(reported, ips, "pod {name} status podIPs");
+        assert_eq!(
+            status.pod_ip.as_deref(),
+            Some(ips[0]),
+            "pod {name} status podIP"
+        );
+
+        let (ok, link) = exec(&name, &["ip", "-o", "link", "show", "eth0"]);
+        assert!(ok, "pod {name} has no eth0: {link}");
+        let link_mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1);
+        assert_eq!(link_mac, Some(mac.as_str()), "pod {name} eth0 MAC: {link}");
+        let (ok, addrs) = exec(
+            &name,
+            &["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
+        );
+        assert!(ok, "{addrs}");
+        let on_eth0: BTreeSet<&str> = addrs
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .collect();
+        let prefix = SUBNET.split('/').nth(1).unwrap();
+        let annotated: Vec<String> = ips.iter().map(|ip| format!("{ip}/{prefix}")).collect();
+        let annotated: BTreeSet<&str> = annotated.iter().map(String::as_str).collect();
+        assert_eq!(on_eth0, annotated, "pod {name} eth0 addresses");
+    }
+    assert_eq!(pod_ips(&pods[0]), ["10.16.0.100"]);
+    assert_eq!(
+        annotation(&pods[0], "mac_address"),
+        Some("02:00:00:00:01:00")
     );
-    let prefix = state(&cluster, "PK_PREFIX");
-    for node in cluster.nodes() {
-        let db = format!("unix:{}", cluster.node_dir(node).join("db.sock").display());
-        processes.0.push(
-            Command::new(bin.join("portkeeper-daemon"))
-                .args([
-                    "--node-name",
-                    node,
-                    "--socket",
-                    "@portkeeper-cni",
-                    "--ovs-db",
-                    &db,
-                ])
-                .arg("--netns")
-                .arg(Path::new("/run/netns").join(format!("{prefix}{node}")))
-                .env("KUBECONFIG", &kubeconfig)
-                .stdout(log(&format!("portkeeper-daemon-{node}")))
-                .stderr(log(&format!("portkeeper-daemon-{node}.err")))
-                .spawn()
-                .expect("start portkeeper-daemon"),
+    for (p, node) in pods.iter().zip(["node1", "node1", "node2"]) {
+        let port = format!("{}.default", p.name_any());
+        assert_eq!(bound_chassis(&port), node, "{port} binding");
+    }
+}
+
+async fn pods_ping_on_one_node_across_nodes_and_the_gateway(client: Client) {
+    let [_, b, c] = shared_pods(&client).await;
+    for (to, what) in [
+        (pod_ips(&b)[0], "a -> b on node1"),
+        (pod_ips(&c)[0], "a (node1) -> c (node2) through Geneve"),
+        (GATEWAY, "a -> the subnet gateway"),
+    ] {
+        let (ok, out) = ping("a", to);
+        assert!(ok, "{what} ({to}): {out}");
+    }
+    let (ok, out) = ping("c", GATEWAY);
+    assert!(ok, "c (node2) -> the subnet gateway: {out}");
+}
+
+const STATEFULSET_IP: &str = "10.16.0.150";
+
+fn statefulset(mac: &str) -> String {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "serviceName": "web", "replicas": 1, "updateStrategy": {"type": "OnDelete"},
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {
+                    "ovn.kubernetes.io/ip_address": STATEFULSET_IP,
+                    "ovn.kubernetes.io/mac_address": mac,
+                }},
+                "spec": {
+                    "nodeName": "node1",
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "c", "image": "none"}]
+                }
+            }
+        }
+    })
+    .to_string()
+}
+
+/// Kube-OVN's fixed-IP recreation case: the peer still holds the old MAC in its neighbour table,
+/// and the recreated pod must answer anyway, on the first packet.
+async fn statefulset_pod_recreated_with_a_new_mac_answers_the_first_ping(client: Client) {
+    shared_pods(&client).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let (old_mac, new_mac) = ("02:00:00:00:02:01", "02:00:00:00:02:02");
+    with(|s| kubectl_apply(&s.cluster, &statefulset(old_mac)));
+    let first = wait_running(&pods, "web-0", None).await;
+    assert_eq!(annotation(&first, "mac_address"), Some(old_mac));
+    assert_eq!(pod_ips(&first), [STATEFULSET_IP]);
+    let (ok, out) = ping("b", STATEFULSET_IP);
+    assert!(ok, "b -> web-0 before the change: {out}");
+    let (_, neigh) = exec("b", &["ip", "neigh", "show", STATEFULSET_IP]);
+    assert!(neigh.contains(old_mac), "b's neighbour entry: {neigh}");
+
+    with(|s| kubectl_apply(&s.cluster, &statefulset(new_mac)));
+    match pods.delete("web-0", &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code != 404 => panic!("delete web-0: {e}"),
+        _ => {}
+    }
+    let old_uid = first.uid().unwrap();
+    let second = wait_running(&pods, "web-0", Some(&old_uid)).await;
+    let (ok, out) = ping("b", STATEFULSET_IP);
+    assert_eq!(annotation(&second, "mac_address"), Some(new_mac));
+    assert_eq!(pod_ips(&second), [STATEFULSET_IP]);
+    assert!(
+        ok,
+        "the first ping to web-0 after it came back with {new_mac}: {out}"
+    );
+    let (_, neigh) = exec("b", &["ip", "neigh", "show", STATEFULSET_IP]);
+    assert!(neigh.contains(new_mac), "b's neighbour entry: {neigh}");
+}
+
+/// One plugin call on node1 as its runtime makes it.
+fn plugin(command: &str, netns: &Path, pod: &str, stdin: &str) -> Value {
+    use std::io::Write;
+    let (plugin, node_netns) = with(|s| (s.plugin.clone(), s.node_netns("node1")));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node_netns])
+        .arg(&plugin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("e2e{pod}"))
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run portkeeper-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        !out.status.success(),
+        "{command} for {pod} succeeded: {printed}"
+    );
+    printed
+}
+
+async fn bad_cni_inputs_give_errors_and_leave_nothing(client: Client) {
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let unwired = with(Portkeeper::wiring);
+    // A pod that exists and is allocated, so only the one bad input differs.
+    pods.create(
+        &PostParams::default(),
+        &pod_manifest("target", "node2", &[], 0),
+    )
+    .await
+    .expect("create pod");
+    wait_running(&pods, "target", None).await;
+    let netns = with(|s| format!("{}bad-input", s.prefix));
+    run("ip", &["netns", "add", &netns]);
+    let netns_path = Path::new("/run/netns").join(&netns);
+    let before = with(Portkeeper::wiring);
+    let good = conflist_text("1.0.0");
+    let good = serde_json::from_str::<Value>(&good).unwrap()["plugins"][0].clone();
+    let config = |version: &str| {
+        let mut c = good.clone();
+        c["cniVersion"] = json!(version);
+        c["name"] = json!("portkeeper");
+        c.to_string()
+    };
+    let missing = Path::new("/run/netns/portkeeper-e2e-no-such-netns");
+    for (what, pod_netns, pod, stdin, code) in [
+        (
+            "malformed config",
+            netns_path.as_path(),
+            "target",
+            "{\"cniVersion\":",
+            6,
+        ),
+        (
+            "unknown CNI version",
+            &netns_path,
+            "target",
+            &config("9.9.9"),
+            1,
+        ),
+        ("missing netns", missing, "target", &config("1.0.0"), 3),
+        (
+            "allocation that never comes",
+            &netns_path,
+            "ghost",
+            &config("1.0.0"),
+            100,
+        ),
+    ] {
+        let error = plugin("ADD", pod_netns, pod, stdin);
+        assert_eq!(error["code"], code, "{what}: {error}");
+        let msg = error["msg"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty(), "{what}: an error needs a message: {error}");
+        let links = stdout(&run("ip", &["-n", &netns, "-o", "link"]));
+        assert!(
+            !links.contains("eth0"),
+            "{what} left an interface in the pod namespace: {links}"
+        );
+        assert_eq!(
+            with(Portkeeper::wiring),
+            before,
+            "{what} left wiring on the nodes"
         );
     }
+    run("ip", &["netns", "delete", &netns]);
+    delete_and_wait(&pods, &["target".into()], 0, &unwired, CLEANUP_BOUND).await;
+}
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = client_from_kubeconfig(&kubeconfig).await.unwrap();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-        let nodes: Api<Node> = Api::all(client.clone());
+async fn pod_whose_allocation_never_comes_gets_an_event_and_leaves_nothing(client: Client) {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let before = with(Portkeeper::wiring);
+    let stranded = pod_manifest(
+        "stranded",
+        "node2",
+        &[("ovn.kubernetes.io/logical_switch", "no-such-subnet")],
+        0,
+    );
+    pods.create(&PostParams::default(), &stranded)
+        .await
+        .unwrap();
+    let message = wait_for("the stranded pod's sandbox failure event", async || {
+        portkeeper::warnings(&client, "default", "stranded")
+            .await
+            .into_iter()
+            .find(|(reason, _)| reason == SANDBOX_FAILURE_REASON)
+            .map(|(_, message)| message)
+    })
+    .await;
+    assert!(
+        message.contains("code 100") && message.contains("allocation"),
+        "the event should carry the daemon's allocation error: {message}"
+    );
+    let p = pods.get("stranded").await.unwrap();
+    assert_ne!(
+        p.status.and_then(|s| s.phase).as_deref(),
+        Some("Running"),
+        "a pod without an allocation must not run"
+    );
+    assert_eq!(with(Portkeeper::wiring), before, "a failed ADD left wiring");
+    delete_and_wait(&pods, &["stranded".into()], 0, &before, CLEANUP_BOUND).await;
+}
 
-        // Each node publishes its chassis name for the controller.
-        for node in cluster.nodes() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let n = nodes.get(node).await.unwrap();
-                let chassis = n
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("ovn.kubernetes.io/chassis").cloned());
-                if chassis.as_deref() == Some(node.as_str()) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{node} has no chassis annotation: {chassis:?}; daemon log:\n{}",
-                    std::fs::read_to_string(
-                        log_dir.join(format!("portkeeper-daemon-{node}.err.log"))
-                    )
-                    .unwrap_or_default()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
+/// Deletes `names` with `grace` seconds (0: gone from the API at once) and waits up to `bound`
+/// until the pods and their network namespaces are gone and the nodes' wiring is `expected` again.
+async fn delete_and_wait(
+    pods: &Api<Pod>,
+    names: &[String],
+    grace: u32,
+    expected: &BTreeSet<String>,
+    bound: Duration,
+) {
+    let prefix = with(|s| s.prefix.clone());
+    let mut netns = Vec::new();
+    for name in names {
+        if let Some(uid) = pods.get(name).await.unwrap().uid() {
+            netns.push(Path::new("/run/netns").join(format!("{prefix}{uid}")));
+        }
+    }
+    let params = DeleteParams {
+        grace_period_seconds: Some(grace),
+        ..DeleteParams::default()
+    };
+    for name in names {
+        pods.delete(name, &params).await.unwrap();
+    }
+    let deleted = Instant::now();
+    loop {
+        let wiring = with(Portkeeper::wiring);
+        let mut remaining = Vec::new();
+        for name in names {
+            if pods.get_opt(name).await.unwrap().is_some() {
+                remaining.push(name.as_str());
             }
         }
+        let kept: Vec<&PathBuf> = netns.iter().filter(|path| path.exists()).collect();
+        if &wiring == expected && remaining.is_empty() && kept.is_empty() {
+            return;
+        }
+        assert!(
+            deleted.elapsed() < bound,
+            "{bound:?} after deleting {names:?} (grace {grace} s): pods left {remaining:?}, \
+             network namespaces left {kept:?}, wiring left {:?}, missing {:?}",
+            wiring.difference(expected).collect::<Vec<_>>(),
+            expected.difference(&wiring).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
-        // Two pods on node1, one with a static IP and MAC, and one on node2.
-        let static_ip = [
-            ("ovn.kubernetes.io/ip_address", "10.16.0.100"),
-            ("ovn.kubernetes.io/mac_address", "02:00:00:00:01:00"),
-        ];
-        for (name, node, annotations) in [
-            ("a", "node1", &static_ip[..]),
-            ("b", "node1", &[][..]),
-            ("c", "node2", &[][..]),
-        ] {
-            pods.create(&PostParams::default(), &pod(name, node, annotations))
-                .await
-                .expect("create pod");
+/// Running pods deleted with no grace period (gone from the API before the node agent's
+/// reconciler sees the deletion; before the fix their `DEL` never came) and gracefully (the agent
+/// runs `DEL`, then completes the deletion): each loses its port, veth and namespace.
+async fn deleted_pods_leave_no_port_or_veth(client: Client) {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    for (grace, bound) in [(0, IMMEDIATE_CLEANUP_BOUND), (30, CLEANUP_BOUND)] {
+        let before = with(Portkeeper::wiring);
+        let names: Vec<String> = (0..4).map(|i| format!("del-{grace}-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let node = ["node1", "node2"][i % 2];
+            pods.create(
+                &PostParams::default(),
+                &pod_manifest(name, node, &[], grace),
+            )
+            .await
+            .unwrap();
         }
-        let mut running = BTreeMap::new();
-        for name in ["a", "b", "c"] {
-            running.insert(name, wait_running(&pods, name).await);
+        for name in &names {
+            wait_running(&pods, name, None).await;
         }
-
-        // eth0 has exactly the annotated address and MAC, and the pod status says the same.
-        for (name, p) in &running {
-            let ip = annotation(p, "ovn.kubernetes.io/ip_address");
-            let mac = annotation(p, "ovn.kubernetes.io/mac_address").to_lowercase();
-            assert_eq!(
-                p.status.as_ref().unwrap().pod_ip.as_deref(),
-                Some(ip),
-                "pod {name} status IP"
-            );
-            let (ok, link) = exec(&cluster, name, &["ip", "-o", "link", "show", "eth0"]);
-            assert!(
-                ok && link.contains(&mac),
-                "pod {name} eth0 {link} lacks MAC {mac}"
-            );
-            let (ok, addrs) = exec(&cluster, name, &["ip", "-o", "-4", "addr", "show", "eth0"]);
-            assert!(
-                ok && addrs.contains(&format!("{ip}/16")),
-                "pod {name} eth0 {addrs} lacks {ip}/16"
-            );
-        }
+        let wired = with(Portkeeper::wiring);
         assert_eq!(
-            annotation(&running["a"], "ovn.kubernetes.io/ip_address"),
-            "10.16.0.100"
+            wired.difference(&before).count(),
+            names.len() * 2,
+            "one br-int port and one host veth per pod: {wired:?}"
         );
-        assert_eq!(
-            annotation(&running["a"], "ovn.kubernetes.io/mac_address"),
-            "02:00:00:00:01:00"
-        );
-
-        // Same-node traffic.
-        let b_ip = annotation(&running["b"], "ovn.kubernetes.io/ip_address").to_owned();
-        let (ok, out) = exec(&cluster, "a", &["ping", "-c", "2", "-W", "3", &b_ip]);
-        assert!(ok, "a -> b on node1: {out}");
-
-        // Both chassis bind their own pods.
-        for (name, chassis) in [("a", "node1"), ("c", "node2")] {
-            let out = cluster
-                .ovn_sbctl(&[
-                    "--bare",
-                    "--columns=chassis",
-                    "find",
-                    "port_binding",
-                    &format!("logical_port={name}.default"),
-                ])
-                .unwrap();
-            let uuid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            let out = cluster
-                .ovn_sbctl(&["--bare", "--columns=name", "list", "chassis", &uuid])
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                chassis,
-                "{name}.default binding"
-            );
-        }
-        let c_ip = annotation(&running["c"], "ovn.kubernetes.io/ip_address").to_owned();
-        let (cross, out) = exec(&cluster, "a", &["ping", "-c", "2", "-W", "3", &c_ip]);
-        eprintln!(
-            "cross-node ping a (node1) -> c (node2): {}",
-            if cross { "ok" } else { &out }
-        );
-        let gateway = annotation(&running["a"], "ovn.kubernetes.io/gateway")
-            .split(',')
-            .next()
-            .unwrap()
-            .to_owned();
-        let (gw, out) = exec(&cluster, "a", &["ping", "-c", "2", "-W", "3", &gateway]);
-        eprintln!(
-            "ping a -> gateway {gateway}: {}",
-            if gw { "ok" } else { &out }
-        );
-
-        // Deleting the pods removes their ports and veths.
-        for name in ["a", "b", "c"] {
-            pods.delete(name, &DeleteParams::default()).await.unwrap();
-        }
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left: Vec<String> = cluster
-                .nodes()
-                .iter()
-                .flat_map(|node| {
-                    let db = format!(
-                        "--db=unix:{}",
-                        cluster.node_dir(node).join("db.sock").display()
-                    );
-                    let ports = run("ovs-vsctl", &[&db, "list-ports", "br-int"], &[]);
-                    let links = run("ip", &["-n", &format!("{prefix}{node}"), "-o", "link"], &[]);
-                    ports
-                        .lines()
-                        .chain(links.lines().filter_map(|l| l.split(": ").nth(1)))
-                        .filter(|n| n.starts_with("pk"))
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            if left.is_empty()
-                && pods
-                    .list(&Default::default())
-                    .await
-                    .unwrap()
-                    .items
-                    .is_empty()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                // Keep the node agents' logs (the cluster's run folder goes with the cluster).
-                for entry in std::fs::read_dir(cluster.run_dir().join("log"))
-                    .unwrap()
-                    .flatten()
-                {
-                    let _ = std::fs::copy(entry.path(), log_dir.join(entry.file_name()));
-                }
-                panic!("left after DEL: {left:?}; logs in {}", log_dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-    drop(processes);
-    cluster.down().expect("cluster down");
-    let _ = std::fs::remove_dir_all(&log_dir);
+        delete_and_wait(&pods, &names, grace, &before, bound).await;
+    }
 }
