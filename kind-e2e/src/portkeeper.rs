@@ -12,7 +12,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use crate::Cluster;
+use crate::{Cluster, ClusterOptions};
 
 /// How long a wait in the e2e suite may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -119,6 +119,35 @@ pub fn print_controller_logs(cluster: &Cluster, generations: u32) {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+/// Brings up a local cluster of `nodes` nodes whose kubelet is the node agent `agent`, runs
+/// `cases` on it, prints the last `generations` controller logs if they panic, and tears the
+/// cluster down in every case.
+pub fn run_on_cluster(
+    nodes: usize,
+    agent: PathBuf,
+    generations: u32,
+    cases: impl AsyncFnOnce(&Cluster),
+) {
+    let cluster = Cluster::up(ClusterOptions {
+        nodes,
+        node_agent: Some(agent),
+        ..Default::default()
+    })
+    .expect("local cluster up");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(cases(&cluster))
+    }));
+    drop(runtime);
+    if result.is_err() {
+        print_controller_logs(&cluster, generations);
+    }
+    cluster.down().expect("cluster down");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -318,4 +347,33 @@ pub fn lsp_options(cluster: &Cluster, port: &str) -> std::collections::BTreeMap<
         .filter_map(|line| line.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// Applies the KubeVirt CRDs and waits until the API server serves all three kinds, so that a
+/// controller started next sees KubeVirt installed.
+pub async fn install_kubevirt(cluster: &Cluster, client: &Client) {
+    kubectl(cluster, &["apply", "-f", kubevirt_crds().to_str().unwrap()]);
+    for kind in [
+        "VirtualMachine",
+        "VirtualMachineInstance",
+        "VirtualMachineInstanceMigration",
+    ] {
+        wait_for(&format!("kubevirt.io/v1 {kind} served"), async || {
+            let api = kubevirt_api(client, "default", kind);
+            api.list(&ListParams::default().limit(1))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+    }
+}
+
+/// Waits until the controller has marked the pod allocated, and returns it.
+pub async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
+    wait_for(&format!("{name} allocated"), async || {
+        let p = pods.get(name).await.ok()?;
+        (annotation(&p, "allocated") == Some("true")).then_some(p)
+    })
+    .await
 }

@@ -11,16 +11,16 @@
 //! SIGKILLed mid-migration twice.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, annotation, controller_binary, events, ip_resource, kubectl, kubevirt_api,
-    kubevirt_crds, lsp_options, nb_addresses, nbctl, node_chassis, print_controller_logs,
-    repo_root, wait_for,
+    Controller, allocated, annotation, controller_binary, events, install_kubevirt, ip_resource,
+    kubectl, kubevirt_api, lsp_options, nb_addresses, nbctl, node_chassis, repo_root,
+    run_on_cluster, wait_for,
 };
-use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -34,24 +34,8 @@ const CHASSIS_ANNOTATION: &str = "ovn.kubernetes.io/chassis";
 
 #[test]
 fn live_migration() {
-    let cluster = Cluster::up(ClusterOptions {
-        nodes: 2,
-        node_agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_node-agent"))),
-        ..Default::default()
-    })
-    .expect("local cluster up");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(cases(&cluster))
-    }));
-    drop(runtime);
-    if result.is_err() {
-        print_controller_logs(&cluster, 3);
-    }
-    cluster.down().expect("cluster down");
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
+    run_on_cluster(2, agent, 3, cases);
 }
 
 /// The KubeVirt side of the test, and the chassis each node maps to.
@@ -68,7 +52,57 @@ struct KubeVirt<'a> {
 /// The two managed options of a port, as `lsp-get-options` shows them.
 type Options = BTreeMap<String, String>;
 
+/// One VM running on node1 and one migration of it, as the test drives them.
+struct Flight {
+    vm: String,
+    vmi_uid: String,
+    migration: String,
+    uid: String,
+    source: String,
+    target: String,
+}
+
 impl KubeVirt<'_> {
+    /// Starts `vm` on node1 and creates the migration `<vm>-mig` (not yet in any phase).
+    async fn flight(&self, vm: &str) -> Flight {
+        let vmi_uid = self.start_vm(vm).await;
+        let migration = format!("{vm}-mig");
+        let uid = self.migrate(vm, &migration).await;
+        Flight {
+            vm: vm.to_owned(),
+            vmi_uid,
+            migration,
+            uid,
+            source: format!("{vm}-a"),
+            target: format!("{vm}-b"),
+        }
+    }
+
+    /// Creates the flight's target pod, bound to `node` or left for [`Self::bind`].
+    async fn add_target(&self, f: &Flight, node: Option<&str>) {
+        self.launcher(
+            &f.vm,
+            &f.vmi_uid,
+            &f.target,
+            Some((&f.migration, &f.uid)),
+            node,
+        )
+        .await;
+    }
+
+    /// The VMI's `migrationState` for the flight, from node `source` to `target`.
+    async fn record_state(&self, f: &Flight, source: &str, target: &str) {
+        self.migration_state(&f.vm, &f.uid, (&f.source, &f.target), (source, target))
+            .await;
+    }
+
+    /// Steps the flight's migration through `phases`.
+    async fn phases(&self, f: &Flight, phases: &[&str]) {
+        for phase in phases {
+            self.phase(&f.migration, phase).await;
+        }
+    }
+
     fn dual(&self, source: &str, target: &str) -> Options {
         Options::from([
             (
@@ -192,12 +226,7 @@ impl KubeVirt<'_> {
             "target": { "apiVersion": "v1", "kind": "Node", "name": node },
         });
         self.pods
-            .create_subresource::<Value, Value>(
-                "binding",
-                pod,
-                &PostParams::default(),
-                &binding,
-            )
+            .create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
             .await
             .expect("bind pod");
     }
@@ -399,14 +428,6 @@ fn object(value: Value) -> DynamicObject {
     serde_json::from_value(value).unwrap()
 }
 
-async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
-    wait_for(&format!("{name} allocated"), async || {
-        let p = pods.get(name).await.ok()?;
-        (annotation(&p, "allocated") == Some("true")).then_some(p)
-    })
-    .await
-}
-
 fn find_ports(cluster: &Cluster, condition: &str) -> String {
     nbctl(
         cluster,
@@ -466,8 +487,8 @@ async fn cases(cluster: &Cluster) {
     let bin = controller_binary();
     let crds = repo_root().join("yamls/crds.yaml");
     kubectl(cluster, &["apply", "-f", crds.to_str().unwrap()]);
-    kubectl(cluster, &["apply", "-f", kubevirt_crds().to_str().unwrap()]);
     let client = cluster.client().await.unwrap();
+    install_kubevirt(cluster, &client).await;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &object_ns())
         .await
@@ -481,33 +502,34 @@ async fn cases(cluster: &Cluster) {
         pods: Api::namespaced(client.clone(), NS),
         client: client.clone(),
     };
-    let none = Options::new();
-    let mut controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
+    let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
+    full_migration(&kv).await;
+    failed_migration(&kv).await;
+    second_migration(&kv, late_target_pod(&kv).await).await;
+    drop(restart_mid_migration(&kv, &bin, controller).await);
+}
 
+async fn full_migration(kv: &KubeVirt<'_>) {
     println!("case: a full migration node1 → node2");
-    let vm = "vm-full";
-    let vmi = kv.start_vm(vm).await;
-    let (source, target) = (format!("{vm}-a"), format!("{vm}-b"));
-    let uid = kv.migrate(vm, "mig-full").await;
-    kv.phase("mig-full", "Scheduling").await;
-    kv.launcher(vm, &vmi, &target, Some(("mig-full", &uid)), None)
-        .await;
-    kv.options_stay(vm, &none).await;
-    kv.bind(&target, "node2").await;
+    let f = kv.flight("vm-full").await;
+    let vm = f.vm.as_str();
+    kv.phases(&f, &["Scheduling"]).await;
+    kv.add_target(&f, None).await;
+    kv.options_stay(vm, &Options::new()).await;
+    kv.bind(&f.target, "node2").await;
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     kv.southbound_binds(vm, "node1", &["node2"]);
     for phase in ["Scheduled", "PreparingTarget", "TargetReady", "Running"] {
-        kv.phase("mig-full", phase).await;
+        kv.phases(&f, &[phase]).await;
         if phase == "Scheduled" {
-            kv.migration_state(vm, &uid, (&source, &target), ("node1", "node2"))
-                .await;
+            kv.record_state(&f, "node1", "node2").await;
         }
         kv.options_stay(vm, &kv.dual("node1", "node2")).await;
     }
     // A later reconcile of the target pod rewrites its port; the options must survive it.
     kv.pods
         .patch(
-            &target,
+            &f.target,
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": { "annotations": {
                 "ovn.kubernetes.io/allocated": null,
@@ -515,10 +537,10 @@ async fn cases(cluster: &Cluster) {
         )
         .await
         .unwrap();
-    allocated(&kv.pods, &target).await;
+    allocated(&kv.pods, &f.target).await;
     kv.options_stay(vm, &kv.dual("node1", "node2")).await;
-    kv.one_identity(vm, &[&source, &target]).await;
-    kv.finish(vm, "mig-full", true, "node2").await;
+    kv.one_identity(vm, &[&f.source, &f.target]).await;
+    kv.finish(vm, &f.migration, true, "node2").await;
     kv.options_become(vm, &kv.pinned("node2")).await;
     kv.southbound_binds(vm, "node2", &[]);
     let reasons = kv.reasons(vm).await;
@@ -529,101 +551,109 @@ async fn cases(cluster: &Cluster) {
         );
     }
     // Once the source pod is gone nothing can contend: a VM started again anywhere binds.
-    kv.delete_pod(&source).await;
-    kv.options_become(vm, &none).await;
-    kv.one_identity(vm, &[&target]).await;
+    kv.delete_pod(&f.source).await;
+    kv.options_become(vm, &Options::new()).await;
+    kv.one_identity(vm, &[&f.target]).await;
+}
 
+async fn failed_migration(kv: &KubeVirt<'_>) {
     println!("case: a failed migration rolls back to the source");
-    let vm = "vm-fail";
-    let vmi = kv.start_vm(vm).await;
-    let (source, target) = (format!("{vm}-a"), format!("{vm}-b"));
-    let uid = kv.migrate(vm, "mig-fail").await;
-    kv.phase("mig-fail", "Scheduling").await;
-    kv.launcher(vm, &vmi, &target, Some(("mig-fail", &uid)), None)
-        .await;
-    kv.bind(&target, "node2").await;
+    let f = kv.flight("vm-fail").await;
+    let vm = f.vm.as_str();
+    kv.phases(&f, &["Scheduling"]).await;
+    kv.add_target(&f, None).await;
+    kv.bind(&f.target, "node2").await;
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
-    kv.phase("mig-fail", "Scheduled").await;
-    kv.migration_state(vm, &uid, (&source, &target), ("node1", "node2"))
-        .await;
-    kv.phase("mig-fail", "PreparingTarget").await;
-    kv.one_identity(vm, &[&source, &target]).await;
-    kv.finish(vm, "mig-fail", false, "node1").await;
+    kv.phases(&f, &["Scheduled"]).await;
+    kv.record_state(&f, "node1", "node2").await;
+    kv.phases(&f, &["PreparingTarget"]).await;
+    kv.one_identity(vm, &[&f.source, &f.target]).await;
+    kv.finish(vm, &f.migration, false, "node1").await;
     kv.options_become(vm, &kv.pinned("node1")).await;
     kv.southbound_binds(vm, "node1", &[]);
     assert!(kv.reasons(vm).await.iter().any(|r| r == "PortRolledBack"));
-    kv.delete_pod(&target).await;
-    kv.options_become(vm, &none).await;
-    kv.one_identity(vm, &[&source]).await;
+    kv.delete_pod(&f.target).await;
+    kv.options_become(vm, &Options::new()).await;
+    kv.one_identity(vm, &[&f.source]).await;
+}
 
+/// Leaves the VM on node2 with both launcher pods, for [`second_migration`].
+async fn late_target_pod(kv: &KubeVirt<'_>) -> Flight {
     println!("case: the target pod appears only after PreparingTarget");
-    let vm = "vm-late";
-    let vmi = kv.start_vm(vm).await;
-    let (source, target) = (format!("{vm}-a"), format!("{vm}-b"));
-    let uid = kv.migrate(vm, "mig-late").await;
-    for phase in ["Scheduling", "Scheduled", "PreparingTarget"] {
-        kv.phase("mig-late", phase).await;
-    }
-    kv.options_stay(vm, &none).await;
-    kv.launcher(vm, &vmi, &target, Some(("mig-late", &uid)), Some("node2"))
+    let f = kv.flight("vm-late").await;
+    let vm = f.vm.as_str();
+    kv.phases(&f, &["Scheduling", "Scheduled", "PreparingTarget"])
         .await;
+    kv.options_stay(vm, &Options::new()).await;
+    kv.add_target(&f, Some("node2")).await;
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
-    kv.migration_state(vm, &uid, (&source, &target), ("node1", "node2"))
-        .await;
-    for phase in ["TargetReady", "Running"] {
-        kv.phase("mig-late", phase).await;
-    }
-    kv.finish(vm, "mig-late", true, "node2").await;
+    kv.record_state(&f, "node1", "node2").await;
+    kv.phases(&f, &["TargetReady", "Running"]).await;
+    kv.finish(vm, &f.migration, true, "node2").await;
     kv.options_become(vm, &kv.pinned("node2")).await;
-    kv.one_identity(vm, &[&source, &target]).await;
+    kv.one_identity(vm, &[&f.source, &f.target]).await;
+    f
+}
 
+/// The VMI's `migrationState` still describes `first` (node1 → node2, completed) while the next
+/// migration (node2 → node1) starts; the old source pod on node1 is deleted mid-way.
+async fn second_migration(kv: &KubeVirt<'_>, first: Flight) {
     println!(
         "case: a second migration, an old launcher pod deleted meanwhile, stale migrationState"
     );
-    // The VMI's migrationState still describes mig-late (node1 → node2, completed) while
-    // mig-back (node2 → node1) starts; the old source pod on node1 is deleted mid-way.
-    let back = format!("{vm}-c");
-    let uid = kv.migrate(vm, "mig-back").await;
-    kv.phase("mig-back", "Scheduling").await;
-    kv.launcher(vm, &vmi, &back, Some(("mig-back", &uid)), Some("node1"))
-        .await;
+    let vm = first.vm.as_str();
+    let uid = kv.migrate(vm, "vm-late-back").await;
+    let next = Flight {
+        vm: vm.to_owned(),
+        vmi_uid: first.vmi_uid.clone(),
+        migration: "vm-late-back".into(),
+        uid,
+        source: first.target.clone(),
+        target: format!("{vm}-c"),
+    };
+    kv.phases(&next, &["Scheduling"]).await;
+    kv.add_target(&next, Some("node1")).await;
     kv.options_become(vm, &kv.dual("node2", "node1")).await;
-    kv.delete_pod(&source).await;
+    kv.delete_pod(&first.source).await;
     kv.options_stay(vm, &kv.dual("node2", "node1")).await;
-    kv.phase("mig-back", "Scheduled").await;
-    kv.migration_state(vm, &uid, (&target, &back), ("node2", "node1"))
-        .await;
-    kv.phase("mig-back", "Running").await;
+    kv.phases(&next, &["Scheduled"]).await;
+    kv.record_state(&next, "node2", "node1").await;
+    kv.phases(&next, &["Running"]).await;
     kv.options_stay(vm, &kv.dual("node2", "node1")).await;
-    kv.finish(vm, "mig-back", true, "node1").await;
+    kv.finish(vm, &next.migration, true, "node1").await;
     kv.options_become(vm, &kv.pinned("node1")).await;
-    kv.one_identity(vm, &[&target, &back]).await;
+    kv.one_identity(vm, &[&next.source, &next.target]).await;
+}
 
+/// Kills the controller before the target is bound and again before the migration succeeds;
+/// each new generation starts on a migration that moved on while nothing watched it.
+async fn restart_mid_migration(
+    kv: &KubeVirt<'_>,
+    bin: &Path,
+    controller: Controller,
+) -> Controller {
     println!("case: the controller is SIGKILLed mid-migration, twice");
-    let vm = "vm-restart";
-    let vmi = kv.start_vm(vm).await;
-    let (source, target) = (format!("{vm}-a"), format!("{vm}-b"));
-    let uid = kv.migrate(vm, "mig-restart").await;
-    kv.phase("mig-restart", "Scheduling").await;
-    kv.launcher(vm, &vmi, &target, Some(("mig-restart", &uid)), None)
-        .await;
+    let f = kv.flight("vm-restart").await;
+    let vm = f.vm.as_str();
+    kv.phases(&f, &["Scheduling"]).await;
+    kv.add_target(&f, None).await;
     controller.kill();
-    // While it is down the target is bound and the migration runs.
-    kv.bind(&target, "node2").await;
-    kv.phase("mig-restart", "Scheduled").await;
-    kv.migration_state(vm, &uid, (&source, &target), ("node1", "node2"))
-        .await;
-    kv.phase("mig-restart", "Running").await;
-    assert_eq!(lsp_options(cluster, &format!("{vm}.{NS}")), none);
-    controller = Controller::start(&bin, cluster, CIDR, 1, &[]);
+    kv.bind(&f.target, "node2").await;
+    kv.phases(&f, &["Scheduled"]).await;
+    kv.record_state(&f, "node1", "node2").await;
+    kv.phases(&f, &["Running"]).await;
+    assert_eq!(
+        lsp_options(kv.cluster, &format!("{vm}.{NS}")),
+        Options::new()
+    );
+    let controller = Controller::start(bin, kv.cluster, CIDR, 1, &[]);
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     controller.kill();
-    // And while it is down again the migration succeeds.
-    kv.finish(vm, "mig-restart", true, "node2").await;
-    controller = Controller::start(&bin, cluster, CIDR, 2, &[]);
+    kv.finish(vm, &f.migration, true, "node2").await;
+    let controller = Controller::start(bin, kv.cluster, CIDR, 2, &[]);
     kv.options_become(vm, &kv.pinned("node2")).await;
-    kv.one_identity(vm, &[&source, &target]).await;
-    drop(controller);
+    kv.one_identity(vm, &[&f.source, &f.target]).await;
+    controller
 }
 
 fn object_ns() -> Namespace {

@@ -499,43 +499,26 @@ mod tests {
     }
 
     #[test]
-    fn success_pins_the_target_until_the_source_pod_is_gone() {
-        let mut o = Observed {
-            vmi: vmi(
-                "node2",
-                Some(state("m1", "node1", "node2", Some(Outcome::Succeeded))),
-            ),
-            migrations: vec![migration("m1", "Succeeded", 1)],
-            pods: vec![
-                pod("m1-source", Some("node1"), None),
-                pod("m1-target", Some("node2"), Some("m1")),
-            ],
-        };
-        let stage = plan(&o, chassis);
-        assert_eq!(options(&stage), pinned("node2"));
-        assert_eq!(stage.reason(), "PortMigrated");
-        o.pods.remove(0);
-        assert_eq!(plan(&o, chassis), Stage::Idle);
-    }
-
-    #[test]
-    fn failure_pins_the_source_until_the_target_pod_is_gone() {
-        let mut o = Observed {
-            vmi: vmi(
-                "node1",
-                Some(state("m1", "node1", "node2", Some(Outcome::Failed))),
-            ),
-            migrations: vec![migration("m1", "Failed", 1)],
-            pods: vec![
-                pod("m1-source", Some("node1"), None),
-                pod("m1-target", Some("node2"), Some("m1")),
-            ],
-        };
-        let stage = plan(&o, chassis);
-        assert_eq!(options(&stage), pinned("node1"));
-        assert_eq!(stage.reason(), "PortRolledBack");
-        o.pods.remove(1);
-        assert_eq!(plan(&o, chassis), Stage::Idle);
+    fn a_verdict_pins_the_winner_until_the_losing_pod_is_gone() {
+        // (outcome, phase, winner, index of the losing pod, Event reason)
+        for (outcome, phase, winner, loser, reason) in [
+            (Outcome::Succeeded, "Succeeded", "node2", 0, "PortMigrated"),
+            (Outcome::Failed, "Failed", "node1", 1, "PortRolledBack"),
+        ] {
+            let mut o = Observed {
+                vmi: vmi(winner, Some(state("m1", "node1", "node2", Some(outcome)))),
+                migrations: vec![migration("m1", phase, 1)],
+                pods: vec![
+                    pod("m1-source", Some("node1"), None),
+                    pod("m1-target", Some("node2"), Some("m1")),
+                ],
+            };
+            let stage = plan(&o, chassis);
+            assert_eq!(options(&stage), pinned(winner), "{phase}");
+            assert_eq!(stage.reason(), reason);
+            o.pods.remove(loser);
+            assert_eq!(plan(&o, chassis), Stage::Idle, "{phase}, loser gone");
+        }
     }
 
     #[test]

@@ -35,42 +35,32 @@ struct Script {
     delete_loser: bool,
 }
 
-fn script() -> impl Strategy<Value = Script> {
-    (
-        1..NODES.len(),
-        prop_oneof![
+prop_compose! {
+    fn script()(
+        target_offset in 1..NODES.len(),
+        end in prop_oneof![
             Just(Some(Outcome::Succeeded)),
             Just(Some(Outcome::Failed)),
-            Just(None)
+            Just(None),
         ],
-        1..=IN_PROGRESS.len(),
-        0..=IN_PROGRESS.len(),
-        0..3usize,
-        0..3usize,
-        proptest::option::of(0..IN_PROGRESS.len()),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(
-                target_offset,
-                end,
-                reached,
-                pod_created_at,
-                bound_after,
-                state_after,
-                delete_old_pod_at,
-                delete_loser,
-            )| Script {
-                target_offset,
-                end,
-                reached,
-                pod_created_at,
-                bound_after,
-                state_after,
-                delete_old_pod_at,
-                delete_loser,
-            },
-        )
+        reached in 1..=IN_PROGRESS.len(),
+        pod_created_at in 0..=IN_PROGRESS.len(),
+        bound_after in 0..3usize,
+        state_after in 0..3usize,
+        delete_old_pod_at in proptest::option::of(0..IN_PROGRESS.len()),
+        delete_loser in any::<bool>(),
+    ) -> Script {
+        Script {
+            target_offset,
+            end,
+            reached,
+            pod_created_at,
+            bound_after,
+            state_after,
+            delete_old_pod_at,
+            delete_loser,
+        }
+    }
 }
 
 /// The world as KubeVirt keeps it, plus the truth the options are judged against.
