@@ -430,6 +430,29 @@ async fn statefulset_cases(
     scale(sets, "web", 3).await;
     members(pods, "web", 0..3).await;
 
+    println!("case: a StatefulSet deleted and recreated (new UID) starts with fresh addresses");
+    let old = pods.get("web-0").await.unwrap();
+    sets.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_for("StatefulSet web deleted", async || {
+        sets.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    statefulset(sets, "web", 1, None, json!({})).await;
+    let fresh = allocated(pods, "web-0", old.uid().as_deref()).await;
+    let now = nic(cluster, client, "web-0.keep").await;
+    annotated(&fresh, &now);
+    assert_ne!(
+        now.ip, web0.ip,
+        "the recreated StatefulSet's pod is another owner"
+    );
+    identity_event(
+        client,
+        &["web", "web-0"],
+        "NetworkIdentityReleased",
+        "web-0.keep",
+    )
+    .await;
+
     println!("case: a 3-entry pool scaled 3 → 1 → 3: ordinals 1 and 2 get their entries back");
     let pool = "10.16.5.10,10.16.5.11,10.16.5.12";
     statefulset(sets, "db", 3, Some(pool), json!({})).await;

@@ -6,7 +6,7 @@
 //! the VM's UID. A StatefulSet pod is held under its StatefulSet's UID. Any other pod is held
 //! under its own UID and releases with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::Api;
@@ -367,9 +367,20 @@ pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
             owned.entry(port.name.clone()).or_insert(owner);
         }
     }
+    let in_use: HashSet<NicKey> = ctx
+        .stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| wants_address(p))
+        .map(|p| super::nic_key(p))
+        .collect();
     let mut released = 0;
     for (name, owner) in owned {
         let key = NicKey::from(name.as_str());
+        if in_use.contains(&key) {
+            continue;
+        }
         let _guard = ctx.locks.lock(key.as_str()).await;
         let Some(lease) = ctx.engine.lease(&key).filter(|l| l.uid == owner.uid) else {
             continue;
