@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -365,4 +366,54 @@ fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, HarnessError> 
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
         .collect())
+}
+
+/// A fixture the trials of one test binary share (a cluster, and what runs on it): made by the
+/// first trial that needs it. When making it fails, that trial and every later one fail with the
+/// same message instead of trying again.
+pub struct Shared<T> {
+    value: Mutex<Option<T>>,
+    failure: OnceLock<String>,
+}
+
+impl<T> Shared<T> {
+    pub const fn new() -> Self {
+        Self {
+            value: Mutex::new(None),
+            failure: OnceLock::new(),
+        }
+    }
+
+    /// Runs `f` on the fixture, made by `make` first if there is none yet.
+    pub fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<T, String>,
+        f: impl FnOnce(&T) -> R,
+    ) -> Result<R, String> {
+        let mut guard = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            if let Some(failure) = self.failure.get() {
+                return Err(failure.clone());
+            }
+            match make() {
+                Ok(value) => *guard = Some(value),
+                Err(e) => {
+                    let _ = self.failure.set(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(f(guard.as_ref().expect("made above")))
+    }
+
+    /// Takes the fixture out, to tear it down before the binary exits.
+    pub fn take(&self) -> Option<T> {
+        self.value.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }

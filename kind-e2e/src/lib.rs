@@ -15,7 +15,7 @@ pub mod pods;
 pub mod portkeeper;
 pub mod sandbox;
 
-pub use harness::{Cluster, ClusterOptions, CniNetwork, HarnessError, Provider};
+pub use harness::{Cluster, ClusterOptions, CniNetwork, HarnessError, Provider, Shared};
 
 /// Errors of the node agent.
 #[derive(Debug, thiserror::Error)]

@@ -488,6 +488,30 @@ async fn remove_orphans(agent: &PodAgent, live: &HashSet<String>, cached: &Store
 mod tests {
     use super::*;
 
+    /// Why [`follow_deletions`] never awaits `Store::wait_until_ready`: in kube-runtime 5.0 the
+    /// readiness is a oneshot receiver that keeps one waker, so of two tasks waiting at once (the
+    /// controller's runner is always one) only the last to poll is woken. The agent's orphan sweep
+    /// once waited like this and never ran. If this test fails, kube-runtime wakes every waiter.
+    #[tokio::test]
+    async fn store_readiness_wakes_only_the_last_of_two_waiters() {
+        let (reader, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let wait = |store: Store<Pod>| tokio::spawn(async move { store.wait_until_ready().await });
+        let first = wait(reader.clone());
+        let second = wait(reader.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let patience = Duration::from_secs(1);
+        assert!(tokio::time::timeout(patience, second).await.is_ok());
+        assert!(
+            tokio::time::timeout(patience, first).await.is_err(),
+            "the first waiter was woken too"
+        );
+        assert!(
+            reader.wait_until_ready().await.is_ok(),
+            "a later waiter sees it at once"
+        );
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();

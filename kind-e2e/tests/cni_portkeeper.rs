@@ -10,14 +10,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
 use kind_e2e::portkeeper::{self, Controller, annotation, kubectl, kubectl_apply, wait_for};
-use kind_e2e::{Cluster, ClusterOptions, CniNetwork};
+use kind_e2e::{Cluster, ClusterOptions, CniNetwork, Shared};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -34,8 +33,7 @@ const CLEANUP_BOUND: Duration = Duration::from_secs(30);
 /// orphan sweep, so the deletion itself must bring the `DEL`.
 const IMMEDIATE_CLEANUP_BOUND: Duration = Duration::from_secs(5);
 
-static SETUP: Mutex<Option<Portkeeper>> = Mutex::new(None);
-static UP_FAILURE: OnceLock<String> = OnceLock::new();
+static SETUP: Shared<Portkeeper> = Shared::new();
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -78,7 +76,7 @@ fn main() {
         eprintln!("the CNI e2e needs root (set CI=true to make that a failure): ignored");
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(setup) = SETUP.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(setup) = SETUP.take() {
         if conclusion.has_failed() {
             setup.keep_logs();
         }
@@ -256,28 +254,13 @@ impl Portkeeper {
     }
 }
 
-/// The shared setup, started on first use; a failed start fails every later trial too.
-fn setup() -> Result<MutexGuard<'static, Option<Portkeeper>>, Failed> {
-    let mut guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.is_none() {
-        if let Some(failure) = UP_FAILURE.get() {
-            return Err(failure.clone().into());
-        }
-        match Portkeeper::start() {
-            Ok(setup) => *guard = Some(setup),
-            Err(e) => {
-                let failure = format!("starting the cluster with portkeeper failed: {e}");
-                let _ = UP_FAILURE.set(failure.clone());
-                return Err(failure.into());
-            }
-        }
-    }
-    Ok(guard)
-}
-
+/// Starts the shared setup (on first use) and runs `f` on it; a failed start fails every later
+/// trial too.
 fn with_setup<T>(f: impl FnOnce(&Portkeeper) -> T) -> Result<T, Failed> {
-    let guard = setup()?;
-    Ok(f(guard.as_ref().expect("set up")))
+    let start = || {
+        Portkeeper::start().map_err(|e| format!("starting the cluster with portkeeper failed: {e}"))
+    };
+    Ok(SETUP.with(start, f)?)
 }
 
 fn with<T>(f: impl FnOnce(&Portkeeper) -> T) -> T {

@@ -8,14 +8,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
-use kind_e2e::{Cluster, ClusterOptions, Provider};
+use kind_e2e::{Cluster, ClusterOptions, Provider, Shared};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -30,8 +30,7 @@ static CONTAINER: LazyLock<serde_json::Value> = LazyLock::new(
     || json!({"name": "main", "image": "busybox:1.36", "command": ["sleep", "86400"]}),
 );
 
-static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
-static UP_FAILURE: OnceLock<String> = OnceLock::new();
+static CLUSTER: Shared<Cluster> = Shared::new();
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -95,7 +94,7 @@ fn main() {
         eprintln!("local cluster e2e needs root (set CI=true to make that a failure): ignored");
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    drop(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()).take());
+    drop(CLUSTER.take());
     conclusion.exit();
 }
 
@@ -123,36 +122,20 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The shared cluster, brought up on first use; a failed start fails every later trial too.
-fn cluster() -> Result<MutexGuard<'static, Option<Cluster>>, Failed> {
-    let mut guard = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.is_none() {
-        if let Some(failure) = UP_FAILURE.get() {
-            return Err(failure.clone().into());
-        }
+/// Brings the shared cluster up (on first use) and runs `f` on it; a failed start fails every
+/// later trial too.
+fn with_cluster<T>(f: impl FnOnce(&Cluster) -> T) -> Result<T, Failed> {
+    let up = || {
         let opts = ClusterOptions {
             node_agent: Some(env!("CARGO_BIN_EXE_node-agent").into()),
             ..ClusterOptions::default()
         };
         let started = Instant::now();
-        match Cluster::up(opts) {
-            Ok(c) => {
-                eprintln!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
-                *guard = Some(c);
-            }
-            Err(e) => {
-                let msg = format!("cluster did not start: {e}");
-                let _ = UP_FAILURE.set(msg.clone());
-                return Err(msg.into());
-            }
-        }
-    }
-    Ok(guard)
-}
-
-fn with_cluster<T>(f: impl FnOnce(&Cluster) -> T) -> Result<T, Failed> {
-    let guard = cluster()?;
-    Ok(f(guard.as_ref().expect("cluster is up")))
+        let cluster = Cluster::up(opts).map_err(|e| format!("cluster did not start: {e}"))?;
+        eprintln!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
+        Ok(cluster)
+    };
+    Ok(CLUSTER.with(up, f)?)
 }
 
 /// Polls until `check` yields a value, or fails with the last observation after `timeout`.
@@ -756,11 +739,7 @@ fn listening_ports() -> Result<HashSet<u16>, Failed> {
 }
 
 async fn down_leaves_no_process_namespace_or_port(_client: Client) -> TestResult {
-    let cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or("no cluster to tear down")?;
+    let cluster = CLUSTER.take().ok_or("no cluster to tear down")?;
     let run_dir = cluster.run_dir().to_path_buf();
     let before = footprint(&cluster)?;
     assert!(
