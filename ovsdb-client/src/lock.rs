@@ -99,8 +99,12 @@ impl LockRegistry {
     pub(crate) async fn reacquire(&self, conn: &Connection) -> Result<(), CallError> {
         let names: Vec<String> = self.locks.lock().keys().cloned().collect();
         for name in names {
-            let state = request(conn, "lock", &name).await?;
-            self.set(&name, state);
+            match request(conn, "lock", &name).await {
+                Ok(state) => self.set(&name, state),
+                // A refusal concerns this lock only, not the connection.
+                Err(CallError::Rpc(e)) => warn!(lock = %name, error = %e, "lock request refused"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -163,14 +167,13 @@ impl Lock {
     pub async fn unlock(mut self) -> Result<(), Error> {
         self.released = true;
         self.client.locks().forget(&self.name);
-        match self.client.session().current() {
-            Some(conn) => conn
-                .call_raw("unlock", &[&self.name])
-                .await
-                .map(drop)
-                .map_err(Error::from),
+        let Some(conn) = self.client.session().current() else {
             // No connection, no lock: the server dropped it with the session.
-            None => Ok(()),
+            return Ok(());
+        };
+        match conn.call_raw("unlock", &[&self.name]).await {
+            Ok(_) | Err(CallError::ConnectionLost { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }
