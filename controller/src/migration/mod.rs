@@ -257,19 +257,24 @@ async fn work<N: Northbound>(
 ) {
     let mut failures: HashMap<VmKey, u32> = HashMap::new();
     while let Some(first) = rx.next().await {
-        let mut pending = BTreeSet::new();
+        let (mut pending, mut everything) = (BTreeSet::new(), false);
         let mut next = Some(first);
         while let Some(trigger) = next {
             match trigger {
                 Trigger::Vm(key) => {
                     pending.insert(key);
                 }
-                Trigger::All => pending.extend(all_keys(ctx, watched)),
+                Trigger::All => everything = true,
             }
             next = rx.try_recv().ok();
         }
+        // Indexed after the triggers are taken: each was sent after its cache was updated.
+        let by_vm = ByVm::index(watched);
+        if everything {
+            pending.extend(all_keys(ctx, watched, &by_vm));
+        }
         for key in pending {
-            match reconcile(ctx, watched, &key).await {
+            match reconcile(ctx, watched, &by_vm, &key).await {
                 Ok(()) => {
                     failures.remove(&key);
                 }
@@ -292,28 +297,19 @@ async fn work<N: Northbound>(
 
 /// Every VM that might need its options changed: each VMI, each VM named by a VMIM or a launcher
 /// pod, and each of our ports that carries a managed option (its VMI may be gone).
-fn all_keys<N: Northbound>(ctx: &Context<N>, watched: &Watched) -> BTreeSet<VmKey> {
-    let mut keys = BTreeSet::new();
+fn all_keys<N: Northbound>(ctx: &Context<N>, watched: &Watched, by_vm: &ByVm) -> BTreeSet<VmKey> {
+    let mut keys: BTreeSet<VmKey> = by_vm
+        .migrations
+        .keys()
+        .chain(by_vm.pods.keys())
+        .cloned()
+        .collect();
     keys.extend(
         watched
             .vmis
             .state()
             .iter()
             .filter_map(|v| key_of(v.as_ref(), v.name_any())),
-    );
-    keys.extend(
-        watched
-            .migrations
-            .state()
-            .iter()
-            .filter_map(|m| key_of(m.as_ref(), m.spec.vmi_name.clone())),
-    );
-    keys.extend(
-        watched
-            .pods
-            .state()
-            .iter()
-            .filter_map(|p| vmi_of(p).and_then(|name| key_of(p.as_ref(), name))),
     );
     keys.extend(
         ctx.nb
@@ -331,6 +327,30 @@ fn all_keys<N: Northbound>(ctx: &Context<N>, watched: &Watched) -> BTreeSet<VmKe
     keys
 }
 
+/// The VMIMs and launcher pods of each VM, indexed once per batch of triggers.
+#[derive(Default)]
+struct ByVm {
+    migrations: HashMap<VmKey, Vec<Arc<VirtualMachineInstanceMigration>>>,
+    pods: HashMap<VmKey, Vec<Arc<Pod>>>,
+}
+
+impl ByVm {
+    fn index(watched: &Watched) -> Self {
+        let mut by_vm = ByVm::default();
+        for m in watched.migrations.state() {
+            if let Some(key) = key_of(m.as_ref(), m.spec.vmi_name.clone()) {
+                by_vm.migrations.entry(key).or_default().push(m);
+            }
+        }
+        for p in watched.pods.state() {
+            if let Some(key) = vmi_of(&p).and_then(|name| key_of(p.as_ref(), name)) {
+                by_vm.pods.entry(key).or_default().push(p);
+            }
+        }
+        by_vm
+    }
+}
+
 fn has_managed_option(options: &BTreeMap<String, String>) -> bool {
     options.contains_key(plan::REQUESTED_CHASSIS) || options.contains_key(plan::ACTIVATION_STRATEGY)
 }
@@ -338,18 +358,17 @@ fn has_managed_option(options: &BTreeMap<String, String>) -> bool {
 /// What the caches say about one VM, in the planner's terms.
 fn observe(
     watched: &Watched,
+    by_vm: &ByVm,
     key: &VmKey,
 ) -> (Option<Arc<VirtualMachineInstance>>, Vec<Arc<Pod>>, Observed) {
     let vmi = watched
         .vmis
         .get(&ObjectRef::new(&key.name).within(&key.namespace));
-    let migrations = watched
+    let migrations = by_vm
         .migrations
-        .state()
-        .iter()
-        .filter(|m| {
-            m.namespace().as_deref() == Some(key.namespace.as_str()) && m.spec.vmi_name == key.name
-        })
+        .get(key)
+        .into_iter()
+        .flatten()
         .map(|m| Migration {
             name: m.name_any(),
             uid: m.uid().unwrap_or_default(),
@@ -361,13 +380,7 @@ fn observe(
                 .map_or(0, |t| t.0.as_second()),
         })
         .collect();
-    let pods: Vec<Arc<Pod>> = watched
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(key.namespace.as_str()))
-        .filter(|p| vmi_of(p).as_deref() == Some(key.name.as_str()))
-        .collect();
+    let pods = by_vm.pods.get(key).cloned().unwrap_or_default();
     let observed = Observed {
         vmi: vmi.as_ref().map(|v| {
             let status = v.status.clone().unwrap_or_default();
@@ -393,9 +406,10 @@ fn observe(
 async fn reconcile<N: Northbound>(
     ctx: &Context<N>,
     watched: &Watched,
+    by_vm: &ByVm,
     key: &VmKey,
 ) -> Result<(), Error> {
-    let (vmi, pods, observed) = observe(watched, key);
+    let (vmi, pods, observed) = observe(watched, by_vm, key);
     let stage = plan::plan(&observed, |node| {
         chassis_of(node, watched.nodes.get(&ObjectRef::new(node)).as_deref())
     });
@@ -448,4 +462,79 @@ fn render(options: &PortOptions) -> String {
         show(plan::REQUESTED_CHASSIS, &options.requested_chassis),
         show(plan::ACTIVATION_STRATEGY, &options.activation_strategy)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(annotation: Option<&str>) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("node1".into());
+        if let Some(value) = annotation {
+            n.metadata.annotations = Some(BTreeMap::from([(
+                NODE_CHASSIS_ANNOTATION.to_owned(),
+                value.to_owned(),
+            )]));
+        }
+        n
+    }
+
+    #[test]
+    fn a_node_maps_to_its_published_chassis_else_its_name() {
+        assert_eq!(chassis_of("node1", Some(&node(Some("a1b2")))), "a1b2");
+        assert_eq!(chassis_of("node1", Some(&node(Some("")))), "node1");
+        assert_eq!(chassis_of("node1", Some(&node(None))), "node1");
+        assert_eq!(chassis_of("node1", None), "node1");
+    }
+
+    #[test]
+    fn a_launcher_pod_names_its_vmi_by_owner_then_domain_then_label() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "virt-launcher-x",
+                "labels": { LABEL_VM_NAME: "by-label" },
+                "annotations": { ANNOTATION_DOMAIN: "by-domain" },
+                "ownerReferences": [{
+                    "apiVersion": "kubevirt.io/v1",
+                    "kind": "VirtualMachineInstance",
+                    "name": "by-owner",
+                    "uid": "u",
+                }],
+            },
+        }))
+        .unwrap();
+        assert_eq!(vmi_of(&pod).as_deref(), Some("by-owner"));
+        let mut unowned = pod.clone();
+        unowned.metadata.owner_references = None;
+        assert_eq!(vmi_of(&unowned).as_deref(), Some("by-domain"));
+        unowned.metadata.annotations = None;
+        assert_eq!(vmi_of(&unowned).as_deref(), Some("by-label"));
+        unowned.metadata.labels = None;
+        assert_eq!(vmi_of(&unowned), None);
+    }
+
+    #[test]
+    fn event_notes_name_what_is_set_and_what_is_cleared() {
+        let dual = PortOptions {
+            requested_chassis: Some("a,b".into()),
+            activation_strategy: Some("rarp".into()),
+        };
+        assert_eq!(
+            render(&dual),
+            "requested-chassis=a,b activation-strategy=rarp"
+        );
+        let pinned = PortOptions {
+            requested_chassis: Some("b".into()),
+            activation_strategy: None,
+        };
+        assert_eq!(
+            render(&pinned),
+            "requested-chassis=b activation-strategy cleared"
+        );
+        assert_eq!(
+            render(&PortOptions::default()),
+            "requested-chassis cleared activation-strategy cleared"
+        );
+    }
 }
