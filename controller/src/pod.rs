@@ -22,7 +22,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::request::NetworkRequest;
-use portkeeper_api::{IP, annotations};
+use portkeeper_api::{IP, IPPool, Subnet, annotations};
 use portkeeper_engine::{IpRequest, Lease, NicKey};
 use serde_json::json;
 
@@ -165,13 +165,8 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
             return Err(rejected(r));
         }
     };
-    let subnets = ctx.stores.subnets.state();
-    let pools = ctx.stores.pools.state();
-    let catalog = Catalog {
-        subnets: &subnets,
-        pools: &pools,
-        default_subnet: &ctx.config.default_ls,
-    };
+    let addressing = Addressing::of(ctx);
+    let catalog = addressing.catalog(&ctx.config.default_ls);
     let facts = PodFacts {
         name: &name,
         namespace: &namespace,
@@ -306,6 +301,29 @@ async fn follow_subnet<N: Northbound>(
     ));
     identity::announce(ctx, &existing, owner, &decision, Some(pod)).await;
     Ok(target)
+}
+
+/// The Subnets and IPPools as the caches hold them now, for one subnet choice.
+struct Addressing {
+    subnets: Vec<Arc<Subnet>>,
+    pools: Vec<Arc<IPPool>>,
+}
+
+impl Addressing {
+    fn of<N>(ctx: &Context<N>) -> Self {
+        Addressing {
+            subnets: ctx.stores.subnets.state(),
+            pools: ctx.stores.pools.state(),
+        }
+    }
+
+    fn catalog<'a>(&'a self, default_subnet: &'a str) -> Catalog<'a> {
+        Catalog {
+            subnets: &self.subnets,
+            pools: &self.pools,
+            default_subnet,
+        }
+    }
 }
 
 fn has_room<N>(ctx: &Context<N>, subnet: &str) -> bool {

@@ -377,3 +377,22 @@ pub async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
     })
     .await
 }
+
+/// Applies portkeeper's CRDs (and KubeVirt's, when `kubevirt`), creates `namespace`, and returns
+/// a client: the common start of a controller e2e test.
+pub async fn prepare_cluster(cluster: &Cluster, namespace: &str, kubevirt: bool) -> Client {
+    let crds = repo_root().join("yamls/crds.yaml");
+    kubectl(cluster, &["apply", "-f", crds.to_str().unwrap()]);
+    let client = cluster.client().await.unwrap();
+    if kubevirt {
+        install_kubevirt(cluster, &client).await;
+    }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let object = serde_json::from_value(serde_json::json!({ "metadata": { "name": namespace } }))
+        .expect("a namespace object");
+    namespaces
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .unwrap();
+    client
+}

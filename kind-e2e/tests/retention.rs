@@ -8,13 +8,12 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
     Controller, annotation, controller_binary, events, ip_resource, kubectl, kubectl_apply,
-    kubevirt_api, kubevirt_crds, nb_addresses, nbctl, print_controller_logs, repo_root, wait_for,
-    warnings,
+    kubevirt_api, nb_addresses, nbctl, prepare_cluster, run_on_cluster, wait_for, warnings,
 };
-use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -95,6 +94,19 @@ async fn released(cluster: &Cluster, client: &Client, name: &str) {
     .await
 }
 
+/// Waits until nic `name` is released and a `NetworkIdentityReleased` Event about one of
+/// `objects` says why (its message names `why`).
+async fn released_because(
+    cluster: &Cluster,
+    client: &Client,
+    name: &str,
+    objects: &[&str],
+    why: &str,
+) {
+    released(cluster, client, name).await;
+    identity_event(client, objects, "NetworkIdentityReleased", why).await;
+}
+
 /// Waits for a Normal Event `reason` about one of `objects` whose message names `needle`.
 async fn identity_event(client: &Client, objects: &[&str], reason: &str, needle: &str) -> String {
     wait_for(
@@ -116,7 +128,7 @@ async fn identity_event(client: &Client, objects: &[&str], reason: &str, needle:
 }
 
 /// Waits for pod `name` (a new incarnation when `not_uid` is given) to be allocated.
-async fn allocated(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> Pod {
+async fn allocated_fresh(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> Pod {
     wait_for(&format!("{name} allocated"), async || {
         let p = pods.get_opt(name).await.ok()??;
         let fresh = not_uid.is_none_or(|u| p.uid().as_deref() != Some(u));
@@ -189,7 +201,7 @@ async fn scale(sets: &Api<StatefulSet>, name: &str, replicas: u32) {
 async fn members(pods: &Api<Pod>, set: &str, ordinals: impl Iterator<Item = u64>) -> Vec<Pod> {
     let mut out = Vec::new();
     for ordinal in ordinals {
-        out.push(allocated(pods, &format!("{set}-{ordinal}"), None).await);
+        out.push(allocated_fresh(pods, &format!("{set}-{ordinal}"), None).await);
     }
     out
 }
@@ -299,53 +311,19 @@ async fn run_vm(client: &Client, vm: &Vm, suffix: &str) -> (Pod, String) {
     let vmi = vm.start(client).await;
     let launcher = vm.launcher(client, &vmi, suffix).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let p = allocated(&pods, &launcher, None).await;
+    let p = allocated_fresh(&pods, &launcher, None).await;
     assert_eq!(annotation(&p, "virtualmachine"), Some(vm.name));
     (p, vmi)
 }
 
 #[test]
 fn retention() {
-    let cluster = Cluster::up(ClusterOptions {
-        nodes: 1,
-        node_agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_node-agent"))),
-        ..Default::default()
-    })
-    .expect("local cluster up");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(cases(&cluster))
-    }));
-    drop(runtime);
-    if result.is_err() {
-        print_controller_logs(&cluster, 2);
-    }
-    cluster.down().expect("cluster down");
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    run_on_cluster(1, PathBuf::from(env!("CARGO_BIN_EXE_node-agent")), 2, cases);
 }
 
 async fn cases(cluster: &Cluster) {
     let bin = controller_binary();
-    let crds = repo_root().join("yamls/crds.yaml");
-    kubectl(cluster, &["apply", "-f", crds.to_str().unwrap()]);
-    kubectl(cluster, &["apply", "-f", kubevirt_crds().to_str().unwrap()]);
-    let client = cluster.client().await.unwrap();
-    wait_for("kubevirt.io/v1 served", async || {
-        kubevirt_api(&client, NS, "VirtualMachine")
-            .list(&Default::default())
-            .await
-            .ok()
-    })
-    .await;
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap(),
-        )
-        .await
-        .unwrap();
+    let client = prepare_cluster(cluster, NS, true).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
     let mut controller = Controller::start(&bin, cluster, CIDR, 0, CONTROLLER_ARGS);
@@ -369,8 +347,7 @@ async fn cases(cluster: &Cluster) {
     assert!(ip_resource(&client, "gone-0.keep").await.is_some());
     controller = Controller::start(&bin, cluster, CIDR, 1, CONTROLLER_ARGS);
     released(cluster, &client, "gone-0.keep").await;
-    released(cluster, &client, "gone-1.keep").await;
-    identity_event(&client, &["gone"], "NetworkIdentityReleased", "is gone").await;
+    released_because(cluster, &client, "gone-1.keep", &["gone"], "is gone").await;
     assert_eq!(
         nic(cluster, &client, "db-0.keep").await,
         db0,
@@ -404,7 +381,7 @@ async fn statefulset_cases(
     annotated(&web[2], &before);
     let web0 = nic(cluster, client, "web-0.keep").await;
     delete_pod(pods, "web-2").await;
-    let again = allocated(pods, "web-2", web[2].uid().as_deref()).await;
+    let again = allocated_fresh(pods, "web-2", web[2].uid().as_deref()).await;
     annotated(&again, &before);
     assert_eq!(nic(cluster, client, "web-2.keep").await, before);
     identity_event(
@@ -418,11 +395,11 @@ async fn statefulset_cases(
     println!("case (§8.2): scale 3 → 1 releases ordinals 1 and 2; scale back to 3");
     scale(sets, "web", 1).await;
     released(cluster, client, "web-1.keep").await;
-    released(cluster, client, "web-2.keep").await;
-    identity_event(
+    released_because(
+        cluster,
         client,
+        "web-2.keep",
         &["web", "web-2"],
-        "NetworkIdentityReleased",
         "web-2.keep",
     )
     .await;
@@ -438,7 +415,7 @@ async fn statefulset_cases(
     })
     .await;
     statefulset(sets, "web", 1, None, json!({})).await;
-    let fresh = allocated(pods, "web-0", old.uid().as_deref()).await;
+    let fresh = allocated_fresh(pods, "web-0", old.uid().as_deref()).await;
     let now = nic(cluster, client, "web-0.keep").await;
     annotated(&fresh, &now);
     assert_ne!(
@@ -488,7 +465,7 @@ async fn statefulset_cases(
     for i in 0..3 {
         let old = pods.get(&format!("db-{i}")).await.unwrap();
         delete_pod(pods, &old.name_any()).await;
-        let p = allocated(pods, &old.name_any(), old.uid().as_deref()).await;
+        let p = allocated_fresh(pods, &old.name_any(), old.uid().as_deref()).await;
         let n = nic(cluster, client, &format!("db-{i}.keep")).await;
         assert_eq!(
             n.ip,
@@ -550,13 +527,13 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     assert!(ids.contains("pod=\"keep/vm1\""), "{ids}");
     delete_pod(pods, &first.name_any()).await;
     let second = vm1.launcher(client, &vmi, "b").await;
-    let p = allocated(pods, &second, None).await;
+    let p = allocated_fresh(pods, &second, None).await;
     annotated(&p, &one);
     assert_eq!(nic(cluster, client, &vm1.nic()).await, one);
 
     println!("case: two launcher pods of one VM at once share the port, IP and MAC");
     let target = vm1.launcher(client, &vmi, "c").await;
-    let p = allocated(pods, &target, None).await;
+    let p = allocated_fresh(pods, &target, None).await;
     annotated(&p, &one);
     assert!(warnings(client, NS, &target).await.is_empty());
     delete_pod(pods, &second).await;
@@ -619,24 +596,12 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     vm3.stop(client, &three_pod.name_any()).await;
     identity_event(client, &["vm3"], "NetworkIdentityKept", "vm3.keep").await;
     assert!(ip_resource(client, &vm3.nic()).await.unwrap()["spec"]["ipAddress"] != json!(""));
-    Api::<DynamicObject>::all_with(
-        client.clone(),
-        &kube::api::ApiResource {
-            group: "kubeovn.io".into(),
-            version: "v1".into(),
-            api_version: "kubeovn.io/v1".into(),
-            kind: "IP".into(),
-            plural: "ips".into(),
-        },
-    )
-    .delete(&vm3.nic(), &DeleteParams::default())
-    .await
-    .unwrap();
-    released(cluster, client, &vm3.nic()).await;
-    identity_event(
+    kubectl(cluster, &["delete", "ips.kubeovn.io", &vm3.nic()]);
+    released_because(
+        cluster,
         client,
+        &vm3.nic(),
         &["vm3"],
-        "NetworkIdentityReleased",
         "IP resource was deleted",
     )
     .await;
@@ -665,8 +630,7 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
 
     // §8.4.3: the namespace subnet changed while vm1 runs; its stop releases.
     vm1.stop(client, &p.name_any()).await;
-    released(cluster, client, &vm1.nic()).await;
-    identity_event(client, &["vm1"], "NetworkIdentityReleased", "keep-net").await;
+    released_because(cluster, client, &vm1.nic(), &["vm1"], "keep-net").await;
     for (vm, old, suffix) in [(&vm1, &one, "e"), (&vm2, &two, "b"), (&vm3, &three, "b")] {
         let (p, _) = run_vm(client, vm, suffix).await;
         let moved = nic(cluster, client, &vm.nic()).await;
@@ -690,20 +654,20 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
             .await
             .unwrap();
     }
-    released(cluster, client, &vm1.nic()).await;
-    identity_event(
+    released_because(
+        cluster,
         client,
+        &vm1.nic(),
         &["vm1"],
-        "NetworkIdentityReleased",
         "VirtualMachine vm1 is gone",
     )
     .await;
     // vm2 was running: the garbage collector deletes its VMI and launcher pod after the VM.
-    released(cluster, client, &vm2.nic()).await;
-    identity_event(
+    released_because(
+        cluster,
         client,
+        &vm2.nic(),
         &["vm2"],
-        "NetworkIdentityReleased",
         "VirtualMachine vm2 is gone",
     )
     .await;

@@ -18,7 +18,7 @@ use portkeeper_engine::{Lease, NicKey};
 use crate::context::Context;
 use crate::error::Error;
 use crate::northbound::Northbound;
-use crate::plan::{self, Catalog, Ordinal, PodFacts};
+use crate::plan::{self, Ordinal, PodFacts};
 use crate::retention::{
     Decision, Facts, OWNER_ANNOTATION, OWNER_PORT_KEY, Observed, Owner, OwnerKind, SubnetFit,
     decide, ordinal_of,
@@ -93,20 +93,20 @@ pub fn holder_uid(pod: &Pod, owner: Option<&Owner>) -> String {
 
 /// The holder an IP resource records: its owner's UID, else its pod's.
 pub fn recorded_holder(annotations: &BTreeMap<String, String>) -> Option<String> {
-    annotations
-        .get(OWNER_ANNOTATION)
-        .and_then(|o| Owner::parse(o))
-        .map(|o| o.uid)
-        .or_else(|| annotations.get(POD_UID).cloned())
+    holder_in(annotations, OWNER_ANNOTATION, POD_UID)
 }
 
 /// The holder a port records in its `external_ids`: its owner's UID, else its pod's.
 pub fn port_holder(external_ids: &BTreeMap<String, String>) -> Option<String> {
-    external_ids
-        .get(OWNER_PORT_KEY)
+    holder_in(external_ids, OWNER_PORT_KEY, PORT_POD_UID)
+}
+
+fn holder_in(record: &BTreeMap<String, String>, owner: &str, pod_uid: &str) -> Option<String> {
+    record
+        .get(owner)
         .and_then(|o| Owner::parse(o))
         .map(|o| o.uid)
-        .or_else(|| external_ids.get(PORT_POD_UID).cloned())
+        .or_else(|| record.get(pod_uid).cloned())
 }
 
 /// The workload a nic's IP resource (or, without one, its port) records.
@@ -229,13 +229,6 @@ fn fit<N: Northbound>(
     let Ok(request) = NetworkRequest::from_annotations(&ctx.keys, &annotations) else {
         return SubnetFit::Fits;
     };
-    let subnets = ctx.stores.subnets.state();
-    let pools = ctx.stores.pools.state();
-    let catalog = Catalog {
-        subnets: &subnets,
-        pools: &pools,
-        default_subnet: &ctx.config.default_ls,
-    };
     let start = statefulset_start(ctx.stores.statefulset(namespace, &owner.name).as_deref());
     let facts = PodFacts {
         name: lease.key.as_str(),
@@ -245,6 +238,8 @@ fn fit<N: Northbound>(
         ordinal: ordinal.map(|ordinal| Ordinal { ordinal, start }),
     };
     let room = |s: &str| s == lease.subnet || super::has_room(ctx, s);
+    let addressing = super::Addressing::of(ctx);
+    let catalog = addressing.catalog(&ctx.config.default_ls);
     match plan::choose_target(&request, &facts, &catalog, room) {
         Err(_) => SubnetFit::Fits,
         Ok(t) if t.subnet != lease.subnet => SubnetFit::Moved { to: t.subnet },
@@ -325,22 +320,21 @@ pub async fn announce<N: Northbound>(
     ctx.note_distinct(&reference, reason, "Retain", note).await;
 }
 
-/// Decides `lease` for `owner` and acts: releases what is not kept. Callers hold the nic's
-/// lock. Returns whether it released.
+/// Decides `lease` for `owner` and acts: releases what is not kept, and says so. Callers hold
+/// the nic's lock.
 pub async fn settle<N: Northbound>(
     ctx: &Context<N>,
     lease: &Lease,
     owner: &Owner,
     except: &str,
     pod: Option<&Pod>,
-) -> Result<bool, Error> {
+) -> Result<(), Error> {
     let decision = decide_nic(ctx, lease, owner, except);
-    let release = !decision.keeps();
-    if release {
+    if !decision.keeps() {
         release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
     }
     announce(ctx, lease, owner, &decision, pod).await;
-    Ok(release)
+    Ok(())
 }
 
 /// Every workload-owned nic that no live pod holds is decided again; those whose owner is gone,
