@@ -92,6 +92,18 @@ impl Vmi {
             .as_ref()
             .filter(|s| s.migration_uid.as_deref() == Some(uid))
     }
+
+    /// How the VMI says the migration `uid` ended, if it says it did.
+    fn verdict(&self, uid: &str) -> Option<Outcome> {
+        let state = self.state_of(uid)?;
+        if state.failed == Some(true) {
+            Some(Outcome::Failed)
+        } else if state.completed == Some(true) {
+            Some(Outcome::Succeeded)
+        } else {
+            None
+        }
+    }
 }
 
 /// Everything the options of one VM's port depend on.
@@ -211,10 +223,20 @@ pub fn plan(observed: &Observed, chassis: impl Fn(&str) -> String) -> Stage {
     let Some(vmi) = &observed.vmi else {
         return Stage::Idle;
     };
-    let mut started: Vec<&Migration> = observed
+    // The VMI's state is authoritative: a migration it reports finished is finished, even while
+    // its VMIM still shows a running phase.
+    let mut started: Vec<Migration> = observed
         .migrations
         .iter()
         .filter(|m| m.phase != Phase::NotStarted)
+        .map(|m| Migration {
+            phase: match (m.phase, vmi.verdict(&m.uid)) {
+                (Phase::InProgress, Some(Outcome::Succeeded)) => Phase::Succeeded,
+                (Phase::InProgress, Some(Outcome::Failed)) => Phase::Failed,
+                (phase, _) => phase,
+            },
+            ..m.clone()
+        })
         .collect();
     started.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     // KubeVirt runs one migration of a VMI at a time; an in-progress VMIM older than a finished
@@ -257,7 +279,7 @@ pub fn plan(observed: &Observed, chassis: impl Fn(&str) -> String) -> Stage {
 fn settled(
     observed: &Observed,
     vmi: &Vmi,
-    started: &[&Migration],
+    started: &[Migration],
     chassis: &impl Fn(&str) -> String,
 ) -> Stage {
     let finished = started.iter().rev().find_map(|m| match m.phase {
@@ -269,13 +291,8 @@ fn settled(
         let state = vmi.state.as_ref()?;
         let uid = state.migration_uid.clone()?;
         let known = observed.migrations.iter().any(|m| m.uid == uid);
-        let done = state.completed == Some(true) || state.failed == Some(true);
-        let outcome = if state.failed == Some(true) {
-            Outcome::Failed
-        } else {
-            Outcome::Succeeded
-        };
-        (!known && done).then(|| (uid.clone(), uid, outcome))
+        let outcome = vmi.verdict(&uid)?;
+        (!known).then(|| (uid.clone(), uid, outcome))
     };
     let Some((name, uid, outcome)) = finished.or_else(orphan_state) else {
         return Stage::Idle;
@@ -518,6 +535,24 @@ mod tests {
             assert_eq!(stage.reason(), reason);
             o.pods.remove(loser);
             assert_eq!(plan(&o, chassis), Stage::Idle, "{phase}, loser gone");
+        }
+    }
+
+    #[test]
+    fn the_vmi_verdict_counts_before_the_migration_object_catches_up() {
+        for (outcome, node, want) in [
+            (Outcome::Succeeded, "node2", "node2"),
+            (Outcome::Failed, "node1", "node1"),
+        ] {
+            let o = Observed {
+                vmi: vmi(node, Some(state("m1", "node1", "node2", Some(outcome)))),
+                migrations: vec![migration("m1", "Running", 1)],
+                pods: vec![
+                    pod("m1-source", Some("node1"), None),
+                    pod("m1-target", Some("node2"), Some("m1")),
+                ],
+            };
+            assert_eq!(options(&plan(&o, chassis)), pinned(want), "{outcome:?}");
         }
     }
 

@@ -228,30 +228,44 @@ fn play(scripts: &[Script]) -> Vec<World> {
             write_state(&mut world);
         }
         let has_target = world.observed.pods.iter().any(|p| p.name == target_pod);
-        world.observed.migrations[i].phase = match outcome {
-            Outcome::Succeeded => Phase::Succeeded,
-            Outcome::Failed => Phase::Failed,
+        // The model's truth changes with the first object that tells the verdict: the VMI's
+        // state when this migration wrote one (KubeVirt updates it first), else the VMIM.
+        let settle = |w: &mut World| {
+            w.bound_target = None;
+            match outcome {
+                Outcome::Succeeded => {
+                    w.vm_node = target.clone();
+                    w.vmi().node = Some(target.clone());
+                    w.running_pod = target_pod.clone();
+                    w.loser = Some(source_pod.clone());
+                }
+                Outcome::Failed => w.loser = has_target.then(|| target_pod.clone()),
+            }
         };
-        if let Some(state) = world
+        let recorded = match world
             .vmi()
             .state
             .as_mut()
             .filter(|st| st.migration_uid.as_deref() == Some(uid.as_str()))
         {
-            state.completed = Some(true);
-            state.failed = Some(outcome == Outcome::Failed);
-        }
-        world.bound_target = None;
-        match outcome {
-            Outcome::Succeeded => {
-                world.vm_node = target.clone();
-                world.vmi().node = Some(target.clone());
-                world.running_pod = target_pod.clone();
-                world.loser = Some(source_pod.clone());
+            Some(state) => {
+                state.completed = Some(true);
+                state.failed = Some(outcome == Outcome::Failed);
+                true
             }
-            Outcome::Failed => world.loser = has_target.then(|| target_pod.clone()),
+            None => false,
+        };
+        if recorded {
+            settle(&mut world);
+            states.push(world.clone());
         }
-        // Pods from before this migration are no longer contenders of the verdict.
+        world.observed.migrations[i].phase = match outcome {
+            Outcome::Succeeded => Phase::Succeeded,
+            Outcome::Failed => Phase::Failed,
+        };
+        if !recorded {
+            settle(&mut world);
+        }
         states.push(world.clone());
         if s.delete_loser
             && let Some(loser) = world.loser.clone()
