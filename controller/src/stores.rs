@@ -138,8 +138,9 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     )
 }
 
-/// Whether the API server serves `kubevirt.io/v1` VirtualMachines. Any answer but 404 counts as
-/// served, so a transient error cannot switch VM retention off (the watch then retries).
+/// Whether the API server serves `kubevirt.io/v1` VirtualMachines that portkeeper may read. 404
+/// (not installed) and 403 (no RBAC) mean no; any other error counts as served, so a transient
+/// error cannot switch VM retention off (the watch then retries).
 async fn kubevirt_served(client: &Client) -> bool {
     let api: Api<VirtualMachine> = Api::all(client.clone());
     match api
@@ -147,6 +148,10 @@ async fn kubevirt_served(client: &Client) -> bool {
         .await
     {
         Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(error = %e, "may not list kubevirt.io VirtualMachines (see yamls/rbac.yaml)");
+            false
+        }
         Ok(_) | Err(_) => true,
     }
 }
