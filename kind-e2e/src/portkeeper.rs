@@ -396,3 +396,29 @@ pub async fn prepare_cluster(cluster: &Cluster, namespace: &str, kubevirt: bool)
         .unwrap();
     client
 }
+
+/// `ovn-sbctl` against the cluster's SB database; its trimmed stdout, failing the test on error.
+pub fn sbctl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.ovn_sbctl(args).expect("run ovn-sbctl");
+    assert!(
+        out.status.success(),
+        "ovn-sbctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The names of the logical switch ports matching an `ovn-nbctl find` condition such as
+/// `external_ids:pod="ns/name"`, one per line.
+pub fn port_names(cluster: &Cluster, condition: &str) -> String {
+    nbctl(
+        cluster,
+        &[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch_Port",
+            condition,
+        ],
+    )
+}

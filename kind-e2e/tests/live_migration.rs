@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
     Controller, allocated, annotation, controller_binary, events, install_kubevirt, ip_resource,
-    kubectl, kubevirt_api, lsp_options, nb_addresses, nbctl, node_chassis, repo_root,
-    run_on_cluster, wait_for,
+    kubectl, kubevirt_api, lsp_options, nb_addresses, nbctl, node_chassis, port_names, repo_root,
+    run_on_cluster, sbctl, wait_for,
 };
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -389,7 +389,7 @@ impl KubeVirt<'_> {
                 ip_resource(&self.client, &own).await.is_none(),
                 "{own} IP resource"
             );
-            assert_eq!(find_ports(self.cluster, &format!("name={own}")), "");
+            assert_eq!(port_names(self.cluster, &format!("name={own}")), "");
         }
         seen.dedup();
         assert_eq!(seen.len(), 1, "{vm}'s pods {pods:?} carry {seen:?}");
@@ -398,7 +398,7 @@ impl KubeVirt<'_> {
         assert_eq!(resource["spec"]["ipAddress"], json!(ip));
         assert_eq!(resource["spec"]["macAddress"], json!(mac));
         assert_eq!(
-            find_ports(self.cluster, &format!("external_ids:pod=\"{NS}/{vm}\"")),
+            port_names(self.cluster, &format!("external_ids:pod=\"{NS}/{vm}\"")),
             port,
             "one port for {vm}"
         );
@@ -426,29 +426,6 @@ impl KubeVirt<'_> {
 
 fn object(value: Value) -> DynamicObject {
     serde_json::from_value(value).unwrap()
-}
-
-fn find_ports(cluster: &Cluster, condition: &str) -> String {
-    nbctl(
-        cluster,
-        &[
-            "--bare",
-            "--columns=name",
-            "find",
-            "Logical_Switch_Port",
-            condition,
-        ],
-    )
-}
-
-fn sbctl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.ovn_sbctl(args).expect("run ovn-sbctl");
-    assert!(
-        out.status.success(),
-        "ovn-sbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Each node's chassis name from its Open_vSwitch database, published on the Node as the node
