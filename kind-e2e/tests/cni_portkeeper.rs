@@ -53,6 +53,10 @@ fn main() {
             pods_ping_on_one_node_across_nodes_and_the_gateway,
         ),
         trial(
+            "dual_stack_pods_get_both_families_and_ping_across_nodes",
+            dual_stack_pods_get_both_families_and_ping_across_nodes,
+        ),
+        trial(
             "statefulset_pod_recreated_with_a_new_mac_answers_the_first_ping",
             statefulset_pod_recreated_with_a_new_mac_answers_the_first_ping,
         ),
@@ -433,48 +437,65 @@ async fn nodes_publish_their_chassis_name(client: Client) {
     }
 }
 
+/// Checks that the pod's status and `eth0` carry exactly its annotated addresses (with their
+/// subnets' prefix lengths, from `cidr`) and MAC.
+fn assert_wired_as_annotated(p: &Pod) {
+    let name = p.name_any();
+    let ips = pod_ips(p);
+    let mac = annotation(p, "mac_address")
+        .expect("mac_address")
+        .to_lowercase();
+    let status = p.status.as_ref().unwrap();
+    let reported: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|i| i.ip.as_str())
+        .collect();
+    assert_eq!(reported, ips, "pod {name} status podIPs");
+    assert_eq!(
+        status.pod_ip.as_deref(),
+        Some(ips[0]),
+        "pod {name} status podIP"
+    );
+
+    let (ok, link) = exec(&name, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(ok, "pod {name} has no eth0: {link}");
+    let link_mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1);
+    assert_eq!(link_mac, Some(mac.as_str()), "pod {name} eth0 MAC: {link}");
+    let (ok, addrs) = exec(
+        &name,
+        &["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
+    );
+    assert!(ok, "{addrs}");
+    let on_eth0: BTreeSet<String> = addrs
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .map(str::to_owned)
+        .collect();
+    let cidrs = annotation(p, "cidr").expect("cidr");
+    let annotated: BTreeSet<String> = ips
+        .iter()
+        .map(|ip| {
+            let family = |text: &str| text.contains(':');
+            let cidr = cidrs.split(',').find(|c| family(c) == family(ip));
+            let prefix = cidr.and_then(|c| c.split('/').nth(1));
+            format!(
+                "{ip}/{}",
+                prefix.unwrap_or_else(|| panic!("{name}: no cidr for {ip}"))
+            )
+        })
+        .collect();
+    assert_eq!(on_eth0, annotated, "pod {name} eth0 addresses");
+}
+
 async fn pods_get_exactly_their_annotated_addresses(client: Client) {
     let pods = shared_pods(&client).await;
     for p in &pods {
-        let name = p.name_any();
-        let ips = pod_ips(p);
-        let mac = annotation(p, "mac_address")
-            .expect("mac_address")
-            .to_lowercase();
-        let status = p.status.as_ref().unwrap();
-        let reported: Vec<&str> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|i| i.ip.as_str())
-            .collect();
-        assert_eq!(reported, ips, "pod {name} status podIPs");
-        assert_eq!(
-            status.pod_ip.as_deref(),
-            Some(ips[0]),
-            "pod {name} status podIP"
-        );
-
-        let (ok, link) = exec(&name, &["ip", "-o", "link", "show", "eth0"]);
-        assert!(ok, "pod {name} has no eth0: {link}");
-        let link_mac = link
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1);
-        assert_eq!(link_mac, Some(mac.as_str()), "pod {name} eth0 MAC: {link}");
-        let (ok, addrs) = exec(
-            &name,
-            &["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
-        );
-        assert!(ok, "{addrs}");
-        let on_eth0: BTreeSet<&str> = addrs
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3))
-            .collect();
-        let prefix = SUBNET.split('/').nth(1).unwrap();
-        let annotated: Vec<String> = ips.iter().map(|ip| format!("{ip}/{prefix}")).collect();
-        let annotated: BTreeSet<&str> = annotated.iter().map(String::as_str).collect();
-        assert_eq!(on_eth0, annotated, "pod {name} eth0 addresses");
+        assert_wired_as_annotated(p);
     }
     assert_eq!(pod_ips(&pods[0]), ["10.16.0.100"]);
     assert_eq!(
@@ -499,6 +520,46 @@ async fn pods_ping_on_one_node_across_nodes_and_the_gateway(client: Client) {
     }
     let (ok, out) = ping("c", GATEWAY);
     assert!(ok, "c (node2) -> the subnet gateway: {out}");
+}
+
+/// Pods of a dual-stack subnet on both nodes: both families on `eth0`, and traffic in both
+/// families between the nodes and to the subnet's gateways.
+async fn dual_stack_pods_get_both_families_and_ping_across_nodes(client: Client) {
+    with(|s| {
+        kubectl_apply(
+            &s.cluster,
+            "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: dual\nspec:\n  cidrBlock: 10.18.0.0/24,fd00:10:18::/64\n",
+        )
+    });
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let unwired = with(Portkeeper::wiring);
+    let mut running = Vec::new();
+    for (name, node) in [("dual-1", "node1"), ("dual-2", "node2")] {
+        let manifest = pod_manifest(
+            name,
+            node,
+            &[("ovn.kubernetes.io/logical_switch", "dual")],
+            0,
+        );
+        pods.create(&PostParams::default(), &manifest)
+            .await
+            .unwrap();
+        running.push(wait_running(&pods, name, None).await);
+    }
+    for p in &running {
+        assert_wired_as_annotated(p);
+        assert_eq!(pod_ips(p).len(), 2, "{} is dual-stack", p.name_any());
+    }
+    let gateways = annotation(&running[0], "gateway").expect("gateway");
+    for to in pod_ips(&running[1]).into_iter().chain(gateways.split(',')) {
+        let (ok, out) = ping("dual-1", to);
+        assert!(ok, "dual-1 (node1) -> {to}: {out}");
+    }
+    let names = running
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect::<Vec<_>>();
+    delete_and_wait(&pods, &names, 0, &unwired, CLEANUP_BOUND).await;
 }
 
 const STATEFULSET_IP: &str = "10.16.0.150";
