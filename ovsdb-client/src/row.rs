@@ -104,6 +104,11 @@ impl Row {
         self.position(name).ok().map(|i| self.columns.remove(i).1)
     }
 
+    /// Keeps only the columns for which `keep` returns true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &Value) -> bool) {
+        self.columns.retain(|(k, v)| keep(k, v));
+    }
+
     /// Number of columns present.
     pub fn len(&self) -> usize {
         self.columns.len()

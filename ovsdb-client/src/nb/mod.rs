@@ -6,6 +6,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/ovn_nb.rs"));
 
+use crate::datum::Value;
 use crate::nonroot::{ParentRef, insert_child, remove_child};
 use crate::operation::{Insert, Operation, Wait};
 
@@ -25,8 +26,28 @@ fn uuid_name_for(prefix: &str, name: &str) -> String {
 /// The insert for a new child row: by client-chosen uuid when `uuid` is set,
 /// otherwise by a `uuid-name` derived from the row's name (unique per name, so
 /// several ports can be added in one transaction).
+///
+/// Columns holding an empty set or map where the schema allows none (`min` 0) are
+/// left out: the server gives an omitted column its default, which for those
+/// columns is exactly that, and a typical port's request (and the server's work
+/// parsing it) shrinks by half.
 fn child_insert<T: Table>(row: &T, prefix: &str, name: &str) -> Insert {
-    let insert = Insert::new(T::TABLE, row.to_row());
+    let table = schema().table(T::TABLE);
+    let mut columns = row.to_row();
+    columns.retain(|column, value| {
+        let empty = match value {
+            Value::Set(set) => set.is_empty(),
+            Value::Map(map) => map.is_empty(),
+            Value::Atom(_) => false,
+        };
+        let optional = || {
+            table
+                .and_then(|t| t.column(column))
+                .is_some_and(|c| c.ty.min == 0)
+        };
+        !(empty && optional())
+    });
+    let insert = Insert::new(T::TABLE, columns);
     if row.uuid().is_nil() {
         insert.uuid_name(uuid_name_for(prefix, name))
     } else {
