@@ -442,11 +442,27 @@ mod tests {
             };
             world.converge();
             for step in &steps {
+                let before: BTreeMap<u64, _> = (start..start + 6)
+                    .filter_map(|o| Some((o, world.engine.lease(&World::key(o))?)))
+                    .collect();
+                let set_before = world.set.clone();
                 world.apply(step);
                 let expected: Vec<u64> = match &world.set {
                     Some((_, replicas)) => (start..start + replicas).collect(),
                     None => Vec::new(),
                 };
+                // Kept means kept: an ordinal in range under the same set before and after the
+                // step (its pod deleted or not) has the very same binding, MAC included.
+                if let (Some((uid, _)), Some((uid_after, _))) = (&set_before, &world.set)
+                    && uid == uid_after
+                {
+                    for (o, lease) in &before {
+                        if expected.contains(o) {
+                            let after = world.engine.lease(&World::key(*o));
+                            prop_assert_eq!(after.as_ref(), Some(lease), "ordinal {} kept across {:?}", o, step);
+                        }
+                    }
+                }
                 let held: Vec<u64> = (start..start + 6)
                     .filter(|o| world.engine.lease(&World::key(*o)).is_some())
                     .collect();
