@@ -87,7 +87,8 @@ struct Watched {
     vmis: Store<VirtualMachineInstance>,
     migrations: Store<VirtualMachineInstanceMigration>,
     pods: Store<Pod>,
-    nodes: Store<Node>,
+    /// `None` when Nodes may not be read: every node then maps to its name.
+    nodes: Option<Store<Node>>,
 }
 
 /// Runs live-migration support until the task is dropped. Only the leader runs it (it is
@@ -95,17 +96,19 @@ struct Watched {
 pub async fn run<N: Northbound>(ctx: Arc<Context<N>>) {
     wait_for_kubevirt(&ctx.client).await;
     let (tx, rx) = unbounded();
-    let (watched, watches) = start_watches(&ctx.client, &tx);
+    let nodes_readable = nodes_readable(&ctx.client).await;
+    let (watched, watches) = start_watches(&ctx.client, &tx, nodes_readable);
     let mut tasks = tokio::task::JoinSet::new();
     for w in watches {
         tasks.spawn(w);
     }
-    for ready in [
-        watched.vmis.wait_until_ready().boxed(),
-        watched.migrations.wait_until_ready().boxed(),
-        watched.pods.wait_until_ready().boxed(),
-        watched.nodes.wait_until_ready().boxed(),
-    ] {
+    let ready = [
+        Some(watched.vmis.wait_until_ready().boxed()),
+        Some(watched.migrations.wait_until_ready().boxed()),
+        Some(watched.pods.wait_until_ready().boxed()),
+        watched.nodes.as_ref().map(|n| n.wait_until_ready().boxed()),
+    ];
+    for ready in ready.into_iter().flatten() {
         if ready.await.is_err() {
             return;
         }
@@ -155,9 +158,26 @@ async fn wait_for_kubevirt(client: &Client) {
     }
 }
 
+/// Whether Nodes may be listed; a 403 (RBAC without `nodes`) is logged once, and the node name
+/// then stands for the chassis name. Any other answer counts as readable (the watch retries).
+async fn nodes_readable(client: &Client) -> bool {
+    let api = Api::<Node>::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(
+                "cannot read Nodes (grant get/list/watch on nodes); node names stand for OVN \
+                 chassis names in live migration"
+            );
+            false
+        }
+        Ok(_) | Err(_) => true,
+    }
+}
+
 fn start_watches(
     client: &Client,
     tx: &UnboundedSender<Trigger>,
+    watch_nodes: bool,
 ) -> (Watched, Vec<BoxFuture<'static, ()>>) {
     let mut watches = Vec::new();
     let send = |tx: &UnboundedSender<Trigger>, key: Option<VmKey>| {
@@ -188,21 +208,23 @@ fn start_watches(
     );
     let t = tx.clone();
     let mut known: HashMap<String, String> = HashMap::new();
-    let nodes = reflect(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        &mut watches,
-        move |node: &Node| {
-            let name = node.name_any();
-            let chassis = chassis_of(&name, Some(node));
-            if known
-                .insert(name, chassis.clone())
-                .is_some_and(|c| c != chassis)
-            {
-                let _ = t.unbounded_send(Trigger::All);
-            }
-        },
-    );
+    let nodes = watch_nodes.then(|| {
+        reflect(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            &mut watches,
+            move |node: &Node| {
+                let name = node.name_any();
+                let chassis = chassis_of(&name, Some(node));
+                if known
+                    .insert(name, chassis.clone())
+                    .is_some_and(|c| c != chassis)
+                {
+                    let _ = t.unbounded_send(Trigger::All);
+                }
+            },
+        )
+    });
     (
         Watched {
             vmis,
@@ -411,7 +433,11 @@ async fn reconcile<N: Northbound>(
 ) -> Result<(), Error> {
     let (vmi, pods, observed) = observe(watched, by_vm, key);
     let stage = plan::plan(&observed, |node| {
-        chassis_of(node, watched.nodes.get(&ObjectRef::new(node)).as_deref())
+        let known = watched
+            .nodes
+            .as_ref()
+            .and_then(|n| n.get(&ObjectRef::new(node)));
+        chassis_of(node, known.as_deref())
     });
     let desired = stage.options();
     // The port every launcher pod of the VM shares; the VMI's own name covers a VM whose pods
