@@ -81,7 +81,7 @@ impl Controller {
             .args(["--lease-namespace", "default", "--lease-duration", "3"])
             .args(["--identity", &format!("e2e-{generation}")])
             .args(extra_args)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start the controller");
