@@ -16,6 +16,12 @@
 //!   through schema or client indexes such as `external_ids:pod`, typed `get_typed`).
 //! - [`client::Client::subscribe`] streams [`cache::Event`]s, with an explicit
 //!   [`cache::Event::Lagged`] instead of silent drops.
+//! - [`client::Client::lock`] / [`client::Client::steal`] return a [`lock::Lock`] whose
+//!   [`lock::LockState`] follows the server's `locked`/`stolen` notifications and is
+//!   requested again after every reconnection.
+//! - [`client::Client::set_monitor_condition`] narrows or widens what the cache holds of a
+//!   table (`monitor_cond_change`); [`client::Client::resync`] cancels the monitor and loads
+//!   it again; a `monitor_canceled` from the server is followed by a new monitor.
 //! - [`client::Client::metrics`] returns plain counters; [`error::Error`] says whether a
 //!   failure is retriable and whether it may have committed.
 //!

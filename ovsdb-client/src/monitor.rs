@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
@@ -25,7 +25,7 @@ use crate::cache::{Batch, Cache, Inconsistent, RowUpdate};
 use crate::datum::Uuid;
 use crate::jsonrpc::RawNotification;
 use crate::operation::Condition;
-use crate::row::{Row, RowSeed};
+use crate::row::{Row, RowSeed, object_seed};
 use crate::schema::{DatabaseSchema, TableSchema};
 
 /// The monitor flavours, newest first.
@@ -280,18 +280,12 @@ pub fn fuzz_updates2(schema: &DatabaseSchema, text: &str) {
     }
 }
 
+object_seed!(TableUpdates2 => (), TableRows => (), RowUpdate2 => RowUpdate);
+
 /// `{table: {uuid: row-update2}}`, appended to a batch.
 struct TableUpdates2<'s> {
     schema: &'s DatabaseSchema,
     batch: &'s mut Batch,
-}
-
-impl<'de> DeserializeSeed<'de> for TableUpdates2<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
 }
 
 impl<'de> Visitor<'de> for TableUpdates2<'_> {
@@ -318,14 +312,6 @@ struct TableRows<'s> {
     table: &'s str,
     schema: Option<&'s TableSchema>,
     batch: &'s mut Batch,
-}
-
-impl<'de> DeserializeSeed<'de> for TableRows<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
 }
 
 impl<'de> Visitor<'de> for TableRows<'_> {
@@ -356,14 +342,6 @@ struct RowUpdate2<'s> {
     table: &'s str,
     schema: Option<&'s TableSchema>,
     uuid: Uuid,
-}
-
-impl<'de> DeserializeSeed<'de> for RowUpdate2<'_> {
-    type Value = RowUpdate;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RowUpdate, D::Error> {
-        d.deserialize_map(self)
-    }
 }
 
 impl<'de> Visitor<'de> for RowUpdate2<'_> {
@@ -629,14 +607,9 @@ mod tests {
         let mut t = MonitorTables::new();
         t.insert("Logical_Switch".into(), Some(vec!["name".into()]));
         t.insert("NB_Global".into(), None);
-        let since = request_params(
-            MonitorMethod::CondSince,
-            "OVN_Northbound",
-            "m",
-            &t,
-            &BTreeMap::new(),
-            None,
-        );
+        let conditions = BTreeMap::new();
+        let params = |method, db, id| request_params(method, db, "m", &t, &conditions, id);
+        let since = params(MonitorMethod::CondSince, "OVN_Northbound", None);
         assert_eq!(
             since,
             json!(["OVN_Northbound", "m",
@@ -644,23 +617,9 @@ mod tests {
                 "00000000-0000-0000-0000-000000000000"])
         );
         let id = uuid(LS);
-        let since = request_params(
-            MonitorMethod::CondSince,
-            "db",
-            "m",
-            &t,
-            &BTreeMap::new(),
-            Some(id),
-        );
+        let since = params(MonitorMethod::CondSince, "db", Some(id));
         assert_eq!(since[3], json!(LS));
-        let plain = request_params(
-            MonitorMethod::Plain,
-            "db",
-            "m",
-            &t,
-            &BTreeMap::new(),
-            Some(id),
-        );
+        let plain = params(MonitorMethod::Plain, "db", Some(id));
         assert_eq!(plain.as_array().unwrap().len(), 3);
     }
 

@@ -305,13 +305,22 @@ impl<'s> RowSeed<'s> {
     }
 }
 
-impl<'de> de::DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Row;
+/// Implements `DeserializeSeed` for seeds that read a JSON object and are their
+/// own visitor (`visit_map`).
+macro_rules! object_seed {
+    ($($seed:ident => $value:ty),* $(,)?) => {$(
+        impl<'de> serde::de::DeserializeSeed<'de> for $seed<'_> {
+            type Value = $value;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Row, D::Error> {
-        d.deserialize_map(self)
-    }
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+    )*};
 }
+pub(crate) use object_seed;
+
+object_seed!(RowSeed => Row);
 
 impl<'de> Visitor<'de> for RowSeed<'_> {
     type Value = Row;

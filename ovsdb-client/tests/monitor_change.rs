@@ -26,6 +26,15 @@ async fn client(nb: &Standalone) -> Client {
         .expect("connect")
 }
 
+/// A server with switch `ls` holding port `p1`, and a client that monitors them.
+async fn switch_with_one_port() -> (Standalone, Client) {
+    let nb = Standalone::start();
+    nb.nbctl(&["ls-add", "ls"]);
+    nb.nbctl(&["lsp-add", "ls", "p1"]);
+    let client = client(&nb).await;
+    (nb, client)
+}
+
 /// The names of the ports in the cache.
 fn cached_ports(client: &Client) -> BTreeSet<String> {
     client
@@ -142,10 +151,7 @@ async fn changing_conditions_updates_the_cache_and_survives_reconnection() {
 
 #[tokio::test]
 async fn resync_cancels_the_monitor_and_reloads_the_cache() {
-    let nb = Standalone::start();
-    nb.nbctl(&["ls-add", "ls"]);
-    nb.nbctl(&["lsp-add", "ls", "p1"]);
-    let client = client(&nb).await;
+    let (nb, client) = switch_with_one_port().await;
     let mut events = client.subscribe();
     let before = client.metrics();
 
@@ -180,10 +186,7 @@ async fn resync_cancels_the_monitor_and_reloads_the_cache() {
 
 #[tokio::test]
 async fn a_monitor_the_server_cancels_is_monitored_again() {
-    let nb = Standalone::start();
-    nb.nbctl(&["ls-add", "ls"]);
-    nb.nbctl(&["lsp-add", "ls", "p1"]);
-    let client = client(&nb).await;
+    let (nb, client) = switch_with_one_port().await;
     client
         .set_monitor_condition(LSP, vec![name_is("p1"), name_is("p2")])
         .await
