@@ -103,13 +103,13 @@ fn foreign_holder<N: Northbound>(
     ip_resource_holder: &impl Fn(&str, IpAddr, &str) -> Option<String>,
 ) -> Option<(Held, ForeignHolder)> {
     let addresses: Vec<IpAddr> = lease.addresses().addresses().collect();
-    for port in nb.ports_on_switch(&lease.subnet) {
-        if port.name == own {
-            continue;
-        }
-        let hit = port.ips().find(|ip| addresses.contains(ip));
-        if let Some(ip) = hit {
-            return Some((Held::Ip(ip), ForeignHolder::Port(port.name)));
+    for ip in &addresses {
+        if let Some(port) = nb
+            .ip_holders(&lease.subnet, *ip)
+            .into_iter()
+            .find(|p| p != own)
+        {
+            return Some((Held::Ip(*ip), ForeignHolder::Port(port)));
         }
     }
     for ip in &addresses {
@@ -118,10 +118,10 @@ fn foreign_holder<N: Northbound>(
         }
     }
     let mac = lease.mac?;
-    nb.ports()
+    nb.mac_holders(mac)
         .into_iter()
-        .find(|p| p.name != own && p.macs().any(|m| m == mac))
-        .map(|p| (Held::Mac, ForeignHolder::Port(p.name)))
+        .find(|p| p != own)
+        .map(|p| (Held::Mac, ForeignHolder::Port(p)))
 }
 
 /// Records an address held outside the engine so it is never handed out. The key is the

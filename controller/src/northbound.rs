@@ -124,6 +124,29 @@ pub trait Northbound: Send + Sync + 'static {
     fn port(&self, name: &str) -> Option<ObservedPort>;
     /// The ports on one switch.
     fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort>;
+    /// Names of the ports on `switch` whose addresses hold `ip`, sorted. What a claim checks
+    /// for every address it is about to hand out, so implementations answer from an index.
+    fn ip_holders(&self, switch: &str, ip: IpAddr) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .ports_on_switch(switch)
+            .into_iter()
+            .filter(|p| p.ips().any(|held| held == ip))
+            .map(|p| p.name)
+            .collect();
+        names.sort();
+        names
+    }
+    /// Names of the ports on any switch whose addresses hold `mac`, sorted.
+    fn mac_holders(&self, mac: MacAddress) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .ports()
+            .into_iter()
+            .filter(|p| p.macs().any(|held| held == mac))
+            .map(|p| p.name)
+            .collect();
+        names.sort();
+        names
+    }
     /// The MAC of a logical router port, if it exists.
     fn router_port_mac(&self, name: &str) -> Option<MacAddress>;
     /// Creates or updates the switch, the cluster router, the router port and the switch's

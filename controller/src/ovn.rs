@@ -3,6 +3,7 @@
 //! or a concurrent writer re-plans instead of duplicating or clobbering.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ovsdb_client::cache::CacheView;
@@ -16,8 +17,13 @@ use ovsdb_client::operation::{Condition, Insert, Mutate, Mutation, Operation, Up
 use ovsdb_client::row::Row;
 use ovsdb_client::table::Table;
 use ovsdb_client::transaction::{wait_absent, wait_unchanged};
+use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
 use tokio::time::Instant;
+
+mod index;
+
+use index::{FollowedIndex, PortIndex};
 
 use crate::northbound::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids};
 
@@ -27,6 +33,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// OVN Northbound through a leader-only `ovsdb-client` session.
 pub struct OvnNorthbound {
     client: Client,
+    index: Mutex<FollowedIndex>,
 }
 
 impl OvnNorthbound {
@@ -40,7 +47,19 @@ impl OvnNorthbound {
             .monitor(LogicalRouter::TABLE, &[])
             .monitor(LogicalRouterPort::TABLE, &[])
             .start()?;
-        Ok(Self { client })
+        let index = Mutex::new(FollowedIndex::new(client.subscribe()));
+        Ok(Self { client, index })
+    }
+
+    /// Runs `read` on the index brought up to date with `view`.
+    fn indexed<T>(&self, view: &CacheView<'_>, read: impl FnOnce(&PortIndex) -> T) -> T {
+        read(self.index.lock().sync(view))
+    }
+
+    /// Runs `read` on the index, up to date with the cache as it is now.
+    fn with_index<T>(&self, read: impl FnOnce(&PortIndex) -> T) -> T {
+        let view = self.client.cache().read();
+        self.indexed(&view, read)
     }
 }
 
@@ -49,36 +68,11 @@ fn by_name(view: &CacheView<'_>, table: &str, name: &str) -> Option<Row> {
     rows.first().map(|r| (**r).clone())
 }
 
-fn switches(view: &CacheView<'_>) -> Vec<LogicalSwitch> {
-    view.rows(LogicalSwitch::TABLE)
-        .iter()
-        .filter_map(|r| LogicalSwitch::from_row(r).ok())
-        .collect()
-}
-
-fn switch_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalSwitch> {
-    view.rows(LogicalSwitch::TABLE)
-        .iter()
-        .filter_map(|r| LogicalSwitch::from_row(r).ok())
-        .find(|s| s.name == name)
-}
-
 fn router_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalRouter> {
     view.rows(LogicalRouter::TABLE)
         .iter()
         .filter_map(|r| LogicalRouter::from_row(r).ok())
         .find(|s| s.name == name)
-}
-
-fn observed(port: LogicalSwitchPort, switch: &str) -> ObservedPort {
-    ObservedPort {
-        name: port.name,
-        switch: switch.to_owned(),
-        kind: port.type_,
-        addresses: port.addresses.into_iter().collect(),
-        external_ids: port.external_ids,
-        options: port.options,
-    }
 }
 
 fn nb_error(op: &str, e: impl std::fmt::Display) -> NbError {
@@ -151,28 +145,27 @@ impl OvnNorthbound {
                 && p.external_ids == wanted.external_ids
                 && p.type_ == wanted.type_
         };
+        // The port's row, decoded, and the switch holding it.
         let located = |view: &CacheView<'_>| {
             let row = by_name(view, LogicalSwitchPort::TABLE, &wanted.name)?;
             let port = LogicalSwitchPort::from_row(&row).ok()?;
-            let holder = switches(view)
-                .into_iter()
-                .find(|s| s.ports.contains(&port.uuid));
+            let holder = self.indexed(view, |index| index.switch_of(port.uuid));
             Some((row, port, holder))
         };
         let (target, stale) = {
             let view = self.client.cache().read();
-            let Some(target) = switch_by_name(&view, switch) else {
+            let Some(target) = self.indexed(&view, |index| index.switch_uuid(switch)) else {
                 return Err(nb_error(
                     "upsert_port",
                     format!("logical switch {switch} does not exist"),
                 ));
             };
             match located(&view) {
-                Some((_, port, Some(holder))) if holder.uuid == target.uuid && same(&port) => {
+                Some((_, port, Some(holder))) if holder == target && same(&port) => {
                     return Ok(());
                 }
-                Some((_, port, Some(holder))) if holder.uuid != target.uuid => {
-                    (target, Some((holder.uuid, port.uuid)))
+                Some((_, port, Some(holder))) if holder != target => {
+                    (target, Some((holder, port.uuid)))
                 }
                 _ => (target, None),
             }
@@ -200,7 +193,7 @@ impl OvnNorthbound {
                     LogicalSwitchPort::TABLE,
                     vec![Condition::eq("name", wanted.name.as_str())],
                 );
-                add_switch_port(target.uuid, &wanted, Some(absent))
+                add_switch_port(target, &wanted, Some(absent))
             }
         })
         .await
@@ -229,44 +222,23 @@ impl Northbound for OvnNorthbound {
     }
 
     fn ports(&self) -> Vec<ObservedPort> {
-        let view = self.client.cache().read();
-        let mut out = Vec::new();
-        for switch in switches(&view) {
-            for uuid in &switch.ports {
-                if let Some(Ok(port)) = view
-                    .get(LogicalSwitchPort::TABLE, *uuid)
-                    .map(|r| LogicalSwitchPort::from_row(&r))
-                {
-                    out.push(observed(port, &switch.name));
-                }
-            }
-        }
-        out
+        self.with_index(PortIndex::ports)
     }
 
     fn port(&self, name: &str) -> Option<ObservedPort> {
-        let view = self.client.cache().read();
-        let port =
-            LogicalSwitchPort::from_row(&by_name(&view, LogicalSwitchPort::TABLE, name)?).ok()?;
-        let switch = switches(&view)
-            .into_iter()
-            .find(|s| s.ports.contains(&port.uuid))
-            .map(|s| s.name)
-            .unwrap_or_default();
-        Some(observed(port, &switch))
+        self.with_index(|index| index.port(name))
     }
 
     fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort> {
-        let view = self.client.cache().read();
-        let Some(ls) = switch_by_name(&view, switch) else {
-            return Vec::new();
-        };
-        ls.ports
-            .iter()
-            .filter_map(|uuid| view.get(LogicalSwitchPort::TABLE, *uuid))
-            .filter_map(|row| LogicalSwitchPort::from_row(&row).ok())
-            .map(|p| observed(p, switch))
-            .collect()
+        self.with_index(|index| index.ports_on_switch(switch))
+    }
+
+    fn ip_holders(&self, switch: &str, ip: IpAddr) -> Vec<String> {
+        self.with_index(|index| index.ip_holders(switch, ip))
+    }
+
+    fn mac_holders(&self, mac: MacAddress) -> Vec<String> {
+        self.with_index(|index| index.mac_holders(mac))
     }
 
     fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
@@ -360,12 +332,12 @@ impl Northbound for OvnNorthbound {
 
     async fn delete_port(&self, name: &str) -> Result<(), NbError> {
         self.write("delete_port", |view| {
-            let Some(row) = by_name(view, LogicalSwitchPort::TABLE, name) else {
-                return Vec::new();
-            };
-            let uuid = row.uuid().expect("cached rows have a uuid");
-            match switches(view).into_iter().find(|s| s.ports.contains(&uuid)) {
-                Some(switch) => remove_switch_port(switch.uuid, uuid, None),
+            let located = self.indexed(view, |index| {
+                let port = index.port_uuid(name)?;
+                Some((index.switch_of(port)?, port))
+            });
+            match located {
+                Some((switch, port)) => remove_switch_port(switch, port, None),
                 None => Vec::new(),
             }
         })

@@ -218,3 +218,88 @@ async fn switches_ports_and_foreign_ports() {
     );
     assert!(nb.port("legacy").is_some(), "the foreign port is untouched");
 }
+
+/// Polls `check` until it holds, failing after 20 s: the replica follows the server a moment later.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn address_lookups_follow_changes_made_by_others() {
+    let server = NbServer::start();
+    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    ready(&nb).await;
+    nb.ensure_switch(&switch("net1")).await.unwrap();
+    server.nbctl(&["ls-add", "other"]);
+
+    // 200 ports from one ovn-nbctl transaction, as another system would add them.
+    let mut args: Vec<String> = Vec::new();
+    for i in 0..200 {
+        let name = format!("p{i}");
+        let addresses = format!("0a:00:00:00:01:{:02x} 10.16.1.{}", i, i + 1);
+        args.extend(["--", "lsp-add", "net1", &name].map(String::from));
+        args.extend(["--", "lsp-set-addresses", &name, &addresses].map(String::from));
+    }
+    server.nbctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    let mac = |text: &str| MacAddress::parse(text).unwrap();
+    eventually("200 ports indexed", || {
+        nb.ip_holders("net1", ip("10.16.1.200")) == ["p199"]
+    })
+    .await;
+    assert_eq!(
+        nb.ports_on_switch("net1").len(),
+        201,
+        "200 + the router port"
+    );
+    assert_eq!(nb.mac_holders(mac("0a:00:00:00:01:05")), ["p5"]);
+    assert!(
+        nb.ip_holders("other", ip("10.16.1.6")).is_empty(),
+        "an address counts on its own switch only"
+    );
+
+    // A port deleted, one moved to another switch, one readdressed: each lookup follows.
+    server.nbctl(&["lsp-del", "p5"]);
+    server.nbctl(&[
+        "--",
+        "lsp-del",
+        "p6",
+        "--",
+        "lsp-add",
+        "other",
+        "p6",
+        "--",
+        "lsp-set-addresses",
+        "p6",
+        "0a:00:00:00:01:06 10.16.1.7",
+    ]);
+    server.nbctl(&["lsp-set-addresses", "p7", "0a:00:00:00:02:07 10.16.2.8"]);
+    eventually("changes indexed", || {
+        nb.port("p5").is_none()
+            && nb.ip_holders("other", ip("10.16.1.7")) == ["p6"]
+            && nb.ip_holders("net1", ip("10.16.2.8")) == ["p7"]
+    })
+    .await;
+    assert!(nb.ip_holders("net1", ip("10.16.1.6")).is_empty());
+    assert!(nb.ip_holders("net1", ip("10.16.1.7")).is_empty());
+    assert!(nb.mac_holders(mac("0a:00:00:00:01:05")).is_empty());
+    assert!(nb.mac_holders(mac("0a:00:00:00:01:07")).is_empty());
+    assert_eq!(nb.mac_holders(mac("0a:00:00:00:02:07")), ["p7"]);
+    assert_eq!(nb.port("p6").unwrap().switch, "other");
+    assert_eq!(nb.ports().len(), 200, "199 on net1 + p6 + the router port");
+
+    // portkeeper's own write of a port is visible to the next lookup without waiting.
+    let spec = port_spec(
+        "web.shop",
+        "net1",
+        "shop/web",
+        "0a:58:0a:10:00:02 10.16.0.2".into(),
+        false,
+    );
+    nb.upsert_port(&spec).await.unwrap();
+    assert_eq!(nb.ip_holders("net1", ip("10.16.0.2")), ["web.shop"]);
+}
