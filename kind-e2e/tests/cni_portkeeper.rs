@@ -792,6 +792,10 @@ async fn delete_and_wait(
         }
         let kept: Vec<&PathBuf> = netns.iter().filter(|path| path.exists()).collect();
         if &wiring == expected && remaining.is_empty() && kept.is_empty() {
+            eprintln!(
+                "{names:?} (grace {grace} s) cleaned up in {:.2} s",
+                deleted.elapsed().as_secs_f64()
+            );
             return;
         }
         assert!(
