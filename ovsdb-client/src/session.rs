@@ -385,6 +385,7 @@ impl Session {
         conditions: Vec<Condition>,
         deadline: Instant,
     ) -> Result<(), Error> {
+        let started = Instant::now();
         let _change = self.monitor_change.lock().await;
         let monitored = match &self.config.tables {
             TableSelection::All => self.cache.schema().table(table).is_some(),
@@ -413,7 +414,7 @@ impl Session {
         let reply =
             tokio::time::timeout_at(deadline, conn.call_raw("monitor_cond_change", &params))
                 .await
-                .map_err(|_| Error::Timeout(deadline.saturating_duration_since(Instant::now())));
+                .map_err(|_| Error::Timeout(deadline.saturating_duration_since(started)));
         let mut ids = self.monitor_ids.lock();
         match reply {
             Ok(Ok(_)) => {
@@ -431,6 +432,7 @@ impl Session {
     /// Cancels the data monitor (`monitor_cancel`) and monitors again from
     /// scratch on the same connection, replacing the cache.
     pub(crate) async fn resync(&self, deadline: Instant) -> Result<(), Error> {
+        let started = Instant::now();
         let _change = self.monitor_change.lock().await;
         let conn = self.wait_ready(deadline).await?;
         let generation = self.generation.load(Ordering::SeqCst);
@@ -442,8 +444,8 @@ impl Session {
             }
         }
         self.monitor.lock().last_txn_id = None;
-        let started = self.start_data_monitor(&conn, generation);
-        match tokio::time::timeout_at(deadline, started).await {
+        let monitoring = self.start_data_monitor(&conn, generation);
+        match tokio::time::timeout_at(deadline, monitoring).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 conn.close(format!("re-monitor failed: {e}"));
@@ -451,9 +453,7 @@ impl Session {
             }
             Err(_) => {
                 conn.close("re-monitor timed out");
-                Err(Error::Timeout(
-                    deadline.saturating_duration_since(Instant::now()),
-                ))
+                Err(Error::Timeout(deadline.saturating_duration_since(started)))
             }
         }
     }
