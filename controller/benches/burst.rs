@@ -1,39 +1,55 @@
-//! Burst benchmark on the local cluster: N pods created at once, measured from the first
-//! creation to every pod annotated `allocated=true` (which portkeeper writes only after the
-//! pod's port is in NB and its IP resource exists), with p50/p99 per pod; then the controller's
-//! time from start to ready with those pods allocated.
+//! Scale benchmark on the local cluster, with the controller binary (bench profile) as a child
+//! process, each figure beside its floor from the same run:
 //!
-//! In the same run, the floor: the same N pod creations plus one bare annotation PATCH and one
-//! NB port insert per pod, from a minimal client with the same concurrency.
+//! 1. Floor: N pod creations, each followed by one NB port insert and one annotation PATCH,
+//!    from a minimal client with the same concurrency as the burst.
+//! 2. Burst: N pods created at once; time from the first creation to every pod annotated
+//!    `allocated=true` (written only after the pod's port is in NB and its IP resource exists),
+//!    and p50/p99 per pod. The controller's own metrics (reconcile and NB transaction time,
+//!    rejections, failures) are printed beside it.
+//! 3. Fill: more pods until TOTAL are allocated (a sustained rate).
+//! 4. Restart: the controller SIGKILLed and started again; time from process start to
+//!    `/readyz` 200 with TOTAL allocated pods, and its memory. The start-up floor is a minimal
+//!    client's list of every pod and IP resource plus a full NB replica load.
+//!
+//! Pods name a scheduler that does not exist, so they stay unscheduled: no node work, and the
+//! machine stays within limits at 10,000 pods. Floor pods use the host network, so the
+//! controller leaves them alone.
 //!
 //! ```sh
-//! cargo bench -p portkeeper-controller --bench burst            # N = 1000
-//! PORTKEEPER_BENCH_PODS=200 cargo bench -p portkeeper-controller --bench burst
+//! cargo bench -p portkeeper-controller --bench burst          # N = 1000, TOTAL = 10000
+//! PORTKEEPER_BENCH_PODS=200 PORTKEEPER_BENCH_TOTAL_PODS=1000 cargo bench -p portkeeper-controller --bench burst
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kind_e2e::portkeeper::{Controller, controller_log};
 use kind_e2e::{Cluster, ClusterOptions};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
+use ovsdb_client::nb::{
+    LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_switch_port,
+};
 use ovsdb_client::table::Table;
-use portkeeper_controller::Config;
-use portkeeper_controller::ovn::OvnNorthbound;
+use portkeeper_api::IP;
 use serde_json::json;
 
 const CONCURRENCY: usize = 32;
+const CIDR: &str = "10.16.0.0/16";
+const NS: &str = "burst";
 
-fn pod(name: &str) -> Pod {
+fn pod(name: &str, host_network: bool) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "bench": "burst" } },
         "spec": {
+            "schedulerName": "portkeeper-bench-unscheduled",
+            "hostNetwork": host_network,
             "automountServiceAccountToken": false,
             "containers": [{ "name": "c", "image": "busybox" }],
         },
@@ -51,14 +67,14 @@ async fn namespace(client: &Client, name: &str) {
     .unwrap();
 }
 
-async fn create_all(pods: &Api<Pod>, n: usize) -> HashMap<String, Instant> {
-    futures::stream::iter(0..n)
+async fn create_all(pods: &Api<Pod>, range: Range<usize>) -> HashMap<String, Instant> {
+    futures::stream::iter(range)
         .map(|i| {
             let pods = pods.clone();
             async move {
                 let name = format!("p-{i}");
                 let at = Instant::now();
-                pods.create(&PostParams::default(), &pod(&name))
+                pods.create(&PostParams::default(), &pod(&name, false))
                     .await
                     .unwrap();
                 (name, at)
@@ -73,130 +89,104 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn start_controller(cluster: &Cluster, generation: u32, lease: &str) -> Controller {
+    let bin = Path::new(env!("CARGO_BIN_EXE_portkeeper-controller"));
+    Controller::start(
+        bin,
+        cluster,
+        CIDR,
+        generation,
+        &["--lease-name", lease, "--gc-interval", "0"],
+    )
 }
 
-fn start_controller(
-    cluster: &Cluster,
-    client: Client,
-    port: u16,
-    identity: &str,
-) -> tokio::task::JoinHandle<()> {
-    let config = Config::parse_from([
-        "portkeeper-controller",
-        "--ovn-nb-db",
-        cluster.nb_remote(),
-        "--default-cidr",
-        "10.16.0.0/16",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-        "--lease-namespace",
-        "default",
-        "--lease-duration",
-        "3",
-        "--identity",
-        identity,
-    ]);
-    let nb = Arc::new(OvnNorthbound::start(cluster.nb_remote()).unwrap());
-    tokio::spawn(async move {
-        if let Err(e) = portkeeper_controller::run::run(config, client, nb).await {
-            eprintln!("controller stopped: {e}");
-        }
-    })
+/// `curl` of one controller URL: (HTTP status, body).
+async fn get(url: &str) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", ""));
+    (status.to_owned(), body.to_owned())
 }
 
-/// Time from `since` until `/readyz` answers 200 after having answered 503 (a fresh leader).
-async fn ready_after(port: u16, since: Instant) -> Duration {
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let mut seen_not_ready = false;
+/// Waits for `/readyz` to answer 200; the time since `since`.
+async fn ready_after(controller: &Controller, since: Instant) -> Duration {
+    let url = controller.url("readyz");
     loop {
-        let status = tokio::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if status == "503" {
-            seen_not_ready = true;
-        }
-        if status == "200" && seen_not_ready {
+        if get(&url).await.0 == "200" {
             return since.elapsed();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn controller_burst(
-    cluster: &Cluster,
-    client: &Client,
-    n: usize,
-) -> (Duration, Vec<Duration>, Duration) {
-    namespace(client, "burst").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "burst");
-    let port = free_port();
-    let controller = start_controller(cluster, client.clone(), port, "bench-1");
-    ready_after(port, Instant::now()).await;
-
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = {
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            let mut seen = std::collections::HashSet::new();
-            let mut stream = watcher(pods, watcher::Config::default())
-                .applied_objects()
-                .boxed();
-            while let Ok(Some(p)) = stream.try_next().await {
-                let done = p
-                    .annotations()
-                    .get("ovn.kubernetes.io/allocated")
-                    .map(String::as_str)
-                    == Some("true");
-                if done && seen.insert(p.name_any()) {
-                    let _ = tx.send((p.name_any(), Instant::now()));
-                }
+/// Every allocated pod of the namespace, by name, with the moment the watch saw it allocated.
+fn watch_allocated(pods: Api<Pod>) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        let mut stream = watcher(pods, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Ok(Some(p)) = stream.try_next().await {
+            let done = p
+                .annotations()
+                .get("ovn.kubernetes.io/allocated")
+                .is_some_and(|v| v == "true");
+            if done && seen.insert(p.name_any()) && tx.send((p.name_any(), Instant::now())).is_err()
+            {
+                return;
             }
-        })
-    };
+        }
+    });
+    rx
+}
+
+/// Creates the pods of `range` and waits until every one is allocated: (first creation to last
+/// allocation, per-pod creation-to-allocation times sorted).
+async fn burst(
+    allocated: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    pods: &Api<Pod>,
+    range: Range<usize>,
+) -> (Duration, Vec<Duration>) {
     let started = Instant::now();
-    let created = create_all(&pods, n).await;
-    let mut done: HashMap<String, Instant> = HashMap::new();
-    while done.len() < n {
-        let (name, at) = rx.recv().await.expect("watch ended");
-        done.insert(name, at);
-    }
+    let n = range.len();
+    let (created, done) = tokio::join!(create_all(pods, range), async {
+        let mut done: HashMap<String, Instant> = HashMap::new();
+        while done.len() < n {
+            let (name, at) = allocated.recv().await.expect("watch ended");
+            done.insert(name, at);
+        }
+        done
+    });
     let total = done.values().max().unwrap().duration_since(started);
-    watch.abort();
     let mut latencies: Vec<Duration> = created
         .iter()
-        .map(|(name, at)| done[name].duration_since(*at))
+        .map(|(name, at)| done[name].saturating_duration_since(*at))
         .collect();
     latencies.sort();
+    (total, latencies)
+}
 
-    controller.abort();
-    let _ = controller.await;
-    let port = free_port();
-    let restarted = Instant::now();
-    let controller = start_controller(cluster, client.clone(), port, "bench-2");
-    let startup = ready_after(port, restarted).await;
-    controller.abort();
-    (total, latencies, startup)
+async fn nb_client(cluster: &Cluster) -> ovsdb_client::client::Client {
+    ovsdb_client::client::Client::builder(cluster.nb_remote(), "OVN_Northbound")
+        .monitor(LogicalSwitch::TABLE, &[])
+        .monitor(LogicalSwitchPort::TABLE, &[])
+        .monitor(LogicalRouter::TABLE, &[])
+        .monitor(LogicalRouterPort::TABLE, &[])
+        .connect()
+        .await
+        .unwrap()
 }
 
 async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
     namespace(client, "floor").await;
     let out = cluster.ovn_nbctl(&["ls-add", "floor"]).unwrap();
     assert!(out.status.success());
-    let nb = ovsdb_client::client::Client::builder(cluster.nb_remote(), "OVN_Northbound")
-        .monitor(LogicalSwitch::TABLE, &[])
-        .monitor(LogicalSwitchPort::TABLE, &[])
-        .connect()
-        .await
-        .unwrap();
+    let nb = nb_client(cluster).await;
     let switch = nb
         .cache()
         .read()
@@ -211,15 +201,14 @@ async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
             let (pods, nb) = (pods.clone(), nb.clone());
             async move {
                 let name = format!("p-{i}");
-                pods.create(&PostParams::default(), &pod(&name))
+                pods.create(&PostParams::default(), &pod(&name, true))
                     .await
                     .unwrap();
+                let address = format!("10.32.{}.{}", i / 256, i % 256);
                 let port = LogicalSwitchPort {
                     name: format!("{name}.floor"),
                     addresses: [format!(
-                        "0a:58:0a:20:{:02x}:{:02x} 10.32.{}.{}",
-                        i / 256,
-                        i % 256,
+                        "0a:58:0a:20:{:02x}:{:02x} {address}",
                         i / 256,
                         i % 256
                     )]
@@ -232,7 +221,7 @@ async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
                     .unwrap();
                 let body = json!({ "metadata": { "annotations": {
                     "ovn.kubernetes.io/allocated": "true",
-                    "ovn.kubernetes.io/ip_address": format!("10.32.{}.{}", i / 256, i % 256),
+                    "ovn.kubernetes.io/ip_address": address,
                 } } });
                 pods.patch(&name, &PatchParams::default(), &Patch::Merge(body))
                     .await
@@ -245,17 +234,166 @@ async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
     started.elapsed()
 }
 
-fn main() {
-    let n: usize = std::env::var("PORTKEEPER_BENCH_PODS")
+/// What any controller must read before it can allocate: every pod and IP resource, and a full
+/// NB replica.
+async fn startup_floor(cluster: &Cluster, client: &Client) -> (Duration, usize) {
+    let (pods, ips) = (
+        Api::<Pod>::all(client.clone()),
+        Api::<IP>::all(client.clone()),
+    );
+    let params = ListParams::default();
+    let started = Instant::now();
+    let (pods, ips, _nb) = tokio::join!(pods.list(&params), ips.list(&params), nb_client(cluster));
+    let count = pods.unwrap().items.len() + ips.unwrap().items.len();
+    (started.elapsed(), count)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The controller's own account: sums and counts of its latency histograms, and its counters.
+async fn print_metrics(controller: &Controller, label: &str) {
+    let (_, text) = get(&controller.url("metrics")).await;
+    let value = |line: &str| line.rsplit(' ').next()?.parse::<f64>().ok();
+    let mut histograms: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    println!("controller metrics ({label}):");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if let Some(base) = name.split('{').next().and_then(|n| n.strip_suffix("_sum")) {
+            let key = format!("{base}{}", labels(name));
+            histograms.entry(key).or_default().0 = value(rest).unwrap_or(0.0);
+        } else if let Some(base) = name
+            .split('{')
+            .next()
+            .and_then(|n| n.strip_suffix("_count"))
+        {
+            let key = format!("{base}{}", labels(name));
+            histograms.entry(key).or_default().1 = value(rest).unwrap_or(0.0);
+        } else if name.ends_with("_total") || name.contains("_total{") || name.contains("startup") {
+            println!("  {line}");
+        }
+    }
+    for (name, (sum, count)) in histograms {
+        if count > 0.0 {
+            println!(
+                "  {name}: {count} × mean {:.2} ms (sum {sum:.2} s)",
+                sum / count * 1e3
+            );
+        }
+    }
+}
+
+fn labels(name: &str) -> &str {
+    name.find('{').map_or("", |i| &name[i..])
+}
+
+fn warnings_in_log(cluster: &Cluster, generation: u32) -> usize {
+    std::fs::read_to_string(controller_log(cluster, generation))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(default)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn run(cluster: &Cluster, n: usize, total: usize) {
+    let client = cluster.client().await.unwrap();
+    let floor = floor(cluster, &client, n).await;
+
+    namespace(&client, NS).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let controller = start_controller(cluster, 0, "portkeeper-bench");
+    ready_after(&controller, Instant::now()).await;
+    let mut allocated = watch_allocated(pods.clone());
+    let (elapsed, latencies) = burst(&mut allocated, &pods, 0..n).await;
+    println!("pods: {n}, client concurrency {CONCURRENCY}");
+    println!(
+        "floor (create + NB insert + PATCH per pod): {:.2} s",
+        floor.as_secs_f64()
+    );
+    println!(
+        "controller burst: {:.2} s total, per pod p50 {}, p99 {}, max {}",
+        elapsed.as_secs_f64(),
+        millis(percentile(&latencies, 0.50)),
+        millis(percentile(&latencies, 0.99)),
+        millis(*latencies.last().unwrap()),
+    );
+    println!(
+        "ratio controller / floor: {:.2}",
+        elapsed.as_secs_f64() / floor.as_secs_f64()
+    );
+    print_metrics(&controller, "after the burst").await;
+
+    if total > n {
+        let (elapsed, _) = burst(&mut allocated, &pods, n..total).await;
+        println!(
+            "fill to {total} pods: {} more allocated in {:.2} s ({:.0} pods/s)",
+            total - n,
+            elapsed.as_secs_f64(),
+            (total - n) as f64 / elapsed.as_secs_f64()
+        );
+    }
+    let (rss, peak) = memory(controller.pid());
+    println!(
+        "controller memory with {total} pods after allocating them: RSS {rss:.1} MiB, peak {peak:.1} MiB"
+    );
+    println!(
+        "controller warnings logged: {}",
+        warnings_in_log(cluster, 0)
+    );
+    controller.kill();
+
+    let (listed, objects) = startup_floor(cluster, &client).await;
+    let started = Instant::now();
+    let controller = start_controller(cluster, 1, "portkeeper-bench-restart");
+    let startup = ready_after(&controller, started).await;
+    let (rss, peak) = memory(controller.pid());
+    println!(
+        "controller start to ready with {total} allocated pods: {:.3} s",
+        startup.as_secs_f64()
+    );
+    println!(
+        "start-up floor: list {objects} pods and IP resources + load the NB replica: {:.3} s (ratio {:.2})",
+        listed.as_secs_f64(),
+        startup.as_secs_f64() / listed.as_secs_f64()
+    );
+    println!("controller memory at ready with {total} pods: RSS {rss:.1} MiB, peak {peak:.1} MiB");
+    print_metrics(&controller, "after the restart").await;
+    println!(
+        "controller warnings logged after the restart: {}",
+        warnings_in_log(cluster, 1)
+    );
+}
+
+fn main() {
+    let n = env_usize("PORTKEEPER_BENCH_PODS", 1000);
+    let total = env_usize("PORTKEEPER_BENCH_TOTAL_PODS", 10_000).max(n);
     let cluster = Cluster::up(ClusterOptions {
         nodes: 1,
         ..Default::default()
     })
     .expect("local cluster up");
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../yamls/crds.yaml");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../yamls/crds.yaml");
     let status = std::process::Command::new("kubectl")
         .env("KUBECONFIG", cluster.kubeconfig())
         .args(["apply", "-f", crds.to_str().unwrap()])
@@ -264,32 +402,12 @@ fn main() {
         .unwrap();
     assert!(status.success());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = runtime.block_on(async {
-        let client = cluster.client().await.unwrap();
-        let floor = floor(&cluster, &client, n).await;
-        let (total, latencies, startup) = controller_burst(&cluster, &client, n).await;
-        (floor, total, latencies, startup)
-    });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(run(&cluster, n, total))
+    }));
     drop(runtime);
     cluster.down().expect("cluster down");
-    let (floor, total, latencies, startup) = result;
-    println!("pods: {n}, client concurrency {CONCURRENCY}");
-    println!(
-        "controller burst: {:.2} s total, per pod p50 {:.0} ms, p99 {:.0} ms",
-        total.as_secs_f64(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
-    );
-    println!(
-        "floor (create + PATCH + NB insert per pod): {:.2} s",
-        floor.as_secs_f64()
-    );
-    println!(
-        "ratio controller / floor: {:.2}",
-        total.as_secs_f64() / floor.as_secs_f64()
-    );
-    println!(
-        "controller restart to ready with {n} allocated pods: {:.3} s",
-        startup.as_secs_f64()
-    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

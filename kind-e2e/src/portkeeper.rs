@@ -54,6 +54,7 @@ pub fn controller_binary() -> PathBuf {
 /// no controller behind.
 pub struct Controller {
     child: Child,
+    metrics_port: u16,
 }
 
 impl Controller {
@@ -85,7 +86,20 @@ impl Controller {
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        Controller { child }
+        Controller {
+            child,
+            metrics_port: port,
+        }
+    }
+
+    /// `http://…/<path>` on the controller's metrics and health server (`metrics`, `readyz`).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.metrics_port)
+    }
+
+    /// The controller's process id (for its memory use in `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash would.
@@ -102,7 +116,8 @@ impl Drop for Controller {
     }
 }
 
-fn controller_log(cluster: &Cluster, generation: u32) -> PathBuf {
+/// The log file of controller generation `generation`.
+pub fn controller_log(cluster: &Cluster, generation: u32) -> PathBuf {
     cluster
         .run_dir()
         .join(format!("controller-{generation}.log"))
