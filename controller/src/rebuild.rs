@@ -9,7 +9,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::IP;
 use portkeeper_api::annotations::NetworkKeys;
 use portkeeper_engine::parse::parse_ip_address;
@@ -193,7 +194,59 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
             .inc();
     }
     released += collect_unheld(ctx).await?;
+    let restored = restore_vanished_ports(ctx).await;
+    if restored > 0 {
+        tracing::info!(restored, "ports restored");
+    }
     Ok(released)
+}
+
+/// Allocated pods whose nic the engine holds but whose port is missing from Northbound (someone
+/// ran `ovn-nbctl lsp-del`), with the lease their port must be rebuilt from.
+pub fn vanished_ports<N: Northbound>(
+    pods: &[Arc<Pod>],
+    engine: &Engine,
+    nb: &N,
+    keys: &NetworkKeys,
+) -> Vec<(Arc<Pod>, Lease)> {
+    pods.iter()
+        .filter(|p| p.annotations().get(&keys.allocated).map(String::as_str) == Some("true"))
+        .filter(|p| pod::wants_address(p))
+        .filter_map(|p| {
+            let lease = engine.lease(&pod::nic_key(p))?;
+            nb.port(lease.key.as_str())
+                .is_none()
+                .then(|| (p.clone(), lease))
+        })
+        .collect()
+}
+
+/// Gives every pod of [`vanished_ports`] its port back with the addresses the engine holds for
+/// it (the pod's reconcile rewrites the port; the claim returns the binding it already has),
+/// with a `PortRestored` Event on the pod. Runs at start and with every garbage collection.
+pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usize {
+    let vanished = vanished_ports(
+        &ctx.stores.pods.state(),
+        &ctx.engine,
+        ctx.nb.as_ref(),
+        &ctx.keys,
+    );
+    let count = vanished.len();
+    for (p, lease) in vanished {
+        let note = format!(
+            "port {} was missing from OVN Northbound; recreated with its addresses {} in subnet {}",
+            lease.key,
+            crate::plan::port_addresses(&lease),
+            lease.subnet
+        );
+        tracing::warn!(nic = %lease.key, "{note}");
+        ctx.note(&p.object_ref(&()), "PortRestored", "Restore", note)
+            .await;
+        if let Err(e) = pod::reconcile(p, ctx.clone()).await {
+            tracing::warn!(nic = %lease.key, error = %e, "restoring a vanished port failed; retried at the next collection");
+        }
+    }
+    count
 }
 
 /// Ports and IP resources of portkeeper that the engine does not hold (their nic was released
@@ -334,6 +387,58 @@ mod tests {
         };
         assert!(port_lease(&port, &no_pods).is_none());
         assert!(lease("net1", NicKey::from("x"), String::new(), "not-an-ip", "").is_none());
+    }
+
+    #[test]
+    fn an_allocated_pod_whose_port_vanished_is_found_with_its_lease() {
+        use crate::northbound::memory::MemoryNb;
+        use portkeeper_engine::Claim;
+        let engine = Engine::new();
+        engine
+            .upsert_subnet(&portkeeper_engine::SubnetSpec {
+                name: "net1".into(),
+                cidr_block: "10.0.0.0/24".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let pod = |name: &str, allocated: bool| -> Arc<Pod> {
+            let mut annotations = serde_json::Map::new();
+            if allocated {
+                annotations.insert("ovn.kubernetes.io/allocated".into(), "true".into());
+            }
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": name, "namespace": "ns", "uid": format!("{name}-uid"),
+                        "annotations": annotations },
+                }))
+                .unwrap(),
+            )
+        };
+        let pods = [
+            pod("kept", true),
+            pod("vanished", true),
+            pod("pending", false),
+        ];
+        let nb = MemoryNb::default();
+        for p in &pods {
+            let key = pod::nic_key(p);
+            let lease = engine
+                .claim(&Claim::dynamic("net1", key, &p.uid().unwrap()))
+                .unwrap();
+            if p.name_any() == "kept" {
+                nb.add_foreign(
+                    lease.key.as_str(),
+                    "net1",
+                    &crate::plan::port_addresses(&lease),
+                );
+            }
+        }
+        let found = vanished_ports(&pods, &engine, &nb, &NetworkKeys::primary());
+        assert_eq!(found.len(), 1, "only the allocated pod without a port");
+        let (p, lease) = &found[0];
+        assert_eq!(p.name_any(), "vanished");
+        assert_eq!(lease.key.as_str(), "vanished.ns");
+        assert_eq!(Some(lease.clone()), engine.lease(&lease.key));
     }
 
     const VENDOR_ID: &str = crate::northbound::VENDOR;
