@@ -312,6 +312,58 @@ pub fn report(report: &RebuildReport) {
     }
 }
 
+/// The Warning Event text for each pod a rebuild conflict involves: (namespace, pod, message).
+/// Both sides are told: the kept holder keeps the address, the other has lost it and will be
+/// reallocated or collected.
+pub fn conflict_notices(report: &RebuildReport) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for c in &report.conflicts {
+        let on = match c.on {
+            portkeeper_engine::ConflictOn::Address(ip) => {
+                format!("{ip} in subnet {}", c.kept.lease.subnet)
+            }
+            portkeeper_engine::ConflictOn::Mac(mac) => format!("MAC {mac}"),
+            portkeeper_engine::ConflictOn::Key => format!("nic {}", c.kept.lease.key),
+        };
+        let (kept, lost) = (&c.kept, &c.rejected);
+        let sides = [
+            (
+                kept,
+                format!(
+                    "AddressConflict: at start two holders claimed {on}: {} (from {:?}) keeps it, {} (from {:?}) is left out",
+                    kept.lease.key, kept.source, lost.lease.key, lost.source
+                ),
+            ),
+            (
+                lost,
+                format!(
+                    "AddressConflict: at start two holders claimed {on}: {} (from {:?}) lost it to {} (from {:?}); it is allocated again or collected",
+                    lost.lease.key, lost.source, kept.lease.key, kept.source
+                ),
+            ),
+        ];
+        for (record, message) in sides {
+            if let Some((name, namespace)) = record.lease.key.as_str().rsplit_once('.') {
+                out.push((namespace.to_owned(), name.to_owned(), message));
+            }
+        }
+    }
+    out
+}
+
+/// Publishes [`conflict_notices`] as Warning Events on the pods that exist.
+pub async fn announce_conflicts<N: Northbound>(ctx: &Context<N>, report: &RebuildReport) {
+    for (namespace, name, message) in conflict_notices(report) {
+        if let Some(p) = ctx.stores.pod(&namespace, &name) {
+            let rejection = crate::error::Rejection {
+                reason: crate::error::RejectReason::AddressConflict,
+                message,
+            };
+            ctx.warn(&p.object_ref(&()), "Rebuild", &rejection).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +491,42 @@ mod tests {
         assert_eq!(p.name_any(), "vanished");
         assert_eq!(lease.key.as_str(), "vanished.ns");
         assert_eq!(Some(lease.clone()), engine.lease(&lease.key));
+    }
+
+    #[test]
+    fn a_rebuild_conflict_tells_both_pods() {
+        let record = |key: &str, source| Record {
+            lease: lease(
+                "net1",
+                NicKey::from(key),
+                format!("{key}-uid"),
+                "10.0.0.5",
+                "",
+            )
+            .unwrap(),
+            source,
+        };
+        let report = RebuildReport {
+            conflicts: vec![portkeeper_engine::RecordConflict {
+                kept: record("old.shop", RecordSource::IpResource),
+                rejected: record("new.shop", RecordSource::PodAnnotation),
+                on: portkeeper_engine::ConflictOn::Address("10.0.0.5".parse().unwrap()),
+            }],
+            ..Default::default()
+        };
+        let notices = conflict_notices(&report);
+        assert_eq!(notices.len(), 2);
+        for (namespace, name, message) in &notices {
+            assert_eq!(namespace, "shop");
+            assert!(message.contains("10.0.0.5 in subnet net1"), "{message}");
+            assert!(
+                message.contains("old.shop") && message.contains("new.shop"),
+                "{message}"
+            );
+            assert!(message.starts_with("AddressConflict"), "{name}: {message}");
+        }
+        assert_eq!(notices[0].1, "old");
+        assert!(notices[1].2.contains("lost it"));
     }
 
     const VENDOR_ID: &str = crate::northbound::VENDOR;

@@ -102,6 +102,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         locks: KeyLocks::default(),
         failures: Default::default(),
     });
+    rebuild::announce_conflicts(&ctx, &report).await;
     addressing::sync(&ctx, &addressing::Applied::default()).await;
     let collected = rebuild::collect_garbage(&ctx).await?;
     tracing::info!(collected, "start-up garbage collection done");
