@@ -92,6 +92,77 @@ pub fn router_port_name(router: &str, subnet: &str) -> String {
 pub struct Applied {
     subnets: Mutex<HashMap<String, (portkeeper_engine::SubnetSpec, SwitchSpec)>>,
     pools: Mutex<HashMap<String, PoolSpec>>,
+    /// Deleted Subnets whose remaining holders were already told.
+    told: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A deleted Subnet leaves the engine and OVN (its switch, the switch's ports and its gateway
+/// router port, only those portkeeper made) once no nic holds an address in it. Until then it
+/// stays, so no pod loses its network under it: each holding pod gets one `SubnetDeleted`
+/// Warning Event, and the removal is retried with every pass until the last holder is gone.
+async fn remove_deleted_subnet<N: Northbound>(ctx: &Context<N>, applied: &Applied, name: &str) {
+    if ctx.engine.remove_subnet(name).is_err() {
+        if !applied.told.lock().insert(name.to_owned()) {
+            return;
+        }
+        for (namespace, pod, message) in deleted_subnet_holders(&ctx.engine, name) {
+            tracing::warn!(subnet = %name, %namespace, %pod, "{message}");
+            if let Some(p) = ctx.stores.pod(&namespace, &pod) {
+                let reference = kube::Resource::object_ref(p.as_ref(), &());
+                let event = kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Warning,
+                    reason: "SubnetDeleted".into(),
+                    note: Some(message),
+                    action: "Release".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                    tracing::warn!(error = %e, "could not publish event");
+                }
+            }
+        }
+        return;
+    }
+    let router = &ctx.config.cluster_router;
+    let started = Instant::now();
+    let result = ctx
+        .nb
+        .delete_switch(name, router, &router_port_name(router, name))
+        .await;
+    ctx.metrics
+        .nb_transaction("delete_switch", started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            tracing::info!(subnet = %name, "deleted Subnet removed from OVN");
+            applied.subnets.lock().remove(name);
+            applied.told.lock().remove(name);
+        }
+        Err(e) => {
+            tracing::warn!(subnet = %name, error = %e, "removing a deleted Subnet's switch failed; retrying")
+        }
+    }
+}
+
+/// (namespace, pod, message) for each pod nic still holding an address in the deleted `subnet`.
+pub fn deleted_subnet_holders(
+    engine: &portkeeper_engine::Engine,
+    subnet: &str,
+) -> Vec<(String, String, String)> {
+    engine
+        .snapshot()
+        .records
+        .into_iter()
+        .filter(|r| r.lease.subnet == subnet)
+        .filter_map(|r| {
+            let (pod, namespace) = r.lease.key.as_str().rsplit_once('.')?;
+            let message = format!(
+                "SubnetDeleted: subnet {subnet} was deleted while {} holds {} in it; its switch stays in OVN until every holder is gone",
+                r.lease.key,
+                crate::plan::ip_address_value(&r.lease)
+            );
+            Some((namespace.to_owned(), pod.to_owned(), message))
+        })
+        .collect()
 }
 
 /// Applies every Subnet and IPPool whenever one changes, and republishes status periodically.
@@ -123,14 +194,16 @@ pub async fn sync<N: Northbound>(ctx: &Context<N>, applied: &Applied) {
         publish_subnet_status(ctx, subnet, status, result.err()).await;
     }
     let names: Vec<String> = subnets.iter().map(|s| s.name_any()).collect();
-    applied.subnets.lock().retain(|name, _| {
-        names.contains(name) || {
-            if let Err(e) = ctx.engine.remove_subnet(name) {
-                tracing::warn!(subnet = %name, error = %e, "deleted Subnet still has holders");
-            }
-            false
-        }
-    });
+    let deleted: Vec<String> = applied
+        .subnets
+        .lock()
+        .keys()
+        .filter(|name| !names.contains(name))
+        .cloned()
+        .collect();
+    for name in deleted {
+        remove_deleted_subnet(ctx, applied, &name).await;
+    }
 
     let pools = ctx.stores.pools.state();
     for pool in &pools {
@@ -439,6 +512,38 @@ mod tests {
                 ..Default::default()
             },
         ))
+    }
+
+    #[test]
+    fn a_deleted_subnet_names_each_remaining_holder() {
+        let engine = portkeeper_engine::Engine::new();
+        for (name, cidr) in [("gone", "10.30.0.0/24"), ("kept", "10.31.0.0/24")] {
+            engine
+                .upsert_subnet(&portkeeper_engine::SubnetSpec {
+                    name: name.into(),
+                    cidr_block: cidr.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        for (subnet, key) in [("gone", "web.shop"), ("kept", "db.shop")] {
+            engine
+                .claim(&portkeeper_engine::Claim::dynamic(
+                    subnet,
+                    portkeeper_engine::NicKey::from(key),
+                    "u",
+                ))
+                .unwrap();
+        }
+        let holders = deleted_subnet_holders(&engine, "gone");
+        assert_eq!(holders.len(), 1);
+        let (namespace, pod, message) = &holders[0];
+        assert_eq!((namespace.as_str(), pod.as_str()), ("shop", "web"));
+        assert!(
+            message.contains("subnet gone") && message.contains("10.30.0.2"),
+            "{message}"
+        );
+        assert!(engine.remove_subnet("gone").is_err(), "refused while held");
     }
 
     #[test]

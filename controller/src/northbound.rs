@@ -156,6 +156,14 @@ pub trait Northbound: Send + Sync + 'static {
     fn upsert_port(&self, spec: &PortSpec) -> impl Future<Output = Result<(), NbError>> + Send;
     /// Deletes a port if it exists.
     fn delete_port(&self, name: &str) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Deletes a deleted Subnet's switch (with its ports) and its gateway port on `router`,
+    /// each only if it carries portkeeper's vendor id; absent objects are fine.
+    fn delete_switch(
+        &self,
+        name: &str,
+        router: &str,
+        router_port: &str,
+    ) -> impl Future<Output = Result<(), NbError>> + Send;
     /// Sets and removes single keys of a port's `options`, leaving every other key as it is
     /// (live migration owns `requested-chassis` and `activation-strategy`). A missing port is
     /// left missing.
@@ -258,6 +266,16 @@ pub mod memory {
         }
         async fn delete_port(&self, name: &str) -> Result<(), NbError> {
             self.ports.lock().remove(name);
+            Ok(())
+        }
+        async fn delete_switch(
+            &self,
+            name: &str,
+            _router: &str,
+            _router_port: &str,
+        ) -> Result<(), NbError> {
+            self.switches.lock().remove(name);
+            self.ports.lock().retain(|_, p| p.switch != name);
             Ok(())
         }
         async fn update_port_options(

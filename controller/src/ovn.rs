@@ -11,9 +11,11 @@ use ovsdb_client::client::Client;
 use ovsdb_client::datum::{Uuid, Value};
 use ovsdb_client::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
-    add_switch_port, remove_switch_port,
+    add_switch_port, remove_router_port, remove_switch_port,
 };
-use ovsdb_client::operation::{Condition, Insert, Mutate, Mutation, Operation, Update, Wait};
+use ovsdb_client::operation::{
+    Condition, Delete, Insert, Mutate, Mutation, Operation, Update, Wait,
+};
 use ovsdb_client::row::Row;
 use ovsdb_client::table::Table;
 use ovsdb_client::transaction::{wait_absent, wait_unchanged};
@@ -339,6 +341,50 @@ impl Northbound for OvnNorthbound {
             match located {
                 Some((switch, port)) => remove_switch_port(switch, port, None),
                 None => Vec::new(),
+            }
+        })
+        .await
+    }
+
+    async fn delete_switch(
+        &self,
+        name: &str,
+        router: &str,
+        router_port: &str,
+    ) -> Result<(), NbError> {
+        let ours = |row: &Row| {
+            row.get("external_ids")
+                .and_then(|v| v.as_map())
+                .and_then(|m| m.get_str(ids::VENDOR))
+                .and_then(|a| a.as_str())
+                == Some(VENDOR)
+        };
+        self.write("delete_router_port", |view| {
+            let Some(router) = router_by_name(view, router) else {
+                return Vec::new();
+            };
+            match by_name(view, LogicalRouterPort::TABLE, router_port) {
+                Some(row) if ours(&row) => {
+                    let uuid = row.uuid().expect("cached rows have a uuid");
+                    remove_router_port(router.uuid, uuid, None)
+                }
+                _ => Vec::new(),
+            }
+        })
+        .await?;
+        self.write("delete_switch", |view| {
+            let Some(uuid) = self.indexed(view, |index| index.switch_uuid(name)) else {
+                return Vec::new();
+            };
+            match view.get(LogicalSwitch::TABLE, uuid) {
+                Some(row) if ours(&row) => {
+                    vec![
+                        Delete::new(LogicalSwitch::TABLE)
+                            .filter(Condition::uuid_is(uuid))
+                            .into(),
+                    ]
+                }
+                _ => Vec::new(),
             }
         })
         .await

@@ -303,3 +303,51 @@ async fn address_lookups_follow_changes_made_by_others() {
     nb.upsert_port(&spec).await.unwrap();
     assert_eq!(nb.ip_holders("net1", ip("10.16.0.2")), ["web.shop"]);
 }
+
+#[tokio::test]
+async fn a_deleted_subnet_takes_only_portkeepers_objects() {
+    let server = NbServer::start();
+    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    ready(&nb).await;
+    nb.ensure_switch(&switch("net1")).await.unwrap();
+    let spec = port_spec(
+        "web.shop",
+        "net1",
+        "shop/web",
+        "0a:58:0a:10:00:02 10.16.0.2".into(),
+        false,
+    );
+    nb.upsert_port(&spec).await.unwrap();
+    // A switch and a router port of another system, named as portkeeper would name them.
+    server.nbctl(&["ls-add", "theirs"]);
+    server.nbctl(&[
+        "lrp-add",
+        "ovn-cluster",
+        "ovn-cluster-theirs",
+        "0a:00:00:00:00:aa",
+        "10.99.0.1/24",
+    ]);
+
+    nb.delete_switch("net1", "ovn-cluster", "ovn-cluster-net1")
+        .await
+        .unwrap();
+    nb.delete_switch("net1", "ovn-cluster", "ovn-cluster-net1")
+        .await
+        .unwrap();
+    nb.delete_switch("theirs", "ovn-cluster", "ovn-cluster-theirs")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"]),
+        "theirs"
+    );
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=name", "list", "Logical_Router_Port"]),
+        "ovn-cluster-theirs"
+    );
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch_Port"]),
+        "",
+        "the switch's ports went with it"
+    );
+}
