@@ -670,6 +670,64 @@ async fn cases(cluster: &Cluster) {
     )
     .await;
 
+    println!("case: a deleted Subnet stays in OVN while a pod holds it, then leaves");
+    kubectl_apply(
+        cluster,
+        "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: doomed\nspec:\n  cidrBlock: 10.21.0.0/24\n",
+    );
+    status_is(
+        &client,
+        "subnets",
+        "Subnet",
+        "doomed",
+        "v4availableIPs",
+        json!(253.0),
+    )
+    .await;
+    create(&pods, pod("doomed-pod", &[("logical_switch", "doomed")])).await;
+    let p = allocated(&pods, "doomed-pod").await;
+    assert_eq!(annotation(&p, "ip_address"), Some("10.21.0.2"));
+    kubectl(cluster, &["delete", "subnet", "doomed"]);
+    let (_, message) = wait_for("SubnetDeleted event on doomed-pod", async || {
+        warnings(&client, NS, "doomed-pod")
+            .await
+            .into_iter()
+            .find(|(reason, _)| reason == "SubnetDeleted")
+    })
+    .await;
+    assert!(
+        message.contains("doomed") && message.contains("10.21.0.2"),
+        "{message}"
+    );
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", "doomed-pod.addr"]),
+        format!("{} 10.21.0.2", annotation(&p, "mac_address").unwrap()),
+        "the pod keeps its port while it lives"
+    );
+    pods.delete("doomed-pod", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let gone = |table: &'static str, name: &'static str| async move {
+        nbctl(
+            cluster,
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                table,
+                &format!("name={name}"),
+            ],
+        )
+        .is_empty()
+    };
+    wait_for("doomed's switch and router port deleted", async || {
+        (gone("Logical_Switch", "doomed").await
+            && gone("Logical_Router_Port", "ovn-cluster-doomed").await)
+            .then_some(())
+    })
+    .await;
+    assert!(gone("Logical_Switch_Port", "doomed-pod.addr").await);
+
     println!("case: every example manifest in yamls/examples is allocated");
     let examples = repo_root().join("yamls/examples");
     kubectl(cluster, &["apply", "-f", examples.to_str().unwrap()]);
@@ -743,7 +801,22 @@ async fn cases(cluster: &Cluster) {
     .await;
     create(&pods, pod("new", &[("ip_address", "10.16.0.80")])).await;
     create(&pods, pod("dynamic-while-down", &[])).await;
-    controller = Controller::start(&bin, cluster, CIDR, 1, &[]);
+    // Two pods annotated by hand as holding one address: the rebuild keeps one of them.
+    for (name, mac) in [
+        ("dup-a", "0a:00:00:00:90:0a"),
+        ("dup-b", "0a:00:00:00:90:0b"),
+    ] {
+        let annotations: Annotations = &[
+            ("allocated", "true"),
+            ("ip_address", "10.16.0.90"),
+            ("mac_address", mac),
+            ("logical_switch", "ovn-default"),
+            ("cidr", CIDR),
+            ("gateway", "10.16.0.1"),
+        ];
+        create(&pods, pod(name, annotations)).await;
+    }
+    controller = Controller::start(&bin, cluster, CIDR, 1, &["--gc-interval", "2"]);
     let p = allocated(&pods, "new").await;
     assert_eq!(
         verify_three_ways(cluster, &client, &p).await.0,
@@ -764,6 +837,67 @@ async fn cases(cluster: &Cluster) {
         1,
         "{addresses:?}"
     );
+
+    println!("case: two holders of one address found at start: a Warning Event on each pod");
+    for name in ["dup-a", "dup-b"] {
+        let (_, message) = wait_for(&format!("rebuild conflict event on {name}"), async || {
+            warnings(&client, NS, name)
+                .await
+                .into_iter()
+                .find(|(reason, m)| reason == "AddressConflict" && m.contains("at start"))
+        })
+        .await;
+        for needle in ["10.16.0.90", "ovn-default", "dup-a.addr", "dup-b.addr"] {
+            assert!(message.contains(needle), "{name}: {message}");
+        }
+    }
+    // The kept one gets its port; the other asked for that address statically and is refused.
+    let winner = wait_for("one dup pod's port in NB", async || {
+        ["dup-a", "dup-b"].into_iter().find(|name| {
+            cluster
+                .ovn_nbctl(&["lsp-get-addresses", &format!("{name}.{NS}")])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("10.16.0.90"))
+        })
+    })
+    .await;
+    let p = pods.get(winner).await.unwrap();
+    assert_eq!(
+        verify_three_ways(cluster, &client, &p).await.0,
+        "10.16.0.90"
+    );
+    let addresses = nb_addresses(cluster);
+    assert_eq!(
+        addresses.iter().filter(|a| *a == "10.16.0.90").count(),
+        1,
+        "{addresses:?}"
+    );
+    for name in ["dup-a", "dup-b"] {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+
+    println!("case: a port deleted behind portkeeper's back comes back with the same addresses");
+    let before = allocated(&pods, "plain").await;
+    let (ip, mac) = verify_three_ways(cluster, &client, &before).await;
+    nbctl(cluster, &["lsp-del", "plain.addr"]);
+    wait_for("plain.addr restored", async || {
+        let out = cluster
+            .ovn_nbctl(&["lsp-get-addresses", "plain.addr"])
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == format!("{mac} {ip}")).then_some(())
+    })
+    .await;
+    let after = allocated(&pods, "plain").await;
+    assert_eq!(verify_three_ways(cluster, &client, &after).await, (ip, mac));
+    let restored = wait_for("PortRestored event on plain", async || {
+        kind_e2e::portkeeper::events(&client, NS, "plain")
+            .await
+            .into_iter()
+            .find(|(_, reason, _)| reason == "PortRestored")
+    })
+    .await;
+    assert!(restored.2.contains("plain.addr"), "{restored:?}");
 
     println!("case: SIGKILL and restart during a burst of 200 pods");
     for i in 0..200 {
