@@ -240,6 +240,7 @@ async fn sync_subnet<N: Northbound>(
 ) -> Result<(), Error> {
     let name = subnet.name_any();
     let network = SubnetNetwork::of(subnet)?;
+    backfill_spec(ctx, subnet, &network).await;
     let router_port = router_port_name(&ctx.config.cluster_router, &name);
     let previous = applied.subnets.lock().get(&name).cloned();
     let gateway_mac = previous
@@ -270,6 +271,53 @@ async fn sync_subnet<N: Northbound>(
     result.map_err(|e| Error::Northbound(e.to_string()))?;
     applied.subnets.lock().insert(name, (spec, switch));
     Ok(())
+}
+
+/// The spec fields Kube-OVN fills in when a Subnet leaves them out: `gateway` (the first usable
+/// address of each family), `excludeIps` (the gateways) and `protocol` (`IPv4`, `IPv6` or
+/// `Dual`). Only missing fields are returned, so the patch never overwrites what a user wrote
+/// and never sends an empty value (the apiserver refuses empty strings).
+pub fn spec_defaults(
+    subnet: &Subnet,
+    network: &SubnetNetwork,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    if subnet.spec.gateway.trim().is_empty() {
+        out.insert("gateway".into(), network.gateway_annotation().into());
+    }
+    if subnet.spec.exclude_ips.is_empty() {
+        let gateways: Vec<String> = network.gateway.addresses().map(|a| a.to_string()).collect();
+        out.insert("excludeIps".into(), gateways.into());
+    }
+    if subnet.spec.protocol.trim().is_empty() {
+        let protocol = match (network.block.v4, network.block.v6) {
+            (Some(_), Some(_)) => "Dual",
+            (None, Some(_)) => "IPv6",
+            _ => "IPv4",
+        };
+        out.insert("protocol".into(), protocol.into());
+    }
+    out
+}
+
+/// Writes [`spec_defaults`] into the Subnet; a failure is logged and retried with the next pass.
+async fn backfill_spec<N>(ctx: &Context<N>, subnet: &Subnet, network: &SubnetNetwork) {
+    let defaults = spec_defaults(subnet, network);
+    if defaults.is_empty() {
+        return;
+    }
+    let api: Api<Subnet> = Api::all(ctx.client.clone());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let body = json!({ "spec": defaults });
+    if let Err(e) = api
+        .patch(&subnet.name_any(), &params, &Patch::Merge(body))
+        .await
+    {
+        tracing::warn!(subnet = %subnet.name_any(), error = %e, "could not fill in the Subnet's defaults");
+    }
 }
 
 /// Kube-OVN's namespace annotations: the bound subnets (`logical_switch`, else the default
@@ -512,6 +560,43 @@ mod tests {
                 ..Default::default()
             },
         ))
+    }
+
+    #[test]
+    fn missing_spec_fields_get_kube_ovn_defaults_and_nothing_else() {
+        let s = subnet("d", "10.16.0.0/16,fd00::/64", &[], &[], false);
+        let d = spec_defaults(&s, &SubnetNetwork::of(&s).unwrap());
+        assert_eq!(d["gateway"], "10.16.0.1,fd00::1");
+        assert_eq!(d["excludeIps"], serde_json::json!(["10.16.0.1", "fd00::1"]));
+        assert_eq!(d["protocol"], "Dual");
+        let mut written = (*s).clone();
+        written.spec.gateway = "10.16.0.254".into();
+        written.spec.exclude_ips = vec!["10.16.0.10..10.16.0.20".into()];
+        written.spec.protocol = "Dual".into();
+        assert!(spec_defaults(&written, &SubnetNetwork::of(&written).unwrap()).is_empty());
+        let v6 = subnet("v6", "fd00::/64", &[], &[], false);
+        assert_eq!(
+            spec_defaults(&v6, &SubnetNetwork::of(&v6).unwrap())["protocol"],
+            "IPv6"
+        );
+    }
+
+    #[test]
+    fn the_gateway_in_exclude_ips_is_not_counted_twice() {
+        let engine = portkeeper_engine::Engine::new();
+        let counts = |exclude: Vec<String>| {
+            engine
+                .upsert_subnet(&portkeeper_engine::SubnetSpec {
+                    name: "n".into(),
+                    cidr_block: "10.40.0.0/24".into(),
+                    gateway: "10.40.0.1".into(),
+                    exclude_ips: exclude,
+                    ..Default::default()
+                })
+                .unwrap();
+            engine.subnet_status("n").unwrap().v4_available_ips
+        };
+        assert_eq!(counts(vec![]), counts(vec!["10.40.0.1".into()]));
     }
 
     #[test]

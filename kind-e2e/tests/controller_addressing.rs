@@ -514,6 +514,17 @@ async fn cases(cluster: &Cluster) {
         json!(253.0),
     )
     .await;
+    wait_for(
+        "reuse's spec defaults filled in as Kube-OVN does",
+        async || {
+            let r = kubeovn_resource(&client, "subnets", "Subnet", "reuse").await?;
+            (r["spec"]["gateway"] == json!("10.17.0.1")
+                && r["spec"]["excludeIps"] == json!(["10.17.0.1"])
+                && r["spec"]["protocol"] == json!("IPv4"))
+            .then_some(())
+        },
+    )
+    .await;
     let first: Vec<String> = (0..5).map(|i| format!("reuse-{i}")).collect();
     for name in &first {
         create(&pods, pod(name, &[("logical_switch", "reuse")])).await;
