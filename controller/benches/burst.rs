@@ -112,11 +112,18 @@ async fn get(url: &str) -> (String, String) {
     (status.to_owned(), body.to_owned())
 }
 
-/// Waits for `/readyz` to answer 200; the time since `since`.
+/// Waits until the controller is ready as leader (`/readyz` 200 after it published
+/// `portkeeper_startup_seconds`; a standby is ready too, so 200 alone does not say it); the
+/// time since `since`.
 async fn ready_after(controller: &Controller, since: Instant) -> Duration {
-    let url = controller.url("readyz");
     loop {
-        if get(&url).await.0 == "200" {
+        let (_, metrics) = get(&controller.url("metrics")).await;
+        let started = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portkeeper_startup_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0);
+        if started && get(&controller.url("readyz")).await.0 == "200" {
             return since.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
