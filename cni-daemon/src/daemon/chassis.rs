@@ -4,8 +4,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use std::time::Duration;
 
-/// The Node annotation holding the chassis name (Open_vSwitch `external_ids:system-id`), as Kube-OVN names it.
-pub const CHASSIS_ANNOTATION: &str = "ovn.kubernetes.io/chassis";
+use portkeeper_api::annotations::NODE_CHASSIS as CHASSIS_ANNOTATION;
 
 /// Sets the annotation, retrying with backoff (up to 30 s between tries) until the API server accepts it.
 pub async fn publish(client: kube::Client, node: String, chassis: String) {

@@ -37,6 +37,10 @@ pub fn key(provider: &str, suffix: &str) -> String {
     format!("{provider}.kubernetes.io/{suffix}")
 }
 
+/// Node annotation holding the node's OVN chassis name (its Open_vSwitch
+/// `external_ids:system-id`): written by portkeeper's node daemon, read by live migration.
+pub const NODE_CHASSIS: &str = "ovn.kubernetes.io/chassis";
+
 /// IP label: the subnet of the addresses.
 pub const LABEL_SUBNET: &str = "ovn.kubernetes.io/subnet";
 /// IP label: the node of the pod.

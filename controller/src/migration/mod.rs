@@ -37,9 +37,7 @@ use crate::error::Error;
 use crate::northbound::{Northbound, ids};
 use plan::{LauncherPod, Migration, Observed, Phase, PortOptions, Vmi};
 
-/// Node annotation holding the node's OVN chassis name (its Open_vSwitch
-/// `external_ids:system-id`), written by portkeeper's node daemon, as Kube-OVN names it.
-pub const NODE_CHASSIS_ANNOTATION: &str = "ovn.kubernetes.io/chassis";
+pub use portkeeper_api::annotations::NODE_CHASSIS as NODE_CHASSIS_ANNOTATION;
 
 /// How often the KubeVirt API is looked for while it is absent.
 const KUBEVIRT_POLL: Duration = Duration::from_secs(10);
