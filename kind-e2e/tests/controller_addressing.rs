@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
     Controller, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
-    kubeovn_resource, nb_addresses, nbctl, print_controller_logs, repo_root, wait_for, warnings,
+    kubeovn_resource, nb_addresses, nbctl, repo_root, run_on_cluster, wait_for, warnings,
 };
-use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -187,24 +187,8 @@ async fn pods_of(pods: &Api<Pod>, app: &str, count: usize) -> Vec<Pod> {
 
 #[test]
 fn controller_addressing() {
-    let cluster = Cluster::up(ClusterOptions {
-        nodes: 1,
-        node_agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_node-agent"))),
-        ..Default::default()
-    })
-    .expect("local cluster up");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(cases(&cluster))
-    }));
-    drop(runtime);
-    if result.is_err() {
-        print_controller_logs(&cluster, 3);
-    }
-    cluster.down().expect("cluster down");
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
+    run_on_cluster(1, agent, 3, cases);
 }
 
 async fn cases(cluster: &Cluster) {
