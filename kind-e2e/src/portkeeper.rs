@@ -168,10 +168,19 @@ pub fn run_on_cluster(
 
 /// `ovn-nbctl` against the cluster's NB database; its trimmed stdout, failing the test on error.
 pub fn nbctl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.ovn_nbctl(args).expect("run ovn-nbctl");
+    checked_stdout("ovn-nbctl", args, cluster.ovn_nbctl(args))
+}
+
+/// The trimmed stdout of a finished OVN tool, failing the test when it could not run or failed.
+fn checked_stdout(
+    tool: &str,
+    args: &[&str],
+    out: Result<std::process::Output, crate::HarnessError>,
+) -> String {
+    let out = out.unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         out.status.success(),
-        "ovn-nbctl {args:?}: {}",
+        "{tool} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
@@ -414,13 +423,7 @@ pub async fn prepare_cluster(cluster: &Cluster, namespace: &str, kubevirt: bool)
 
 /// `ovn-sbctl` against the cluster's SB database; its trimmed stdout, failing the test on error.
 pub fn sbctl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.ovn_sbctl(args).expect("run ovn-sbctl");
-    assert!(
-        out.status.success(),
-        "ovn-sbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    checked_stdout("ovn-sbctl", args, cluster.ovn_sbctl(args))
 }
 
 /// The names of the logical switch ports matching an `ovn-nbctl find` condition such as

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
     Controller, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
-    kubeovn_resource, nb_addresses, nbctl, repo_root, run_on_cluster, wait_for, warnings,
+    kubeovn_resource, nb_addresses, nbctl, port_names, repo_root, run_on_cluster, wait_for,
+    warnings,
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -121,16 +122,7 @@ async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, 
         "{port} IP resource must not exist"
     );
     assert_eq!(
-        nbctl(
-            cluster,
-            &[
-                "--bare",
-                "--columns=name",
-                "find",
-                "Logical_Switch_Port",
-                &format!("name={port}")
-            ]
-        ),
+        port_names(cluster, &format!("name={port}")),
         "",
         "{port} must have no OVN port"
     );
