@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use portkeeper_controller::northbound::{Northbound, SwitchSpec, port_spec};
+use portkeeper_controller::northbound::{Northbound, PortSpec, SwitchSpec, port_spec};
 use portkeeper_controller::ovn::OvnNorthbound;
 use portkeeper_engine::MacAddress;
 
@@ -132,13 +132,7 @@ async fn switches_ports_and_foreign_ports() {
     server.nbctl(&["lsp-add", "net1", "legacy"]);
     server.nbctl(&["lsp-set-addresses", "legacy", "0a:00:00:00:00:99 10.16.0.9"]);
 
-    let spec = port_spec(
-        "web.shop",
-        "net1",
-        "shop/web",
-        "0a:58:0a:10:00:02 10.16.0.2".into(),
-        false,
-    );
+    let spec = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.2", false);
     nb.upsert_port(&spec).await.unwrap();
     assert_eq!(
         server.nbctl(&["lsp-get-addresses", "web.shop"]),
@@ -166,13 +160,7 @@ async fn switches_ports_and_foreign_ports() {
 
     // Options (where migration state lives) survive an update; port security is applied on request.
     server.nbctl(&["lsp-set-options", "web.shop", "requested-chassis=node1"]);
-    let secured = port_spec(
-        "web.shop",
-        "net1",
-        "shop/web",
-        "0a:58:0a:10:00:02 10.16.0.3".into(),
-        true,
-    );
+    let secured = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.3", true);
     nb.upsert_port(&secured).await.unwrap();
     assert_eq!(
         server.nbctl(&["lsp-get-addresses", "web.shop"]),
@@ -194,13 +182,7 @@ async fn switches_ports_and_foreign_ports() {
     })
     .await
     .unwrap();
-    let moved = port_spec(
-        "web.shop",
-        "net2",
-        "shop/web",
-        "0a:58:0a:10:00:02 10.17.0.2".into(),
-        false,
-    );
+    let moved = web_shop("net2", "0a:58:0a:10:00:02 10.17.0.2", false);
     nb.upsert_port(&moved).await.unwrap();
     assert!(
         server
@@ -220,6 +202,17 @@ async fn switches_ports_and_foreign_ports() {
 }
 
 /// Polls `check` until it holds, failing after 20 s: the replica follows the server a moment later.
+/// The port of pod `shop/web` on `switch`, as the pod reconciler writes it.
+fn web_shop(switch: &str, addresses: &str, port_security: bool) -> PortSpec {
+    port_spec(
+        "web.shop",
+        switch,
+        "shop/web",
+        addresses.into(),
+        port_security,
+    )
+}
+
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
@@ -293,13 +286,7 @@ async fn address_lookups_follow_changes_made_by_others() {
     assert_eq!(nb.ports().len(), 200, "199 on net1 + p6 + the router port");
 
     // portkeeper's own write of a port is visible to the next lookup without waiting.
-    let spec = port_spec(
-        "web.shop",
-        "net1",
-        "shop/web",
-        "0a:58:0a:10:00:02 10.16.0.2".into(),
-        false,
-    );
+    let spec = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.2", false);
     nb.upsert_port(&spec).await.unwrap();
     assert_eq!(nb.ip_holders("net1", ip("10.16.0.2")), ["web.shop"]);
 }
@@ -310,13 +297,7 @@ async fn a_deleted_subnet_takes_only_portkeepers_objects() {
     let nb = OvnNorthbound::start(&server.remote()).unwrap();
     ready(&nb).await;
     nb.ensure_switch(&switch("net1")).await.unwrap();
-    let spec = port_spec(
-        "web.shop",
-        "net1",
-        "shop/web",
-        "0a:58:0a:10:00:02 10.16.0.2".into(),
-        false,
-    );
+    let spec = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.2", false);
     nb.upsert_port(&spec).await.unwrap();
     // A switch and a router port of another system, named as portkeeper would name them.
     server.nbctl(&["ls-add", "theirs"]);
