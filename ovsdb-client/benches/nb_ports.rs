@@ -17,19 +17,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use ovsdb_client::client::Client;
+use ovsdb_client::connection::Coalescing;
 use ovsdb_client::datum::Uuid;
 use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use serde_json::{Value, json};
 use support::{ServerProcess, Standalone};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// The system allocator, counting live heap bytes so the cache's memory can be measured exactly
 /// (an atomic add per allocation; it costs every scenario the same).
@@ -345,11 +344,13 @@ fn client(
     ports: usize,
     window: usize,
     monitor: bool,
+    coalescing: bool,
 ) -> (Measurement, Option<Lookups>) {
     let fixture = Fixture::start();
     let switch: Uuid = fixture.switch.parse().expect("switch uuid");
     runtime.block_on(async {
-        let builder = Client::builder(&fixture.nb.unix, "OVN_Northbound");
+        let builder = Client::builder(&fixture.nb.unix, "OVN_Northbound")
+            .coalescing(coalescing.then(Coalescing::default));
         let builder = if monitor {
             builder
                 .monitor(LogicalSwitch::TABLE, &[])
@@ -360,29 +361,25 @@ fn client(
         };
         let client = builder.connect().await.expect("connect");
         let wanted: Vec<LogicalSwitchPort> = (0..ports).map(|i| Port::new(i).typed()).collect();
-        let slots = Arc::new(Semaphore::new(window));
         let (server0, client0) = (fixture.server().cpu_time(), rusage_cpu(libc::RUSAGE_SELF));
         let start = Instant::now();
-        // The driver runs as a task on the runtime, as a controller's reconcilers do,
-        // not on the thread blocked in `block_on`.
+        // The transactions run as futures polled together by one task, as kube-runtime's
+        // controller runs its reconcilers (a `FuturesUnordered` inside one stream), not on
+        // the thread blocked in `block_on`.
         let driver = {
             let client = client.clone();
             tokio::spawn(async move {
-                let mut tasks = JoinSet::new();
-                for port in wanted {
-                    let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-                    let client = client.clone();
-                    tasks.spawn(async move {
-                        client
-                            .transact(&add_switch_port(switch, &port, None))
-                            .await
-                            .expect("port committed");
-                        drop(permit);
-                    });
-                }
-                while let Some(done) = tasks.join_next().await {
-                    done.expect("task");
-                }
+                futures::stream::iter(wanted)
+                    .for_each_concurrent(window, |port| {
+                        let client = &client;
+                        async move {
+                            client
+                                .transact(&add_switch_port(switch, &port, None))
+                                .await
+                                .expect("port committed");
+                        }
+                    })
+                    .await;
             })
         };
         driver.await.expect("driver");
@@ -394,11 +391,19 @@ fn client(
             lookups(&client, ports)
         });
         let measurement = Measurement {
-            scenario: if monitor {
-                "portkeeper client, LS+LSP monitored (read-your-writes)".into()
-            } else {
-                "portkeeper client, transact only (NB_Global monitored)".into()
-            },
+            scenario: format!(
+                "portkeeper client, {}{}",
+                if monitor {
+                    "LS+LSP monitored (read-your-writes)"
+                } else {
+                    "transact only (NB_Global monitored)"
+                },
+                if coalescing {
+                    ""
+                } else {
+                    ", no reply coalescing"
+                }
+            ),
             ports,
             wall,
             client_cpu: client1 - client0,
@@ -624,7 +629,9 @@ const ALL_SCENARIOS: &[&str] = &[
     "floor",
     "floor-monitor",
     "client",
+    "client-eager",
     "client-monitor",
+    "client-monitor-eager",
     "nbctl-daemon",
     "nbctl",
     "memory",
@@ -660,9 +667,13 @@ fn main() {
         match scenario {
             "floor" => results.push(floor(ports, window, false)),
             "floor-monitor" => results.push(floor(ports, window, true)),
-            "client" => results.push(client(&runtime, ports, window, false).0),
+            "client" => results.push(client(&runtime, ports, window, false, true).0),
+            "client-eager" => results.push(client(&runtime, ports, window, false, false).0),
+            "client-monitor-eager" => {
+                results.push(client(&runtime, ports, window, true, false).0);
+            }
             "client-monitor" => {
-                let (measurement, lookups) = client(&runtime, ports, window, true);
+                let (measurement, lookups) = client(&runtime, ports, window, true, true);
                 results.push(measurement);
                 lookup_results = lookups;
             }

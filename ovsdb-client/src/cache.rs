@@ -21,7 +21,7 @@ use crate::datum::{Atom, Uuid, Value};
 use crate::metrics::Metrics;
 use crate::monitor::MonitorTables;
 use crate::row::Row;
-use crate::schema::{ColumnType, DatabaseSchema, TableSchema};
+use crate::schema::{ColumnSchema, ColumnType, DatabaseSchema, TableSchema};
 use crate::table::Table;
 
 /// One component of an index: a whole column, or one key of a map column.
@@ -238,8 +238,8 @@ impl Index {
 struct TableCache {
     name: Arc<str>,
     schema: Arc<TableSchema>,
-    /// The monitored columns; `None` is all of them.
-    columns: Option<Vec<String>>,
+    /// The monitored columns in name order; `None` is all of them.
+    columns: Option<Vec<ColumnSchema>>,
     rows: HashMap<Uuid, Arc<Row>>,
     indexes: Vec<Index>,
 }
@@ -271,6 +271,15 @@ impl TableCache {
                 });
             }
         }
+        let columns = columns.map(|names| {
+            let mut columns: Vec<ColumnSchema> = names
+                .iter()
+                .filter_map(|name| schema.column(name).cloned())
+                .collect();
+            columns.sort_by(|a, b| a.name.cmp(&b.name));
+            columns.dedup_by(|a, b| a.name == b.name);
+            columns
+        });
         Self {
             name: Arc::from(schema.name.as_str()),
             schema: Arc::new(schema.clone()),
@@ -307,15 +316,7 @@ impl TableCache {
     fn fill_defaults(&self, row: &mut Row) {
         match &self.columns {
             None => row.fill_defaults(&self.schema),
-            Some(columns) => {
-                for column in columns {
-                    if row.get(column).is_none()
-                        && let Some(col) = self.schema.column(column)
-                    {
-                        row.insert(col.name.clone(), col.ty.default_value());
-                    }
-                }
-            }
+            Some(columns) => row.fill_defaults_of(columns),
         }
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::cache::{Cache, EventStream, IndexSpec};
 use crate::cluster::ServerDatabase;
-use crate::connection::CallError;
+use crate::connection::{CallError, Coalescing};
 use crate::error::Error;
 use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::lock::LockRegistry;
@@ -35,6 +35,7 @@ pub struct ClientBuilder {
     indexes: Vec<IndexSpec>,
     event_capacity: usize,
     max_message_size: usize,
+    coalescing: Option<Coalescing>,
 }
 
 impl ClientBuilder {
@@ -56,6 +57,14 @@ impl ClientBuilder {
     /// another interval. `None` disables it. Unix sockets are never probed.
     pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
         self.probe_interval = interval;
+        self
+    }
+
+    /// Reply batching under a deep pipeline (default: pause 1 ms after each read
+    /// while 64 or more transactions are in flight); `None` reads every reply as it
+    /// arrives. See [`Coalescing`].
+    pub fn coalescing(mut self, coalescing: Option<Coalescing>) -> Self {
+        self.coalescing = coalescing;
         self
     }
 
@@ -152,6 +161,7 @@ impl ClientBuilder {
             backoff_min: self.backoff.0,
             backoff_max: self.backoff.1,
             max_message_size: self.max_message_size,
+            coalescing: self.coalescing,
         };
         let session = Session::new(config, tls, cache, metrics);
         session.spawn();
@@ -216,6 +226,7 @@ impl Client {
             indexes: Vec::new(),
             event_capacity: 65_536,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            coalescing: Some(Coalescing::default()),
         }
     }
 

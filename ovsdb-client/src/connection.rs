@@ -163,6 +163,35 @@ pub struct ConnectionOptions {
     pub probe_interval: Option<Duration>,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
+    /// Batching of replies under a deep pipeline; `None` reads as soon as bytes arrive.
+    pub coalescing: Option<Coalescing>,
+}
+
+/// Reply batching: while at least `min_in_flight` calls wait for replies, the reader
+/// pauses `linger` after each read, so one wakeup (and one write of the requests the
+/// woken callers send next) carries several replies instead of one.
+///
+/// ovsdb-server answers one request per turn of its main loop, so a client that reads
+/// every reply as it arrives pays a wakeup, a read and a write per transaction. With
+/// that many calls queued at the server, each already waits for that many server
+/// turns, so a pause of a millisecond adds little latency while it divides the
+/// client's per-transaction system calls and wakeups by the replies that arrive
+/// meanwhile. Below the threshold nothing is delayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalescing {
+    /// Pending calls from which the reader pauses.
+    pub min_in_flight: usize,
+    /// How long it pauses (tokio timers round this up to whole milliseconds).
+    pub linger: Duration,
+}
+
+impl Default for Coalescing {
+    fn default() -> Self {
+        Self {
+            min_in_flight: 64,
+            linger: Duration::from_millis(1),
+        }
+    }
 }
 
 impl Default for ConnectionOptions {
@@ -170,6 +199,7 @@ impl Default for ConnectionOptions {
         Self {
             probe_interval: Some(Duration::from_secs(5)),
             max_message_size: crate::framing::DEFAULT_MAX_MESSAGE_SIZE,
+            coalescing: Some(Coalescing::default()),
         }
     }
 }
@@ -379,6 +409,15 @@ async fn read_loop(
                 break 'read reason;
             }
         }
+        if let Some(coalescing) = options.coalescing
+            && shared.pending.lock().calls.len() >= coalescing.min_in_flight
+        {
+            tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => return,
+                _ = tokio::time::sleep(coalescing.linger) => {}
+            }
+        }
     };
     if !matches!(reason, CloseReason::Eof) {
         warn!(%reason, "closing connection");
@@ -505,6 +544,82 @@ mod tests {
             got.push(call.await.unwrap().unwrap());
         }
         assert_eq!(got, vec![json!([0]), json!([1]), json!([2])]);
+    }
+
+    /// Answers the calls in `order` (indexes into `requests`), `gap` apart, and returns
+    /// how long after the first reply each caller got its answer.
+    async fn answer_spaced(
+        conn: Connection,
+        server: &mut UnixStream,
+        calls: usize,
+        order: &[usize],
+        gap: Duration,
+    ) -> Vec<Duration> {
+        let conn = Arc::new(conn);
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..calls {
+            let (conn, done) = (conn.clone(), done.clone());
+            tokio::spawn(async move {
+                conn.call("echo", &json!([i])).await.unwrap();
+                let _ = done.send((i, tokio::time::Instant::now()));
+            });
+        }
+        let requests = read_values(server, calls).await;
+        let by_param = |i: usize| requests.iter().find(|r| r["params"] == json!([i])).unwrap();
+        let start = tokio::time::Instant::now();
+        for &i in order {
+            let req = by_param(i);
+            let reply = json!({"id": req["id"], "result": [], "error": null}).to_string();
+            server.write_all(reply.as_bytes()).await.unwrap();
+            tokio::time::sleep(gap).await;
+        }
+        let mut at = vec![Duration::ZERO; order.len()];
+        for _ in order {
+            let (i, when) = finished.recv().await.unwrap();
+            at[order.iter().position(|&o| o == i).unwrap()] = when - start;
+        }
+        at
+    }
+
+    #[tokio::test]
+    async fn deep_pipelines_get_their_replies_in_batches() {
+        let linger = Duration::from_millis(300);
+        let options = ConnectionOptions {
+            coalescing: Some(Coalescing {
+                min_in_flight: 2,
+                linger,
+            }),
+            ..ConnectionOptions::default()
+        };
+        let (conn, mut server, _dir) = pair(options, no_notifications()).await;
+        // Three calls wait; after the first reply two still do, so the reader pauses
+        // and the second reply, sent 20 ms later, waits out the pause. With one call
+        // left the third is read at once.
+        let at = answer_spaced(conn, &mut server, 3, &[0, 1, 2], Duration::from_millis(20)).await;
+        assert!(at[0] < linger / 2, "first reply at {:?}", at[0]);
+        assert!(
+            at[1] >= linger,
+            "second reply at {:?}, before the pause ended",
+            at[1]
+        );
+        assert!(at[2] >= linger, "third reply at {:?}", at[2]);
+    }
+
+    #[tokio::test]
+    async fn shallow_pipelines_are_never_delayed() {
+        let options = ConnectionOptions {
+            coalescing: Some(Coalescing {
+                min_in_flight: 3,
+                linger: Duration::from_secs(5),
+            }),
+            ..ConnectionOptions::default()
+        };
+        let (conn, mut server, _dir) = pair(options, no_notifications()).await;
+        let at = answer_spaced(conn, &mut server, 3, &[0, 1, 2], Duration::from_millis(20)).await;
+        assert!(
+            at.iter().all(|t| *t < Duration::from_secs(2)),
+            "replies at {at:?}"
+        );
     }
 
     #[tokio::test]

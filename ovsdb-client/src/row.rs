@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::datum::{DatumError, Uuid, Value};
-use crate::schema::TableSchema;
+use crate::schema::{ColumnSchema, TableSchema};
 
 /// A row that does not fit its table: not an object, a missing column, or a
 /// column whose value has the wrong type.
@@ -132,12 +132,36 @@ impl Row {
     /// Adds the default value of every schema column the row lacks. Monitor
     /// `initial` and `insert` rows omit columns that hold their default.
     pub fn fill_defaults(&mut self, table: &TableSchema) {
-        for col in table.columns.values() {
-            if let Err(i) = self.position(&col.name) {
-                self.columns
-                    .insert(i, (col.name.clone(), col.ty.default_value()));
+        self.fill_defaults_of(table.columns.values());
+    }
+
+    /// [`Row::fill_defaults`] for some columns only, given in name order. One pass
+    /// and at most one allocation: this runs for every row a monitor inserts.
+    pub(crate) fn fill_defaults_of<'a>(
+        &mut self,
+        columns: impl IntoIterator<Item = &'a ColumnSchema> + Clone,
+    ) {
+        let missing = columns
+            .clone()
+            .into_iter()
+            .filter(|col| self.position(&col.name).is_err())
+            .count();
+        if missing == 0 {
+            return;
+        }
+        let mut filled = Vec::with_capacity(self.columns.len() + missing);
+        let mut present = std::mem::take(&mut self.columns).into_iter().peekable();
+        for col in columns {
+            while let Some(next) = present.next_if(|(name, _)| **name < *col.name) {
+                filled.push(next);
+            }
+            match present.next_if(|(name, _)| **name == *col.name) {
+                Some(next) => filled.push(next),
+                None => filled.push((col.name.clone(), col.ty.default_value())),
             }
         }
+        filled.extend(present);
+        self.columns = filled;
     }
 
     /// The JSON object form, as `insert`/`update` rows and `select` results use.
@@ -388,6 +412,38 @@ mod tests {
         assert_eq!(row.get("type"), Some(&Value::from("")));
         assert_eq!(row.get("tag"), Some(&Value::empty_set()));
         assert_eq!(row.len(), lsp.columns.len() + 1);
+    }
+
+    proptest::proptest! {
+        /// The one-pass merge gives what inserting each missing default in turn
+        /// gives, for any subset of columns present and any subset filled.
+        #[test]
+        fn filling_defaults_in_one_pass_matches_inserting_each(
+            present in proptest::collection::vec(proptest::bool::ANY, 17),
+            wanted in proptest::collection::vec(proptest::bool::ANY, 17),
+        ) {
+            let nb = nb();
+            let lsp = nb.table("Logical_Switch_Port").unwrap();
+            let mut row = Row::new().with("_uuid", Value::from(1)).with("zz_extra", 2);
+            for (col, _) in lsp.columns.values().zip(&present).filter(|(_, p)| **p) {
+                row.insert(col.name.clone(), Value::from(7));
+            }
+            let chosen: Vec<&ColumnSchema> = lsp
+                .columns
+                .values()
+                .zip(wanted.iter().cycle())
+                .filter(|(_, w)| **w)
+                .map(|(c, _)| c)
+                .collect();
+            let mut expected = row.clone();
+            for col in &chosen {
+                if expected.get(&col.name).is_none() {
+                    expected.insert(col.name.clone(), col.ty.default_value());
+                }
+            }
+            row.fill_defaults_of(chosen.iter().copied());
+            proptest::prop_assert_eq!(row, expected);
+        }
     }
 
     #[test]

@@ -27,7 +27,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cache::Cache;
 use crate::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
-use crate::connection::{CallError, Connection, ConnectionOptions, NotificationHandler};
+use crate::connection::{
+    CallError, Coalescing, Connection, ConnectionOptions, NotificationHandler,
+};
 use crate::error::Error;
 use crate::jsonrpc::RawNotification;
 use crate::lock::LockRegistry;
@@ -67,6 +69,7 @@ pub(crate) struct SessionConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub max_message_size: usize,
+    pub coalescing: Option<Coalescing>,
 }
 
 /// What callers see of the session.
@@ -519,6 +522,7 @@ impl Session {
         let options = ConnectionOptions {
             probe_interval: self.config.probe_interval.filter(|_| remote.is_network()),
             max_message_size: self.config.max_message_size,
+            coalescing: self.config.coalescing,
         };
         let conn = Arc::new(Connection::start(
             remote.clone(),
