@@ -28,12 +28,12 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, trace, warn};
 
 use crate::framing::{FrameError, JsonFramer};
+use crate::halves::{self, ReadHalf, WriteHalf};
 use crate::jsonrpc::{self, RawMessage, RawNotification, RpcError};
 use crate::transport::{Remote, Stream};
 
@@ -225,7 +225,7 @@ impl Connection {
         stream: Stream,
         options: ConnectionOptions,
         handler: NotificationHandler,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 calls: HashMap::new(),
@@ -236,11 +236,11 @@ impl Connection {
             outbox: Mutex::new(Vec::with_capacity(OUTBOX_CAPACITY)),
             wake_writer: Notify::new(),
         });
-        let (read, write) = tokio::io::split(stream);
+        let (read, write) = halves::split(stream)?;
         let span = tracing::debug_span!("ovsdb_connection", remote = %remote);
         tokio::spawn(write_loop(write, shared.clone()).instrument(span.clone()));
         tokio::spawn(read_loop(read, options, handler, shared.clone()).instrument(span));
-        Self { remote, shared }
+        Ok(Self { remote, shared })
     }
 
     /// The server this connection talks to.
@@ -329,7 +329,7 @@ impl Drop for Connection {
 /// Initial and retained capacity of the outgoing buffers.
 const OUTBOX_CAPACITY: usize = 64 * 1024;
 
-async fn write_loop(mut write: WriteHalf<Stream>, shared: Arc<Shared>) {
+async fn write_loop(mut write: WriteHalf, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(OUTBOX_CAPACITY);
     loop {
         tokio::select! {
@@ -360,7 +360,7 @@ async fn write_loop(mut write: WriteHalf<Stream>, shared: Arc<Shared>) {
 }
 
 async fn read_loop(
-    mut read: ReadHalf<Stream>,
+    mut read: ReadHalf,
     options: ConnectionOptions,
     handler: NotificationHandler,
     shared: Arc<Shared>,
@@ -412,6 +412,7 @@ async fn read_loop(
         if let Some(coalescing) = options.coalescing
             && shared.pending.lock().calls.len() >= coalescing.min_in_flight
         {
+            read.pause();
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => return,
@@ -480,7 +481,7 @@ fn dispatch(
 mod tests {
     use super::*;
     use serde_json::json;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{UnixListener, UnixStream};
 
     /// A connection over a socketpair-like unix stream, plus the server end.
@@ -493,7 +494,8 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let client = UnixStream::connect(&path).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let conn = Connection::start(Remote::Unix(path), Stream::Unix(client), options, handler);
+        let conn =
+            Connection::start(Remote::Unix(path), Stream::Unix(client), options, handler).unwrap();
         (conn, server, dir)
     }
 

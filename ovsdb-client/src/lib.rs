@@ -58,6 +58,7 @@ pub mod connection;
 pub mod datum;
 pub mod error;
 pub mod framing;
+mod halves;
 pub mod jsonrpc;
 pub mod lock;
 pub mod metrics;

@@ -524,12 +524,10 @@ impl Session {
             max_message_size: self.config.max_message_size,
             coalescing: self.config.coalescing,
         };
-        let conn = Arc::new(Connection::start(
-            remote.clone(),
-            stream,
-            options,
-            self.handler(generation),
-        ));
+        let conn = Arc::new(
+            Connection::start(remote.clone(), stream, options, self.handler(generation))
+                .map_err(|e| format!("setting up the connection to {remote}: {e}"))?,
+        );
         if let Err(e) = conn.call("set_db_change_aware", &json!([true])).await {
             match e {
                 CallError::Rpc(e) => {

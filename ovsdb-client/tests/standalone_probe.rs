@@ -24,7 +24,7 @@ async fn answers_the_server_echo_probe_after_tcp_idle() {
         probe_interval: None,
         ..ConnectionOptions::default()
     };
-    let connection = Connection::start(remote, stream, options, Arc::new(|_| Ok(())));
+    let connection = Connection::start(remote, stream, options, Arc::new(|_| Ok(()))).unwrap();
 
     let dbs = connection.call("list_dbs", &json!([])).await.unwrap();
     assert!(

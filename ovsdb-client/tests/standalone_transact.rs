@@ -33,7 +33,8 @@ impl Nb {
             stream,
             ConnectionOptions::default(),
             Arc::new(|_| Ok(())),
-        );
+        )
+        .unwrap();
         let schema = connection
             .call("get_schema", &json!([NB_DB]))
             .await

@@ -47,12 +47,30 @@ fn command_output(program: &str, args: &[&str]) -> Output {
     }
 }
 
-/// A loopback TCP port that nothing listens on right now.
+/// A loopback TCP port that nothing listens on right now, below the kernel's ephemeral
+/// range: an ephemeral port can be taken by any outgoing connection (a client's, or a
+/// raft member's) between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_start - LOWEST;
+    // Tests of one binary run in parallel threads: each call takes the next port of a
+    // sequence that starts at a per-process offset.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = LOWEST + (offset + step) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOWEST} and {ephemeral_start}");
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool, on_timeout: impl FnOnce() -> String) {
