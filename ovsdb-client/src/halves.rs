@@ -191,3 +191,46 @@ impl WriteHalf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    #[tokio::test]
+    async fn a_write_larger_than_the_socket_buffer_waits_for_the_reader() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (_read, mut write) = split(Stream::Unix(ours)).unwrap();
+        let data: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            write.write_all(&data).await.unwrap();
+            write.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert!(
+            got == expected,
+            "{} bytes arrived of {}",
+            got.len(),
+            expected.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn what_arrives_while_paused_is_read_after_and_eof_reads_zero() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut read, _write) = split(Stream::Unix(ours)).unwrap();
+        let mut buf = BytesMut::new();
+        theirs.write_all(b"one").await.unwrap();
+        assert_eq!(read.read_buf(&mut buf).await.unwrap(), 3);
+        read.pause();
+        theirs.write_all(b" two").await.unwrap();
+        theirs.shutdown().await.unwrap();
+        drop(theirs);
+        while read.read_buf(&mut buf).await.unwrap() > 0 {}
+        assert_eq!(&buf[..], b"one two");
+    }
+}
