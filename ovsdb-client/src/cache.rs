@@ -21,7 +21,7 @@ use crate::datum::{Atom, Uuid, Value};
 use crate::metrics::Metrics;
 use crate::monitor::MonitorTables;
 use crate::row::Row;
-use crate::schema::{ColumnSchema, ColumnType, DatabaseSchema, TableSchema};
+use crate::schema::{ColumnSchema, ColumnType, DatabaseSchema, TableSchema, UUID_COLUMN};
 use crate::table::Table;
 
 /// One component of an index: a whole column, or one key of a map column.
@@ -600,8 +600,9 @@ fn apply_changes(
         let name = table.name.clone();
         let event = match update {
             RowUpdate::Insert(mut row) => {
+                // `_uuid` first: filling the defaults then sizes the row once.
+                row.insert(UUID_COLUMN.name.clone(), Value::uuid(uuid));
                 table.fill_defaults(&mut row);
-                row.insert("_uuid", Value::uuid(uuid));
                 let row = Arc::new(row);
                 match table.put(uuid, row.clone(), touched) {
                     None => Event::Insert { table: name, row },

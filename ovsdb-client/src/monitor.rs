@@ -172,15 +172,20 @@ pub(crate) enum Decoded {
     NotOurs,
 }
 
-/// The id of the monitor a notification is for: its first parameter, as JSON text.
-/// Our monitor ids are plain strings, so their JSON text is the id in quotes.
+/// The id of the monitor a notification is for: its first parameter. Our monitor
+/// ids are plain strings, so this reads only the start of the parameters, not the
+/// updates after it; a notification whose rest is malformed fails when decoded.
 pub(crate) fn monitor_id_of<'a>(notification: &RawNotification<'a>) -> Option<&'a str> {
-    let params: Vec<&RawValue> = serde_json::from_str(notification.params.get()).ok()?;
-    let first = params.first()?.get();
-    first
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .filter(|id| !id.contains('\\'))
+    let json_whitespace = [' ', '\t', '\n', '\r'];
+    let rest = notification
+        .params
+        .get()
+        .trim_start_matches(json_whitespace)
+        .strip_prefix('[')?
+        .trim_start_matches(json_whitespace)
+        .strip_prefix('"')?;
+    let end = rest.find(['"', '\\'])?;
+    rest[end..].starts_with('"').then(|| &rest[..end])
 }
 
 /// Decodes `update`, `update2`, `update3` and `monitor_canceled` notifications
@@ -205,21 +210,19 @@ pub(crate) fn decode_notification(
                 batch: decode_updates(schema, &updates)?,
             }))
         }
-        "update2" => {
-            let (_, updates): (IgnoredAny, &RawValue) =
-                serde_json::from_str(params).map_err(malformed)?;
-            Ok(Decoded::Update(Update {
+        "update2" | "update3" => {
+            let mut update = Update {
                 last_txn_id: None,
-                batch: decode_updates2(schema, updates)?,
-            }))
-        }
-        "update3" => {
-            let (_, id, updates): (IgnoredAny, Cow<'_, str>, &RawValue) =
-                serde_json::from_str(params).map_err(malformed)?;
-            Ok(Decoded::Update(Update {
-                last_txn_id: txn_id(&id)?,
-                batch: decode_updates2(schema, updates)?,
-            }))
+                batch: Vec::new(),
+            };
+            UpdateParams {
+                schema,
+                update: &mut update,
+                with_txn_id: method == "update3",
+            }
+            .deserialize(&mut serde_json::Deserializer::from_str(params))
+            .map_err(malformed)?;
+            Ok(Decoded::Update(update))
         }
         "monitor_canceled" => Ok(Decoded::Canceled),
         _ => Ok(Decoded::NotOurs),
@@ -241,6 +244,33 @@ pub(crate) fn decode_updates2(
     .deserialize(&mut de)
     .map_err(|e| bad(e.to_string()))?;
     Ok(batch)
+}
+
+/// Differential check for the fuzzer: the monitor id read from the start of a
+/// notification's parameters is the first parameter of the whole array when that is
+/// a string without escapes, and decoding the notification as `update`, `update2`
+/// and `update3` must not panic.
+#[cfg(fuzzing)]
+pub fn fuzz_notification(schema: &DatabaseSchema, text: &str) {
+    let Ok(params) = serde_json::from_str::<&RawValue>(text) else {
+        return;
+    };
+    for method in ["update", "update2", "update3", "monitor_canceled"] {
+        let notification = RawNotification {
+            method: method.into(),
+            params,
+        };
+        let id = monitor_id_of(&notification);
+        if let Ok(Json::Array(items)) = serde_json::from_str::<Json>(text) {
+            let first = items.first().and_then(Json::as_str);
+            let plain = serde_json::from_str::<Vec<&RawValue>>(text)
+                .ok()
+                .and_then(|raw| raw.first().map(|v| !v.get().contains('\\')));
+            let expected = first.filter(|_| plain == Some(true));
+            assert_eq!(id, expected, "{text}");
+        }
+        let _ = decode_notification(schema, &[id.unwrap_or("m")], &notification);
+    }
 }
 
 /// Differential check for the fuzzer: `<table-updates2>` decoded straight from
@@ -283,6 +313,49 @@ pub fn fuzz_updates2(schema: &DatabaseSchema, text: &str) {
 object_seed!(TableUpdates2 => (), TableRows => (), RowUpdate2 => RowUpdate);
 
 /// `{table: {uuid: row-update2}}`, appended to a batch.
+/// The parameters of `update2` (`[<id>, <table-updates2>]`) or `update3`
+/// (`[<id>, <last-txn-id>, <table-updates2>]`), decoded in one pass over the text.
+struct UpdateParams<'s> {
+    schema: &'s DatabaseSchema,
+    update: &'s mut Update,
+    with_txn_id: bool,
+}
+
+impl<'de> Visitor<'de> for UpdateParams<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the parameters of an update2 or update3 notification")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let missing = |what: &str| de::Error::custom(format!("no {what}"));
+        seq.next_element::<IgnoredAny>()?
+            .ok_or_else(|| missing("monitor id"))?;
+        if self.with_txn_id {
+            let id: Cow<'de, str> = seq
+                .next_element()?
+                .ok_or_else(|| missing("last transaction id"))?;
+            self.update.last_txn_id = txn_id(&id).map_err(de::Error::custom)?;
+        }
+        let updates = TableUpdates2 {
+            schema: self.schema,
+            batch: &mut self.update.batch,
+        };
+        seq.next_element_seed(updates)?
+            .ok_or_else(|| missing("table updates"))?;
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UpdateParams<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
 struct TableUpdates2<'s> {
     schema: &'s DatabaseSchema,
     batch: &'s mut Batch,

@@ -360,7 +360,8 @@ impl ColumnSchema {
     }
 }
 
-static UUID_COLUMN: LazyLock<ColumnSchema> = LazyLock::new(|| ColumnSchema {
+/// The implicit `_uuid` column every table has.
+pub(crate) static UUID_COLUMN: LazyLock<ColumnSchema> = LazyLock::new(|| ColumnSchema {
     name: "_uuid".into(),
     ty: ColumnType::scalar(AtomicType::Uuid),
     ephemeral: false,

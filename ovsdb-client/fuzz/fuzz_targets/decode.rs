@@ -97,5 +97,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         ovsdb_client::monitor::fuzz_updates2(nb::schema(), text);
+        ovsdb_client::monitor::fuzz_notification(nb::schema(), text);
     }
 });
