@@ -214,13 +214,16 @@ impl Index {
             .collect()
     }
 
+    /// Files `row` under its key; returns the key if the index is unique, for the
+    /// check at the end of the batch.
     fn add(&mut self, uuid: Uuid, row: &Row) -> Option<Vec<Value>> {
         let key = self.key(row)?;
-        let slot = self.entries.entry(key.clone()).or_default();
+        let checked = self.unique.then(|| key.clone());
+        let slot = self.entries.entry(key).or_default();
         if !slot.contains(&uuid) {
             slot.push(uuid);
         }
-        Some(key)
+        checked
     }
 
     fn remove(&mut self, uuid: Uuid, row: &Row) {
@@ -302,9 +305,7 @@ impl TableCache {
             if let Some(old) = &old {
                 index.remove(uuid, old);
             }
-            if let Some(key) = index.add(uuid, &row)
-                && index.unique
-            {
+            if let Some(key) = index.add(uuid, &row) {
                 touched.push((self.name.clone(), i, key));
             }
         }

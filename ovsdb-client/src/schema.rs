@@ -64,7 +64,11 @@ impl AtomicType {
             Self::Integer => Atom::Integer(0),
             Self::Real => Atom::Real(0.0),
             Self::Boolean => Atom::Boolean(false),
-            Self::String => Atom::string(""),
+            Self::String => {
+                // Every row a monitor inserts gets its empty strings from here.
+                static EMPTY: LazyLock<Atom> = LazyLock::new(|| Atom::string(""));
+                EMPTY.clone()
+            }
             Self::Uuid => Atom::Uuid(Uuid::nil()),
         }
     }
