@@ -435,6 +435,12 @@ impl Cache {
     }
 
     /// Subscribes to changes from now on.
+    ///
+    /// The events of a change are queued before the cache releases its write lock, so
+    /// once a [`Cache::read`] view exists, every event of the state it shows is already
+    /// in each stream: draining a stream while holding a view brings a follower (such
+    /// as a derived index) exactly to the view's state. This ordering is part of the
+    /// contract.
     pub fn subscribe(&self) -> EventStream {
         EventStream {
             receiver: self.events.subscribe(),
@@ -1112,6 +1118,35 @@ mod tests {
         assert!(matches!(first, Event::Lagged { missed: 6 }), "{first:?}");
         assert_eq!(drain(&mut events).len(), 4);
         assert_eq!(cache.metrics.snapshot().lagged_events, 6);
+    }
+
+    #[test]
+    fn a_view_never_shows_a_row_whose_event_is_not_queued_yet() {
+        const ROWS: u128 = 1_000;
+        let cache = Arc::new(cache(2 * ROWS as usize));
+        let mut events = cache.subscribe();
+        let writer = std::thread::spawn({
+            let cache = cache.clone();
+            move || {
+                for n in 0..ROWS {
+                    let row = lsp(&format!("p{n}"), None);
+                    cache
+                        .apply(vec![insert("Logical_Switch_Port", n, row)])
+                        .unwrap();
+                }
+            }
+        });
+        let mut seen = 0;
+        while seen < ROWS as usize {
+            let view = cache.read();
+            let shown = view.len("Logical_Switch_Port");
+            seen += drain(&mut events).len();
+            assert!(
+                seen >= shown,
+                "the view shows {shown} rows, events told of {seen}"
+            );
+        }
+        writer.join().unwrap();
     }
 
     #[tokio::test]
