@@ -100,12 +100,22 @@ pub struct Applied {
 /// router port, only those portkeeper made) once no nic holds an address in it. Until then it
 /// stays, so no pod loses its network under it: each holding pod gets one `SubnetDeleted`
 /// Warning Event, and the removal is retried with every pass until the last holder is gone.
+///
+/// A Subnet deleted while the controller was down is not in the engine; its switch is found in
+/// OVN, and its holders are the switch's ports of pods that still exist and the ports portkeeper
+/// did not make. Once the pods are gone, garbage collection removes their ports and the switch
+/// follows.
 async fn remove_deleted_subnet<N: Northbound>(ctx: &Context<N>, applied: &Applied, name: &str) {
-    if ctx.engine.remove_subnet(name).is_err() {
+    let holders = match ctx.engine.remove_subnet(name) {
+        Ok(()) => Vec::new(),
+        Err(portkeeper_engine::EngineError::UnknownSubnet { .. }) => switch_holders(ctx, name),
+        Err(_) => deleted_subnet_holders(&ctx.engine, name),
+    };
+    if !holders.is_empty() {
         if !applied.told.lock().insert(name.to_owned()) {
             return;
         }
-        for (namespace, pod, message) in deleted_subnet_holders(&ctx.engine, name) {
+        for (namespace, pod, message) in holders {
             tracing::warn!(subnet = %name, %namespace, %pod, "{message}");
             if let Some(p) = ctx.stores.pod(&namespace, &pod) {
                 let reference = kube::Resource::object_ref(p.as_ref(), &());
@@ -116,9 +126,7 @@ async fn remove_deleted_subnet<N: Northbound>(ctx: &Context<N>, applied: &Applie
                     action: "Release".into(),
                     secondary: None,
                 };
-                if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-                    tracing::warn!(error = %e, "could not publish event");
-                }
+                ctx.events.publish(&reference, event).await;
             }
         }
         return;
@@ -155,14 +163,46 @@ pub fn deleted_subnet_holders(
         .filter(|r| r.lease.subnet == subnet)
         .filter_map(|r| {
             let (pod, namespace) = r.lease.key.as_str().rsplit_once('.')?;
-            let message = format!(
-                "SubnetDeleted: subnet {subnet} was deleted while {} holds {} in it; its switch stays in OVN until every holder is gone",
-                r.lease.key,
-                crate::plan::ip_address_value(&r.lease)
-            );
+            let held = crate::plan::ip_address_value(&r.lease);
+            let message = subnet_deleted_message(subnet, r.lease.key.as_str(), &held);
             Some((namespace.to_owned(), pod.to_owned(), message))
         })
         .collect()
+}
+
+/// The holders of the switch of a Subnet the engine does not know (deleted while the
+/// controller was down), as [`deleted_subnet_holders`] gives them: each port of a pod that
+/// still exists, and each port portkeeper did not make (with no pod to tell).
+fn switch_holders<N: Northbound>(ctx: &Context<N>, subnet: &str) -> Vec<(String, String, String)> {
+    ctx.nb
+        .ports_on_switch(subnet)
+        .into_iter()
+        .filter(|port| port.kind != "router")
+        .filter_map(|port| {
+            let held = port
+                .ips()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let message = subnet_deleted_message(subnet, &port.name, &held);
+            if !port.is_ours() {
+                return Some((String::new(), String::new(), message));
+            }
+            let (namespace, pod) = port
+                .external_ids
+                .get(crate::northbound::ids::POD)?
+                .split_once('/')?;
+            ctx.stores
+                .pod(namespace, pod)
+                .map(|_| (namespace.to_owned(), pod.to_owned(), message))
+        })
+        .collect()
+}
+
+fn subnet_deleted_message(subnet: &str, holder: &str, held: &str) -> String {
+    format!(
+        "SubnetDeleted: subnet {subnet} was deleted while {holder} holds {held} in it; its switch stays in OVN until every holder is gone"
+    )
 }
 
 /// Applies every Subnet and IPPool whenever one changes, and republishes status periodically.
@@ -194,13 +234,18 @@ pub async fn sync<N: Northbound>(ctx: &Context<N>, applied: &Applied) {
         publish_subnet_status(ctx, subnet, status, result.err()).await;
     }
     let names: Vec<String> = subnets.iter().map(|s| s.name_any()).collect();
-    let deleted: Vec<String> = applied
+    // Subnets applied by this process, and switches made by an earlier one (a Subnet deleted
+    // while the controller was down), that no Subnet names any more.
+    let mut deleted: Vec<String> = applied
         .subnets
         .lock()
         .keys()
-        .filter(|name| !names.contains(name))
         .cloned()
+        .chain(ctx.nb.subnet_switches())
+        .filter(|name| !names.contains(name))
         .collect();
+    deleted.sort();
+    deleted.dedup();
     for name in deleted {
         remove_deleted_subnet(ctx, applied, &name).await;
     }

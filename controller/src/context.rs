@@ -6,21 +6,20 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use parking_lot::Mutex;
 use portkeeper_api::annotations::NetworkKeys;
 use portkeeper_engine::Engine;
 
 use crate::config::Config;
 use crate::error::Rejection;
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::northbound::Northbound;
 use crate::stores::Stores;
 
 /// The field manager of every write portkeeper makes.
 pub const FIELD_MANAGER: &str = "portkeeper-controller";
-/// The reporting controller of every Event portkeeper publishes.
-pub const REPORTING_CONTROLLER: &str = "portkeeper-controller";
 
 /// Everything a reconcile needs.
 pub struct Context<N> {
@@ -36,8 +35,8 @@ pub struct Context<N> {
     pub stores: Stores,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Events, one series per message.
+    pub events: EventPublisher,
     /// Annotation keys of the primary network.
     pub keys: NetworkKeys,
     /// Serialises allocation, release and GC of one nic.
@@ -53,11 +52,11 @@ impl<N: Northbound> Context<N> {
         let event = Event {
             type_: EventType::Warning,
             reason: rejection.reason.as_str().to_owned(),
-            note: Some(truncate(&rejection.message)),
+            note: Some(rejection.message.clone()),
             action: action.to_owned(),
             secondary: None,
         };
-        publish(&self.recorder, reference, event).await;
+        self.events.publish(reference, event).await;
     }
 
     /// Publishes a Normal Event.
@@ -68,13 +67,13 @@ impl<N: Northbound> Context<N> {
         action: &str,
         note: String,
     ) {
-        publish(&self.recorder, reference, normal(reason, action, &note)).await;
+        self.events
+            .publish(reference, normal(reason, action, note))
+            .await;
     }
 
-    /// Publishes a Normal Event as an Event of its own. The shared recorder folds Events with
-    /// the same reason about the same object into one series that keeps the first note, which
-    /// would hide why a later retention decision was made; these are rare enough to stand
-    /// alone.
+    /// Publishes a Normal Event as an Event of its own, never counted in a series: each
+    /// retention decision gets its own line in `kubectl describe`.
     pub async fn note_distinct(
         &self,
         reference: &ObjectReference,
@@ -82,14 +81,9 @@ impl<N: Northbound> Context<N> {
         action: &str,
         note: String,
     ) {
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: REPORTING_CONTROLLER.into(),
-                instance: Some(self.config.identity()),
-            },
-        );
-        publish(&recorder, reference, normal(reason, action, &note)).await;
+        self.events
+            .publish_alone(reference, normal(reason, action, note))
+            .await;
     }
 
     /// The delay before retrying a failed object: 1 s doubling to 5 min.
@@ -106,30 +100,14 @@ impl<N: Northbound> Context<N> {
     }
 }
 
-fn normal(reason: &str, action: &str, note: &str) -> Event {
+fn normal(reason: &str, action: &str, note: String) -> Event {
     Event {
         type_: EventType::Normal,
         reason: reason.to_owned(),
-        note: Some(truncate(note)),
+        note: Some(note),
         action: action.to_owned(),
         secondary: None,
     }
-}
-
-/// Publishing is best effort: a failure is logged, never fatal.
-async fn publish(recorder: &Recorder, reference: &ObjectReference, event: Event) {
-    if let Err(e) = recorder.publish(&event, reference).await {
-        tracing::warn!(error = %e, "could not publish event");
-    }
-}
-
-/// Event notes are limited to 1 KiB by the API server.
-fn truncate(note: &str) -> String {
-    let mut end = note.len().min(1000);
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    note[..end].to_owned()
 }
 
 /// One async mutex per nic key, created on demand and dropped when unused.

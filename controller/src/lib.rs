@@ -10,10 +10,13 @@ pub mod allocate;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod migration;
+#[cfg(test)]
+mod mock_api;
 pub mod northbound;
 pub mod ovn;
 pub mod plan;

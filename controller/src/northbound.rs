@@ -147,6 +147,9 @@ pub trait Northbound: Send + Sync + 'static {
         names.sort();
         names
     }
+    /// Names of the Subnets whose switch portkeeper made (the switch carries portkeeper's vendor
+    /// id and the Subnet's name), whether or not the Subnet still exists.
+    fn subnet_switches(&self) -> Vec<String>;
     /// The MAC of a logical router port, if it exists.
     fn router_port_mac(&self, name: &str) -> Option<MacAddress>;
     /// Creates or updates the switch, the cluster router, the router port and the switch's
@@ -243,6 +246,9 @@ pub mod memory {
                 .filter(|p| p.switch == switch)
                 .cloned()
                 .collect()
+        }
+        fn subnet_switches(&self) -> Vec<String> {
+            self.switches.lock().keys().cloned().collect()
         }
         fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
             let switches = self.switches.lock();

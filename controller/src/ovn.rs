@@ -70,6 +70,12 @@ fn by_name(view: &CacheView<'_>, table: &str, name: &str) -> Option<Row> {
     rows.first().map(|r| (**r).clone())
 }
 
+/// One key of a row's `external_ids`, read without decoding the rest of the row (a switch's
+/// `ports` may hold thousands of references).
+fn external_id<'r>(row: &'r Row, key: &str) -> Option<&'r str> {
+    row.get("external_ids")?.as_map()?.get_str(key)?.as_str()
+}
+
 fn router_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalRouter> {
     view.rows(LogicalRouter::TABLE)
         .iter()
@@ -243,6 +249,15 @@ impl Northbound for OvnNorthbound {
         self.with_index(|index| index.mac_holders(mac))
     }
 
+    fn subnet_switches(&self) -> Vec<String> {
+        let view = self.client.cache().read();
+        view.rows(LogicalSwitch::TABLE)
+            .iter()
+            .filter(|row| external_id(row, ids::VENDOR) == Some(VENDOR))
+            .filter_map(|row| external_id(row, ids::SUBNET).map(str::to_owned))
+            .collect()
+    }
+
     fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
         let view = self.client.cache().read();
         let row = by_name(&view, LogicalRouterPort::TABLE, name)?;
@@ -352,13 +367,7 @@ impl Northbound for OvnNorthbound {
         router: &str,
         router_port: &str,
     ) -> Result<(), NbError> {
-        let ours = |row: &Row| {
-            row.get("external_ids")
-                .and_then(|v| v.as_map())
-                .and_then(|m| m.get_str(ids::VENDOR))
-                .and_then(|a| a.as_str())
-                == Some(VENDOR)
-        };
+        let ours = |row: &Row| external_id(row, ids::VENDOR) == Some(VENDOR);
         self.write("delete_router_port", |view| {
             let Some(router) = router_by_name(view, router) else {
                 return Vec::new();

@@ -539,34 +539,9 @@ pub async fn release_nic<N: Northbound>(
 #[cfg(test)]
 mod request_shape_tests {
     use super::*;
-    use http::{Method, Request, Response};
-    use kube::client::Body;
+    use crate::mock_api;
+    use http::Method;
     use portkeeper_engine::MacAddress;
-
-    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-    fn mock() -> (kube::Client, Handle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (kube::Client::new(service, "default"), handle)
-    }
-
-    /// Answers the next request with `reply` and returns it with its body.
-    async fn next(
-        handle: &mut Handle,
-        reply: serde_json::Value,
-    ) -> (http::request::Parts, serde_json::Value) {
-        let (request, send) =
-            tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
-                .await
-                .expect("the client sent a request")
-                .expect("the client sent a request");
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        send.send_response(Response::new(Body::from(
-            serde_json::to_vec(&reply).unwrap(),
-        )));
-        (parts, serde_json::from_slice(&bytes).unwrap())
-    }
 
     fn lease() -> Lease {
         Lease {
@@ -582,7 +557,7 @@ mod request_shape_tests {
 
     #[tokio::test]
     async fn annotations_are_one_merge_patch_with_our_field_manager() {
-        let (client, mut handle) = mock();
+        let (client, mut handle) = mock_api::client();
         let pod: Pod = serde_json::from_value(json!({
             "metadata": { "name": "web", "namespace": "shop", "uid": "u-1" }
         }))
@@ -597,7 +572,7 @@ mod request_shape_tests {
         let reply = serde_json::to_value(&pod).unwrap();
         let (sent, server) = tokio::join!(
             patch_annotations(&client, &pod, values),
-            next(&mut handle, reply)
+            mock_api::answer(&mut handle, |_| reply)
         );
         sent.unwrap();
         let (parts, body) = server;
@@ -621,7 +596,7 @@ mod request_shape_tests {
 
     #[tokio::test]
     async fn ip_resource_is_server_side_applied_with_force() {
-        let (client, mut handle) = mock();
+        let (client, mut handle) = mock_api::client();
         let record = NicRecord {
             name: "web",
             namespace: "shop",
@@ -635,7 +610,7 @@ mod request_shape_tests {
         let lease = lease();
         let (sent, server) = tokio::join!(
             apply_ip(&client, &record, &lease, Some("node1")),
-            next(&mut handle, reply)
+            mock_api::answer(&mut handle, |_| reply)
         );
         sent.unwrap();
         let (parts, body) = server;

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::events::EventPublisher;
 use futures::StreamExt;
 use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::{Recorder, Reporter};
 use portkeeper_api::annotations::NetworkKeys;
 use prometheus_client::registry::Registry;
 
@@ -83,13 +83,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     let keys = NetworkKeys::primary();
     let (engine, report) = rebuild::rebuild(&stores, nb.as_ref(), &keys, &config.cluster_router);
     rebuild::report(&report);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: crate::context::REPORTING_CONTROLLER.into(),
-            instance: Some(identity),
-        },
-    );
+    let events = EventPublisher::new(client.clone(), identity);
     let ctx = Arc::new(Context {
         client,
         config: config.clone(),
@@ -97,7 +91,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         nb,
         stores: stores.clone(),
         metrics: metrics.clone(),
-        recorder,
+        events,
         keys,
         locks: KeyLocks::default(),
         failures: Default::default(),

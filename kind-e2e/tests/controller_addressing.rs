@@ -128,6 +128,70 @@ async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, 
     );
 }
 
+/// Whether no row of the Northbound `table` is named `name`.
+fn absent(cluster: &Cluster, table: &str, name: &str) -> bool {
+    nbctl(
+        cluster,
+        &[
+            "--bare",
+            "--columns=name",
+            "find",
+            table,
+            &format!("name={name}"),
+        ],
+    )
+    .is_empty()
+}
+
+/// `subnet` was deleted while the pod `holder` has an address in it: the pod is told with a
+/// `SubnetDeleted` Event and keeps its port while it lives; once it is deleted, its port, the
+/// switch and the switch's router port leave OVN.
+async fn held_subnet_leaves_after_its_pod(
+    cluster: &Cluster,
+    client: &Client,
+    holder: &Pod,
+    subnet: &str,
+) {
+    let name = holder.name_any();
+    let ip = annotation(holder, "ip_address").unwrap();
+    let (_, message) = wait_for(&format!("SubnetDeleted event on {name}"), async || {
+        warnings(client, NS, &name)
+            .await
+            .into_iter()
+            .find(|(reason, _)| reason == "SubnetDeleted")
+    })
+    .await;
+    assert!(
+        message.contains(subnet) && message.contains(ip),
+        "{message}"
+    );
+    let port = format!("{name}.{NS}");
+    assert!(
+        !absent(cluster, "Logical_Switch", subnet),
+        "{name} still uses {subnet}"
+    );
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", &port]),
+        format!("{} {ip}", annotation(holder, "mac_address").unwrap()),
+        "the pod keeps its port while it lives"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.delete(&name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let router_port = format!("ovn-cluster-{subnet}");
+    wait_for(
+        &format!("{subnet}'s port, switch and router port deleted"),
+        async || {
+            (absent(cluster, "Logical_Switch_Port", &port)
+                && absent(cluster, "Logical_Switch", subnet)
+                && absent(cluster, "Logical_Router_Port", &router_port))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Waits until `status.<field>` of a Subnet or IPPool equals `want`.
 async fn status_is(
     client: &Client,
@@ -311,6 +375,32 @@ async fn cases(cluster: &Cluster) {
     for (name, _, reason, needles) in bad {
         rejected(cluster, &client, name, reason, needles).await;
     }
+    println!("case: a second mistake of the same kind gets an Event with its own message");
+    pods.patch(
+        "bad-mac",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "annotations": { "ovn.kubernetes.io/mac_address": "yy:00:00:00:00:02" } } })),
+    )
+    .await
+    .unwrap();
+    let seen = wait_for(
+        "an InvalidAnnotation event naming yy:00:00:00:00:02",
+        async || {
+            let seen = warnings(&client, NS, "bad-mac").await;
+            seen.iter()
+                .any(|(reason, message)| {
+                    reason == "InvalidAnnotation" && message.contains("yy:00:00:00:00:02")
+                })
+                .then_some(seen)
+        },
+    )
+    .await;
+    assert!(
+        seen.iter()
+            .any(|(_, message)| message.contains("zz:00:00:00:00:01")),
+        "the first mistake's Event stays: {seen:?}"
+    );
+
     println!("case: fixing the annotation lets the pod proceed");
     pods.patch(
         "bad-ip",
@@ -675,45 +765,7 @@ async fn cases(cluster: &Cluster) {
     let p = allocated(&pods, "doomed-pod").await;
     assert_eq!(annotation(&p, "ip_address"), Some("10.21.0.2"));
     kubectl(cluster, &["delete", "subnet", "doomed"]);
-    let (_, message) = wait_for("SubnetDeleted event on doomed-pod", async || {
-        warnings(&client, NS, "doomed-pod")
-            .await
-            .into_iter()
-            .find(|(reason, _)| reason == "SubnetDeleted")
-    })
-    .await;
-    assert!(
-        message.contains("doomed") && message.contains("10.21.0.2"),
-        "{message}"
-    );
-    assert_eq!(
-        nbctl(cluster, &["lsp-get-addresses", "doomed-pod.addr"]),
-        format!("{} 10.21.0.2", annotation(&p, "mac_address").unwrap()),
-        "the pod keeps its port while it lives"
-    );
-    pods.delete("doomed-pod", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    let gone = |table: &'static str, name: &'static str| async move {
-        nbctl(
-            cluster,
-            &[
-                "--bare",
-                "--columns=name",
-                "find",
-                table,
-                &format!("name={name}"),
-            ],
-        )
-        .is_empty()
-    };
-    wait_for("doomed's switch and router port deleted", async || {
-        (gone("Logical_Switch", "doomed").await
-            && gone("Logical_Router_Port", "ovn-cluster-doomed").await)
-            .then_some(())
-    })
-    .await;
-    assert!(gone("Logical_Switch_Port", "doomed-pod.addr").await);
+    held_subnet_leaves_after_its_pod(cluster, &client, &p, "doomed").await;
 
     println!("case: every example manifest in yamls/examples is allocated");
     let examples = repo_root().join("yamls/examples");
@@ -778,7 +830,29 @@ async fn cases(cluster: &Cluster) {
     );
     create(&pods, pod("old", &[("ip_address", "10.16.0.80")])).await;
     allocated(&pods, "old").await;
+    // Two Subnets deleted while the controller is down: one empty, one a pod still uses.
+    for (subnet, cidr) in [("emptied", "10.22.0.0/24"), ("left", "10.23.0.0/24")] {
+        kubectl_apply(
+            cluster,
+            &format!(
+                "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: {subnet}\nspec:\n  cidrBlock: {cidr}\n"
+            ),
+        );
+        status_is(
+            &client,
+            "subnets",
+            "Subnet",
+            subnet,
+            "v4availableIPs",
+            json!(253.0),
+        )
+        .await;
+    }
+    create(&pods, pod("left-pod", &[("logical_switch", "left")])).await;
+    let left_pod = allocated(&pods, "left-pod").await;
+    assert_eq!(annotation(&left_pod, "ip_address"), Some("10.23.0.2"));
     controller.kill();
+    kubectl(cluster, &["delete", "subnet", "emptied", "left"]);
     pods.delete("old", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
@@ -824,6 +898,20 @@ async fn cases(cluster: &Cluster) {
         1,
         "{addresses:?}"
     );
+
+    println!(
+        "case: Subnets deleted while the controller was down leave OVN once nothing holds them"
+    );
+    wait_for(
+        "the emptied Subnet's switch and router port deleted",
+        async || {
+            (absent(cluster, "Logical_Switch", "emptied")
+                && absent(cluster, "Logical_Router_Port", "ovn-cluster-emptied"))
+            .then_some(())
+        },
+    )
+    .await;
+    held_subnet_leaves_after_its_pod(cluster, &client, &left_pod, "left").await;
 
     println!("case: two holders of one address found at start: a Warning Event on each pod");
     for name in ["dup-a", "dup-b"] {
