@@ -75,6 +75,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
 
     let pods = watch(
         Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
         &mut watches,
         move |event| match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
@@ -88,28 +89,42 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     );
     let subnets = watch(
         Api::<Subnet>::all(client.clone()),
+        watcher::Config::default(),
         &mut watches,
         notify(addressing_tx.clone()),
     );
     let pools = watch(
         Api::<IPPool>::all(client.clone()),
+        watcher::Config::default(),
         &mut watches,
         notify(addressing_tx),
     );
-    let namespaces = watch(Api::<Namespace>::all(client.clone()), &mut watches, |_| {});
-    let ips = watch(Api::<IP>::all(client.clone()), &mut watches, move |event| {
-        if let watcher::Event::Delete(ip) = event {
-            let _ = deleted_ip_tx.unbounded_send(ip.clone());
-        }
-    });
+    let namespaces = watch(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        &mut watches,
+        |_| {},
+    );
+    let ips = watch(
+        Api::<IP>::all(client.clone()),
+        watcher::Config::default(),
+        &mut watches,
+        move |event| {
+            if let watcher::Event::Delete(ip) = event {
+                let _ = deleted_ip_tx.unbounded_send(ip.clone());
+            }
+        },
+    );
     let statefulsets = watch(
         Api::<StatefulSet>::all(client.clone()),
+        watcher::Config::default(),
         &mut watches,
         notify(workloads_tx.clone()),
     );
     let virtual_machines = if kubevirt_served(client).await {
         Some(watch(
             Api::<VirtualMachine>::all(client.clone()),
+            watcher::Config::default(),
             &mut watches,
             notify(workloads_tx),
         ))
@@ -165,8 +180,11 @@ fn notify<K>(tx: UnboundedSender<()>) -> impl FnMut(&watcher::Event<K>) + Send +
     }
 }
 
-fn watch<K>(
+/// A store of the objects `api` and `config` select, kept by a watch pushed onto `watches`;
+/// `on_event` sees every event after the store has applied it.
+pub(crate) fn watch<K>(
     api: Api<K>,
+    config: watcher::Config,
     watches: &mut Watches,
     mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> Store<K>
@@ -176,7 +194,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         .default_backoff()
         .reflect(writer)
         .for_each(move |event| {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
+    Controller, allocated, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
     kubeovn_resource, nb_addresses, nbctl, port_names, repo_root, run_on_cluster, wait_for,
     warnings,
 };
@@ -45,14 +45,6 @@ async fn create(pods: &Api<Pod>, p: Pod) {
     pods.create(&PostParams::default(), &p)
         .await
         .expect("create pod");
-}
-
-async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
-    wait_for(&format!("{name} allocated"), async || {
-        let p = pods.get(name).await.ok()?;
-        (annotation(&p, "allocated") == Some("true")).then_some(p)
-    })
-    .await
 }
 
 /// The three views of one allocated nic must agree.

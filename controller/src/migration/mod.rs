@@ -22,19 +22,19 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use portkeeper_api::kubevirt::{
     ANNOTATION_DOMAIN, LABEL_APP, LABEL_MIGRATION_JOB_UID, LABEL_VM_NAME, LAUNCHER_APP,
     VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 use portkeeper_engine::NicKey;
-use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::error::Error;
 use crate::northbound::{Northbound, ids};
+use crate::stores::watch;
 use plan::{LauncherPod, Migration, Observed, Phase, PortOptions, Vmi};
 
 pub use portkeeper_api::annotations::NODE_CHASSIS as NODE_CHASSIS_ANNOTATION;
@@ -184,34 +184,36 @@ fn start_watches(
         }
     };
     let t = tx.clone();
-    let vmis = reflect(
+    let vmis = watch(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        move |vmi: &VirtualMachineInstance| send(&t, key_of(vmi, vmi.name_any())),
+        touched(move |vmi: &VirtualMachineInstance| send(&t, key_of(vmi, vmi.name_any()))),
     );
     let t = tx.clone();
-    let migrations = reflect(
+    let migrations = watch(
         Api::<VirtualMachineInstanceMigration>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        move |m: &VirtualMachineInstanceMigration| send(&t, key_of(m, m.spec.vmi_name.clone())),
+        touched(move |m: &VirtualMachineInstanceMigration| {
+            send(&t, key_of(m, m.spec.vmi_name.clone()))
+        }),
     );
     let t = tx.clone();
-    let pods = reflect(
+    let pods = watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(&format!("{LABEL_APP}={LAUNCHER_APP}")),
         &mut watches,
-        move |pod: &Pod| send(&t, vmi_of(pod).and_then(|name| key_of(pod, name))),
+        touched(move |pod: &Pod| send(&t, vmi_of(pod).and_then(|name| key_of(pod, name)))),
     );
     let t = tx.clone();
     let mut known: HashMap<String, String> = HashMap::new();
     let nodes = watch_nodes.then(|| {
-        reflect(
+        watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             &mut watches,
-            move |node: &Node| {
+            touched(move |node: &Node| {
                 let name = node.name_any();
                 let chassis = chassis_of(&name, Some(node));
                 if known
@@ -220,7 +222,7 @@ fn start_watches(
                 {
                     let _ = t.unbounded_send(Trigger::All);
                 }
-            },
+            }),
         )
     });
     (
@@ -241,30 +243,16 @@ fn key_of(object: &impl ResourceExt, name: String) -> Option<VmKey> {
     })
 }
 
-/// A reflector whose every touched object (applied or deleted) is passed to `on_object`.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    watches: &mut Vec<BoxFuture<'static, ()>>,
+/// Calls `on_object` with every object a watch event applies or deletes.
+fn touched<K>(
     mut on_object: impl FnMut(&K) + Send + 'static,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let task = reflector::reflector(writer, watcher(api, config).default_backoff())
-        .touched_objects()
-        .for_each(move |object| {
-            match object {
-                Ok(object) => on_object(&object),
-                Err(e) => tracing::warn!(%kind, error = %e, "watch error; retrying"),
-            }
-            futures::future::ready(())
-        });
-    watches.push(task.boxed());
-    reader
+) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |event| match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object) => on_object(object),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 /// Plans and writes VMs one at a time as triggers arrive (migrations are rare, and one writer
