@@ -201,17 +201,17 @@ struct Index {
 
 impl Index {
     fn key(&self, row: &Row) -> Option<Vec<Value>> {
-        self.columns
-            .iter()
-            .map(|c| match c {
-                IndexColumn::Column(name) => row.get(name).cloned(),
-                IndexColumn::MapKey { column, key } => row
-                    .get(column)?
-                    .as_map()?
-                    .get_str(key)
-                    .map(|atom| Value::Atom(atom.clone())),
-            })
-            .collect()
+        // Sized exactly: the index keeps this vector for as long as the row is cached.
+        let mut key = Vec::with_capacity(self.columns.len());
+        for column in &self.columns {
+            key.push(match column {
+                IndexColumn::Column(name) => row.get(name)?.clone(),
+                IndexColumn::MapKey { column, key } => {
+                    Value::Atom(row.get(column)?.as_map()?.get_str(key)?.clone())
+                }
+            });
+        }
+        Some(key)
     }
 
     /// Files `row` under its key; returns the key if the index is unique, for the
