@@ -89,6 +89,9 @@ pub enum Observed {
     },
     /// The VM exists.
     VirtualMachine,
+    /// The owner's kind cannot be read (KubeVirt not installed, or no RBAC to read it): nothing
+    /// says it is gone.
+    Unobservable,
 }
 
 /// Whether the nic's held subnet and address still fit what its workload asks for now.
@@ -146,6 +149,11 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
         return Decision::Keep(format!("pod {pod} of {what} still uses it"));
     }
     let within = match (&facts.observed, owner.kind) {
+        (Observed::Unobservable, _) => {
+            return Decision::Keep(format!(
+                "{what} cannot be read (its API is not served or not readable); kept until it can be"
+            ));
+        }
         (Observed::Gone, _) => return Decision::Release(format!("{what} is gone")),
         (Observed::Recreated, _) => {
             return Decision::Release(format!(
@@ -263,6 +271,12 @@ mod tests {
             panic!("a moved VM releases");
         };
         assert!(why.contains("net2"), "{why}");
+        let mut unreadable = facts(&o, None, Observed::Unobservable);
+        unreadable.fit = SubnetFit::Moved { to: "net2".into() };
+        assert!(
+            decide(&unreadable).keeps(),
+            "a VM that cannot be read keeps its identity, whatever its unreadable template says"
+        );
     }
 
     #[test]

@@ -246,6 +246,11 @@ impl Stores {
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// Whether VirtualMachines are watched: KubeVirt was installed and readable at start.
+    pub fn watches_virtual_machines(&self) -> bool {
+        self.virtual_machines.is_some()
+    }
+
     /// A VirtualMachine by namespace and name (never, without KubeVirt).
     pub fn virtual_machine(
         &self,

@@ -166,6 +166,7 @@ fn observe(stores: &Stores, namespace: &str, owner: &Owner) -> Observed {
                 }
             })
         }
+        OwnerKind::VirtualMachine if !stores.watches_virtual_machines() => Observed::Unobservable,
         OwnerKind::VirtualMachine => match stores.virtual_machine(namespace, &owner.name) {
             None => Observed::Gone,
             Some(vm) => seen(&vm.metadata).unwrap_or(Observed::VirtualMachine),
