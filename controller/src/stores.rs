@@ -6,11 +6,13 @@
 //! deleted IP resources go to the retention worker. Nothing is acted on until every cache
 //! reports synced.
 //!
-//! KubeVirt is optional: VirtualMachines are watched only when the `kubevirt.io/v1` API is
-//! served at start-up.
+//! KubeVirt is optional: VirtualMachines are watched once the `kubevirt.io/v1` API is served,
+//! from start-up or, when KubeVirt is installed later, from the next check (every 10 s).
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::future::BoxFuture;
@@ -42,8 +44,9 @@ pub struct Stores {
     pub pools: Store<IPPool>,
     /// StatefulSets, for ordinals and retention.
     pub statefulsets: Store<StatefulSet>,
-    /// VirtualMachines, for retention; `None` when KubeVirt is not installed.
-    pub virtual_machines: Option<Store<VirtualMachine>>,
+    /// VirtualMachines, for retention; set once KubeVirt is served and the store holds a full
+    /// list.
+    pub virtual_machines: Arc<OnceLock<Store<VirtualMachine>>>,
 }
 
 /// What the watches hand to the workers.
@@ -121,17 +124,26 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         &mut watches,
         notify(workloads_tx.clone()),
     );
-    let virtual_machines = if kubevirt_served(client).await {
-        Some(watch(
+    let virtual_machines = Arc::new(OnceLock::new());
+    if kubevirt_served(client, true).await {
+        let store = watch(
             Api::<VirtualMachine>::all(client.clone()),
             watcher::Config::default(),
             &mut watches,
             notify(workloads_tx),
-        ))
+        );
+        let _ = virtual_machines.set(store);
     } else {
-        tracing::info!("kubevirt.io/v1 VirtualMachines are not served; VM retention is off");
-        None
-    };
+        tracing::info!(
+            "kubevirt.io/v1 VirtualMachines are not served; VM retention is off until they are"
+        );
+        let later = watch_virtual_machines_once_served(
+            client.clone(),
+            virtual_machines.clone(),
+            workloads_tx,
+        );
+        watches.push(later.boxed());
+    }
     (
         Stores {
             pods,
@@ -153,10 +165,47 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     )
 }
 
+/// How often the VirtualMachine API is looked for while it is not served.
+const KUBEVIRT_CHECK: Duration = Duration::from_secs(10);
+
+/// Starts the VirtualMachine watch once KubeVirt's API is served, so installing KubeVirt after
+/// portkeeper turns VM retention on without a restart. The store is published only once it
+/// holds a full list: until then identities held for VMs count as unobservable and are kept.
+async fn watch_virtual_machines_once_served(
+    client: Client,
+    slot: Arc<OnceLock<Store<VirtualMachine>>>,
+    workloads: UnboundedSender<()>,
+) {
+    let mut check = tokio::time::interval(KUBEVIRT_CHECK);
+    check.tick().await;
+    loop {
+        check.tick().await;
+        if kubevirt_served(&client, false).await {
+            break;
+        }
+    }
+    let mut watches = Watches::new();
+    let store = watch(
+        Api::<VirtualMachine>::all(client),
+        watcher::Config::default(),
+        &mut watches,
+        notify(workloads.clone()),
+    );
+    let publish = async move {
+        if store.wait_until_ready().await.is_ok() {
+            let _ = slot.set(store);
+            tracing::info!("kubevirt.io/v1 VirtualMachines are served; VM retention is on");
+            let _ = workloads.unbounded_send(());
+        }
+    };
+    futures::future::join(publish, futures::future::join_all(watches)).await;
+}
+
 /// Whether the API server serves `kubevirt.io/v1` VirtualMachines that portkeeper may read. 404
-/// (not installed) and 403 (no RBAC) mean no; any other error counts as served, so a transient
-/// error cannot switch VM retention off (the watch then retries).
-async fn kubevirt_served(client: &Client) -> bool {
+/// (not installed) and 403 (no RBAC, logged when `warn_forbidden`) mean no; any other error
+/// counts as served, so a transient error cannot switch VM retention off (the watch then
+/// retries).
+async fn kubevirt_served(client: &Client, warn_forbidden: bool) -> bool {
     let api: Api<VirtualMachine> = Api::all(client.clone());
     match api
         .list_metadata(&kube::api::ListParams::default().limit(1))
@@ -164,7 +213,9 @@ async fn kubevirt_served(client: &Client) -> bool {
     {
         Err(kube::Error::Api(e)) if e.code == 404 => false,
         Err(kube::Error::Api(e)) if e.code == 403 => {
-            tracing::warn!(error = %e, "may not list kubevirt.io VirtualMachines (see yamls/rbac.yaml)");
+            if warn_forbidden {
+                tracing::warn!(error = %e, "may not list kubevirt.io VirtualMachines (see yamls/rbac.yaml)");
+            }
             false
         }
         Ok(_) | Err(_) => true,
@@ -227,7 +278,7 @@ impl Stores {
             .await
             .map_err(dropped)?;
         metrics.synced("statefulsets");
-        if let Some(vms) = &self.virtual_machines {
+        if let Some(vms) = self.virtual_machines.get() {
             vms.wait_until_ready().await.map_err(dropped)?;
             metrics.synced("virtualmachines");
         }
@@ -246,9 +297,9 @@ impl Stores {
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
-    /// Whether VirtualMachines are watched: KubeVirt was installed and readable at start.
+    /// Whether VirtualMachines are watched and their store holds a full list.
     pub fn watches_virtual_machines(&self) -> bool {
-        self.virtual_machines.is_some()
+        self.virtual_machines.get().is_some()
     }
 
     /// A VirtualMachine by namespace and name (never, without KubeVirt).
@@ -258,7 +309,7 @@ impl Stores {
         name: &str,
     ) -> Option<std::sync::Arc<VirtualMachine>> {
         self.virtual_machines
-            .as_ref()?
+            .get()?
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 

@@ -11,8 +11,9 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, annotation, controller_binary, events, ip_resource, kubectl, kubectl_apply,
-    kubevirt_api, nb_addresses, nbctl, prepare_cluster, run_on_cluster, wait_for, warnings,
+    Controller, annotation, controller_binary, controller_log, events, install_kubevirt,
+    ip_resource, kubectl, kubectl_apply, kubevirt_api, nb_addresses, nbctl, prepare_cluster,
+    run_on_cluster, wait_for, warnings,
 };
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -323,7 +324,8 @@ fn retention() {
 
 async fn cases(cluster: &Cluster) {
     let bin = controller_binary();
-    let client = prepare_cluster(cluster, NS, true).await;
+    // KubeVirt comes after the controller, as when it is installed on a running cluster.
+    let client = prepare_cluster(cluster, NS, false).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
     let mut controller = Controller::start(&bin, cluster, CIDR, 0, CONTROLLER_ARGS);
@@ -354,6 +356,15 @@ async fn cases(cluster: &Cluster) {
         "a live StatefulSet keeps its identity across the restart"
     );
 
+    println!("case: KubeVirt installed while the controller runs turns VM retention on");
+    install_kubevirt(cluster, &client).await;
+    wait_for("the controller watching VirtualMachines", async || {
+        std::fs::read_to_string(controller_log(cluster, 1))
+            .ok()?
+            .contains("VM retention is on")
+            .then_some(())
+    })
+    .await;
     vm_cases(cluster, &client, &pods).await;
 
     let all = nb_addresses(cluster);
