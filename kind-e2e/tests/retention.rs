@@ -306,13 +306,19 @@ impl Vm {
     }
 }
 
-/// Starts `vm` with one launcher pod and waits for it to be allocated; returns the pod and the
-/// VMI's UID.
+/// Starts `vm` with one launcher pod and waits for it to be allocated and routed; returns the pod
+/// and the VMI's UID.
 async fn run_vm(client: &Client, vm: &Vm, suffix: &str) -> (Pod, String) {
     let vmi = vm.start(client).await;
     let launcher = vm.launcher(client, &vmi, suffix).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let p = allocated_fresh(&pods, &launcher, None).await;
+    allocated_fresh(&pods, &launcher, None).await;
+    // A pod may be allocated before it is scheduled; `routed` follows once it is on a node.
+    let p = wait_for(&format!("{launcher} routed"), async || {
+        let p = pods.get(&launcher).await.ok()?;
+        (annotation(&p, "routed") == Some("true")).then_some(p)
+    })
+    .await;
     assert_eq!(annotation(&p, "virtualmachine"), Some(vm.name));
     (p, vmi)
 }
