@@ -1,7 +1,9 @@
 //! CNI ADD latency for N pods (default 100) on one node whose allocations already exist, against a
-//! real OVN chassis (userspace datapath) in a fresh node namespace. Two rounds in one run:
-//! the daemon's ADD with its phases (how much is the wait for `ovn-installed`), then the same pods
-//! through the `portkeeper-cni` binary and the daemon socket (call to result, as a runtime sees it).
+//! real OVN chassis (userspace datapath) in a fresh node namespace. Rounds in one run: the
+//! daemon's ADD with its phases (how much is the wait for `ovn-installed`), then the same pods
+//! through the `portkeeper-cni` binary and the daemon socket (call to result, as a runtime sees
+//! it), then Kube-OVN's attach step for comparison with ours: one `ovs-vsctl add-port` process per
+//! pod, without and with waiting for ovs-vswitchd.
 //!
 //! Needs root. `cargo bench -p portkeeper-cni --bench cni_add` (`PK_CNI_BENCH_PODS` sets N).
 
@@ -90,6 +92,8 @@ async fn bench(pods: usize) {
         f.daemon.handle(del).await;
     }
 
+    let (vsctl_no_wait, vsctl_wait) = (vsctl_attach(&f, pods, false), vsctl_attach(&f, pods, true));
+
     println!(
         "CNI ADD, {pods} pods in sequence on one node (allocations present), real OVN 23.03 userspace datapath"
     );
@@ -111,6 +115,65 @@ async fn bench(pods: usize) {
         &phases.iter().map(|p| p.announce).collect::<Vec<_>>(),
     );
     report("plugin binary ADD (call to result)", &plugin_totals);
+    report("ovs-vsctl --no-wait add-port (baseline)", &vsctl_no_wait);
+    report("ovs-vsctl add-port, waits (baseline)", &vsctl_wait);
+}
+
+/// Kube-OVN's attach step, timed per pod: `ovs-vsctl add-port br-int <veth> -- set Interface
+/// <veth> external_ids:iface-id=..` as one process, like our attach transaction adding Port and
+/// Interface with the pod's `iface-id`. With `wait`, ovs-vsctl's default: it returns once
+/// ovs-vswitchd has applied the change; without, the database transaction alone (as ours). Each
+/// port gets a real veth (made before timing) and an `iface-id` no logical port has, so
+/// ovn-controller leaves it alone; all are removed afterwards.
+fn vsctl_attach(f: &support::Fixture, pods: usize, wait: bool) -> Vec<Duration> {
+    let db = format!("--db={}", f.ovn.ovs_remote());
+    let names: Vec<String> = (0..pods)
+        .map(|i| format!("pkb{}{i}", if wait { 'w' } else { 'n' }))
+        .collect();
+    for name in &names {
+        support::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}p"),
+            ],
+        );
+    }
+    let timings = names
+        .iter()
+        .map(|name| {
+            let iface_id = format!("external_ids:iface-id=vsctl-baseline-{name}");
+            let mut args = vec![db.as_str()];
+            if !wait {
+                args.push("--no-wait");
+            }
+            args.extend(["--may-exist", "add-port", "br-int", name]);
+            args.extend(["--", "set", "Interface", name, &iface_id]);
+            let started = Instant::now();
+            let out = std::process::Command::new("ovs-vsctl")
+                .args(&args)
+                .output()
+                .expect("run ovs-vsctl");
+            let took = started.elapsed();
+            assert!(
+                out.status.success(),
+                "ovs-vsctl add-port {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            took
+        })
+        .collect();
+    for name in &names {
+        f.ovn.vsctl(&["del-port", "br-int", name]);
+        support::run("ip", &["link", "del", name]);
+    }
+    timings
 }
 
 async fn plugin(config: &serde_json::Value, container: &str, ns: &TestNetns, i: usize) -> bool {
@@ -145,7 +208,7 @@ fn report(what: &str, samples: &[Duration]) {
         |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{what:<38} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
+        "{what:<40} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
         ms(at(0.50)),
         ms(at(0.99)),
         ms(*sorted.last().unwrap())
