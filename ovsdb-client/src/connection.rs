@@ -548,8 +548,8 @@ mod tests {
         assert_eq!(got, vec![json!([0]), json!([1]), json!([2])]);
     }
 
-    /// Answers the calls in `order` (indexes into `requests`), `gap` apart, and returns
-    /// how long after the first reply each caller got its answer.
+    /// Makes `calls` echo calls, answers them in `order` (call numbers), `gap` apart, and
+    /// returns how long after the first answer each caller got its own, in `order`.
     async fn answer_spaced(
         conn: Connection,
         server: &mut UnixStream,

@@ -122,7 +122,10 @@ impl ReadHalf {
                     plain.registered = Some(listen(socket, Interest::READABLE)?);
                 }
                 let Some(registered) = &plain.registered else {
-                    unreachable!("a plain reader is registered or paused");
+                    // Only after registering it again failed, which ended the connection.
+                    return Err(io::Error::other(
+                        "the socket could not be listened to again",
+                    ));
                 };
                 let scratch = &mut plain.scratch;
                 loop {
