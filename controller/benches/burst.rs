@@ -33,10 +33,10 @@ use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use ovsdb_client::nb::{
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::tables::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_switch_port,
 };
-use ovsdb_client::table::Table;
 use portkeeper_api::IP;
 use serde_json::json;
 
@@ -178,8 +178,8 @@ async fn burst(
     (total, latencies)
 }
 
-async fn nb_client(cluster: &Cluster) -> ovsdb_client::client::Client {
-    ovsdb_client::client::Client::builder(cluster.nb_remote(), "OVN_Northbound")
+async fn nb_client(cluster: &Cluster) -> ovsdb_client::Client {
+    ovsdb_client::Client::builder(cluster.nb_remote(), "OVN_Northbound")
         .monitor(LogicalSwitch::TABLE, &[])
         .monitor(LogicalSwitchPort::TABLE, &[])
         .monitor(LogicalRouter::TABLE, &[])

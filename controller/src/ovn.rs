@@ -6,19 +6,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ovsdb_client::cache::CacheView;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Uuid, Value};
-use ovsdb_client::nb::{
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Uuid, Value};
+use ovsdb_client::protocol::operation::{
+    Condition, Delete, Insert, Mutate, Mutation, Operation, Update, Wait,
+};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::cache::CacheView;
+use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::tables::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
     add_switch_port, remove_router_port, remove_switch_port,
 };
-use ovsdb_client::operation::{
-    Condition, Delete, Insert, Mutate, Mutation, Operation, Update, Wait,
-};
-use ovsdb_client::row::Row;
-use ovsdb_client::table::Table;
-use ovsdb_client::transaction::{wait_absent, wait_unchanged};
 use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
 use tokio::time::Instant;
@@ -42,7 +42,7 @@ impl OvnNorthbound {
     /// Starts a session to `remotes` (comma-separated `tcp:`/`ssl:`/`unix:`) monitoring the
     /// switch and router tables. It connects in the background; [`Northbound::ready`] says when
     /// the replica is loaded from the leader.
-    pub fn start(remotes: &str) -> Result<Self, ovsdb_client::error::Error> {
+    pub fn start(remotes: &str) -> Result<Self, ovsdb_client::Error> {
         let client = Client::builder(remotes, "OVN_Northbound")
             .monitor(LogicalSwitch::TABLE, &[])
             .monitor(LogicalSwitchPort::TABLE, &[])

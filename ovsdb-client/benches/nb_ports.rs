@@ -23,10 +23,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ovsdb_client::client::Client;
-use ovsdb_client::connection::Coalescing;
-use ovsdb_client::datum::Uuid;
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::Uuid;
+use ovsdb_client::runtime::connection::Coalescing;
+use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use serde_json::{Value, json};
 use support::{ServerProcess, Standalone};
 
@@ -424,13 +424,13 @@ struct Lookups {
 
 fn lookups(client: &Client, rows: usize) -> Lookups {
     const LOOKUPS: usize = 100_000;
-    let names: Vec<Vec<ovsdb_client::datum::Value>> = (0..rows)
+    let names: Vec<Vec<ovsdb_client::protocol::datum::Value>> = (0..rows)
         .map(|i| vec![Port::new(i).name.as_str().into()])
         .collect();
-    let pods: Vec<Vec<ovsdb_client::datum::Value>> = (0..rows)
+    let pods: Vec<Vec<ovsdb_client::protocol::datum::Value>> = (0..rows)
         .map(|i| vec![Port::new(i).pod.as_str().into()])
         .collect();
-    let time = |columns: &[&str], keys: &[Vec<ovsdb_client::datum::Value>]| {
+    let time = |columns: &[&str], keys: &[Vec<ovsdb_client::protocol::datum::Value>]| {
         let start = Instant::now();
         for i in 0..LOOKUPS {
             // A stride co-prime with the row count visits keys in a cache-unfriendly order.

@@ -11,15 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clap::Parser;
-use ovsdb_client::cache::CacheView;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::Uuid;
-use ovsdb_client::error::Error;
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
-use ovsdb_client::operation::{Condition, Insert, Operation, Update, Wait};
-use ovsdb_client::row::Row;
-use ovsdb_client::table::Table;
-use ovsdb_client::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::Client;
+use ovsdb_client::Error;
+use ovsdb_client::protocol::datum::Uuid;
+use ovsdb_client::protocol::operation::{Condition, Insert, Operation, Update, Wait};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::cache::CacheView;
+use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use tokio::time::Instant;
 
 /// Create the `demo` switch and its ports in an OVN NB database.

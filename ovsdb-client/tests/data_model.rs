@@ -7,17 +7,17 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ovsdb_client::datum::{Atom, Map, Set, Uuid, Value};
-use ovsdb_client::nb::{self, LogicalRouterPort, LogicalSwitchPort};
-use ovsdb_client::operation::{
+use ovsdb_client::protocol::datum::{Atom, Map, Set, Uuid, Value};
+use ovsdb_client::protocol::operation::{
     Condition, ErrorKind, Operation, OperationResult, Select, TransactError, Wait, parse_results,
     transact_params,
 };
-use ovsdb_client::row::{Row, RowError};
-use ovsdb_client::schema::{AtomicType, BaseType, ColumnType};
-use ovsdb_client::server_db::Database;
-use ovsdb_client::table::{Table, update_ops};
-use ovsdb_client::vswitch::{Bridge, Interface};
+use ovsdb_client::protocol::row::{Row, RowError};
+use ovsdb_client::protocol::table::{Table, update_ops};
+use ovsdb_client::protocol::types::{AtomicType, BaseType, ColumnType};
+use ovsdb_client::tables::nb::{self, LogicalRouterPort, LogicalSwitchPort};
+use ovsdb_client::tables::server_db::Database;
+use ovsdb_client::tables::vswitch::{Bridge, Interface};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -355,7 +355,7 @@ fn keyword_columns_get_a_suffix() {
 
 #[test]
 fn server_database_rows_decode() {
-    let schema = ovsdb_client::server_db::schema();
+    let schema = ovsdb_client::tables::server_db::schema();
     let table = schema.table(Database::TABLE).unwrap();
     let clustered = Row::from_json_typed(
         &json!({"name":"OVN_Northbound","model":"clustered","connected":true,"leader":true,
@@ -383,7 +383,7 @@ fn server_database_rows_decode() {
 
 #[test]
 fn vswitch_tables_are_typed() {
-    let schema = ovsdb_client::vswitch::schema();
+    let schema = ovsdb_client::tables::vswitch::schema();
     for name in [Bridge::TABLE, Interface::TABLE, "Port", "Open_vSwitch"] {
         let t = schema.table(name).unwrap();
         let mut row = Row::new();

@@ -5,10 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use ovsdb_client::client::Client;
-use ovsdb_client::error::Error;
-use ovsdb_client::lock::{Lock, LockState};
-use ovsdb_client::operation::{ErrorKind, Operation};
+use ovsdb_client::Client;
+use ovsdb_client::Error;
+use ovsdb_client::protocol::operation::{ErrorKind, Operation};
+use ovsdb_client::runtime::client::Lock;
+use ovsdb_client::runtime::lock::LockState;
 use support::{NB_DB, Standalone};
 
 async fn client(nb: &Standalone) -> Client {

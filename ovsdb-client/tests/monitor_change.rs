@@ -6,11 +6,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ovsdb_client::cache::Event;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::Atom;
-use ovsdb_client::operation::{Condition, Update};
-use ovsdb_client::row::Row;
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::Atom;
+use ovsdb_client::protocol::operation::{Condition, Update};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::runtime::cache::Event;
 use support::{NB_DB, Standalone, nb_schema, run};
 use tokio::time::Instant;
 

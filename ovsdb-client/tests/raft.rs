@@ -7,21 +7,19 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ovsdb_client::cache::{Event, EventStream};
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Uuid, Value};
-use ovsdb_client::error::Error;
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
-use ovsdb_client::operation::{Condition, Insert, Wait};
-use ovsdb_client::table::Table;
-use ovsdb_client::transport::Remote;
+use ovsdb_client::Client;
+use ovsdb_client::Error;
+use ovsdb_client::protocol::datum::{Uuid, Value};
+use ovsdb_client::protocol::operation::{Condition, Insert, Wait};
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::cache::{Event, EventStream};
+use ovsdb_client::runtime::transport::Remote;
+use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use support::{Cluster, NB_DB};
 
 const PORTS: usize = 1_000;
 
-fn fast_reconnect(
-    builder: ovsdb_client::client::ClientBuilder,
-) -> ovsdb_client::client::ClientBuilder {
+fn fast_reconnect(builder: ovsdb_client::ClientBuilder) -> ovsdb_client::ClientBuilder {
     builder
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
         .connect_timeout(Duration::from_secs(30))
@@ -49,7 +47,7 @@ fn port(i: usize) -> LogicalSwitchPort {
 fn create_port_idempotently(
     switch: Uuid,
     port: &LogicalSwitchPort,
-) -> Vec<ovsdb_client::operation::Operation> {
+) -> Vec<ovsdb_client::protocol::operation::Operation> {
     let absent = Wait::absent(
         LogicalSwitchPort::TABLE,
         vec![Condition::eq("name", port.name.as_str())],

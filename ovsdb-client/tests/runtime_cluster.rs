@@ -7,12 +7,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ovsdb_client::cache::Event;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Atom, Value};
-use ovsdb_client::operation::{Condition, Insert, Operation};
-use ovsdb_client::row::Row;
-use ovsdb_client::transaction::wait_absent;
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Atom, Value};
+use ovsdb_client::protocol::operation::{Condition, Insert, Operation};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::runtime::cache::Event;
+use ovsdb_client::runtime::transaction::wait_absent;
 use support::{Cluster, NB_DB};
 use tokio::time::Instant;
 

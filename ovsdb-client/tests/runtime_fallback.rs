@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Atom, Uuid, Value};
-use ovsdb_client::framing::JsonFramer;
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Atom, Uuid, Value};
+use ovsdb_client::protocol::framing::JsonFramer;
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,7 +82,7 @@ fn scripted_server(
     (format!("unix:{}", path.display()), calls)
 }
 
-async fn wait_for_name(client: &Client, name: &str) -> Arc<ovsdb_client::row::Row> {
+async fn wait_for_name(client: &Client, name: &str) -> Arc<ovsdb_client::protocol::row::Row> {
     let uuid = Uuid::parse_str(ROW).unwrap();
     let wanted = Value::from(Atom::string(name));
     tokio::time::timeout(Duration::from_secs(5), async {

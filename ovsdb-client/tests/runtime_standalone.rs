@@ -6,12 +6,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ovsdb_client::cache::Event;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Atom, Uuid, Value};
-use ovsdb_client::operation::{Condition, Insert, Mutate, Mutation, Operation, OperationResult};
-use ovsdb_client::row::Row;
-use ovsdb_client::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Atom, Uuid, Value};
+use ovsdb_client::protocol::operation::{
+    Condition, Insert, Mutate, Mutation, Operation, OperationResult,
+};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::runtime::cache::Event;
+use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
 use support::{NB_DB, Standalone};
 use tokio::time::{Instant, timeout};
 
@@ -20,7 +22,7 @@ const LSP: &str = "Logical_Switch_Port";
 
 /// Waits (bounded) for an event matching `pred`, failing the test on timeout.
 async fn expect_event(
-    events: &mut ovsdb_client::cache::EventStream,
+    events: &mut ovsdb_client::runtime::cache::EventStream,
     what: &str,
     pred: impl Fn(&Event) -> bool,
 ) -> Event {

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use ovsdb_client::client::Client;
-use ovsdb_client::error::Error;
-use ovsdb_client::transport::{Remote, TlsConfig};
+use ovsdb_client::Client;
+use ovsdb_client::Error;
+use ovsdb_client::runtime::transport::{Remote, TlsConfig};
 use support::{NB_DB, SslServer};
 
 fn as_localhost(server: &SslServer) -> String {

@@ -5,12 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use ovsdb_client::client::Client;
-use ovsdb_client::error::Error;
-use ovsdb_client::nb::LogicalSwitch;
-use ovsdb_client::operation::Insert;
-use ovsdb_client::table::Table;
-use ovsdb_client::transport::TlsConfig;
+use ovsdb_client::Client;
+use ovsdb_client::Error;
+use ovsdb_client::protocol::operation::Insert;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::transport::TlsConfig;
+use ovsdb_client::tables::nb::LogicalSwitch;
 use support::{NB_DB, SslServer};
 
 #[tokio::test]

@@ -8,13 +8,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ovsdb_client::cache::{Event, EventStream};
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Uuid, Value};
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
-use ovsdb_client::operation::Insert;
-use ovsdb_client::row::Row;
-use ovsdb_client::table::Table;
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Uuid, Value};
+use ovsdb_client::protocol::operation::Insert;
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::cache::{Event, EventStream};
+use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use support::{NB_DB, Standalone};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

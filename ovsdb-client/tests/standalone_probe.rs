@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ovsdb_client::connection::{Connection, ConnectionOptions};
-use ovsdb_client::transport::{self, Remote};
+use ovsdb_client::runtime::connection::{Connection, ConnectionOptions};
+use ovsdb_client::runtime::transport::{self, Remote};
 use serde_json::json;
 use support::Standalone;
 
@@ -64,7 +64,7 @@ async fn answers_the_server_echo_probe_after_tcp_idle() {
 async fn a_client_with_its_own_probe_off_stays_connected_through_server_probes() {
     let nb = Standalone::start();
     nb.server.appctl(&["vlog/set", "reconnect:file:dbg"]);
-    let client = ovsdb_client::client::Client::builder(&nb.tcp, support::NB_DB)
+    let client = ovsdb_client::Client::builder(&nb.tcp, support::NB_DB)
         .probe_interval(None)
         .connect()
         .await

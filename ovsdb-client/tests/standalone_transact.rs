@@ -6,15 +6,15 @@ mod support;
 
 use std::sync::Arc;
 
-use ovsdb_client::connection::{CallError, Connection, ConnectionOptions};
-use ovsdb_client::datum::{Atom, Uuid, Value};
-use ovsdb_client::operation::{
+use ovsdb_client::protocol::datum::{Atom, Uuid, Value};
+use ovsdb_client::protocol::operation::{
     Condition, Delete, ErrorKind, Insert, Mutate, Mutation, Operation, OperationResult, Select,
     TransactError, Update, Wait, WaitUntil, parse_results, transact_params,
 };
-use ovsdb_client::row::Row;
-use ovsdb_client::schema::DatabaseSchema;
-use ovsdb_client::transport::{self, Remote};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::schema::DatabaseSchema;
+use ovsdb_client::runtime::connection::{CallError, Connection, ConnectionOptions};
+use ovsdb_client::runtime::transport::{self, Remote};
 use serde_json::json;
 use support::{NB_DB, Standalone};
 

@@ -2,12 +2,14 @@
 //! ovn-controller to bind it, through portkeeper's own OVSDB client (no `ovs-vsctl`).
 
 use crate::cni::{CniError, ErrorCode};
-use ovsdb_client::cache::Event;
-use ovsdb_client::client::Client;
-use ovsdb_client::datum::{Atom, Uuid, Value};
-use ovsdb_client::operation::{Condition, Function, Insert, Mutate, Mutation, Mutator, Operation};
-use ovsdb_client::row::Row;
-use ovsdb_client::vswitch;
+use ovsdb_client::Client;
+use ovsdb_client::protocol::datum::{Atom, Uuid, Value};
+use ovsdb_client::protocol::operation::{
+    Condition, Function, Insert, Mutate, Mutation, Mutator, Operation,
+};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::runtime::cache::Event;
+use ovsdb_client::tables::vswitch;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -278,7 +280,7 @@ fn bridge_ports(
         .into()
 }
 
-fn ovs_error(msg: impl Into<String>, e: ovsdb_client::error::Error) -> CniError {
+fn ovs_error(msg: impl Into<String>, e: ovsdb_client::Error) -> CniError {
     let code = if e.is_retriable() {
         ErrorCode::TryAgainLater
     } else {

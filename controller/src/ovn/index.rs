@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ovsdb_client::cache::{CacheView, Event, EventStream};
-use ovsdb_client::datum::{Atom, Uuid};
-use ovsdb_client::nb::{LogicalSwitch, LogicalSwitchPort};
-use ovsdb_client::row::Row;
-use ovsdb_client::table::Table;
+use ovsdb_client::protocol::datum::{Atom, Uuid};
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::runtime::cache::{CacheView, Event, EventStream};
+use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort};
 use portkeeper_engine::MacAddress;
 
 use crate::northbound::ObservedPort;
@@ -321,7 +321,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ovsdb_client::datum::Value;
+    use ovsdb_client::protocol::datum::Value;
     use std::collections::BTreeSet;
 
     fn uuid(n: u128) -> Uuid {

@@ -8,17 +8,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ovsdb_client::datum::Value;
-use ovsdb_client::nb;
-use ovsdb_client::operation::{
+use ovsdb_client::protocol::datum::Value;
+use ovsdb_client::tables::nb;
+use ovsdb_client::protocol::operation::{
     Delete, Insert, Mutate, Operation, OvsdbError, Select, Update, Wait, WaitUntil,
     parse_raw_results, parse_results,
 };
-use ovsdb_client::row::Row;
-use ovsdb_client::schema::DatabaseSchema;
-use ovsdb_client::server_db;
-use ovsdb_client::table::Table;
-use ovsdb_client::validate::validate;
+use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::schema::DatabaseSchema;
+use ovsdb_client::tables::server_db;
+use ovsdb_client::protocol::table::Table;
+use ovsdb_client::protocol::validate::validate;
 
 fn decode(json: &serde_json::Value) {
     if let Ok(v) = Value::from_json(json) {
@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
         decode(&json);
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        ovsdb_client::monitor::fuzz_updates2(nb::schema(), text);
-        ovsdb_client::monitor::fuzz_notification(nb::schema(), text);
+        ovsdb_client::runtime::fuzz_updates2(nb::schema(), text);
+        ovsdb_client::runtime::fuzz_notification(nb::schema(), text);
     }
 });

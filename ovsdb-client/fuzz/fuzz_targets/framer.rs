@@ -6,8 +6,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ovsdb_client::framing::{FrameError, JsonFramer};
-use ovsdb_client::jsonrpc::Message;
+use ovsdb_client::protocol::framing::{FrameError, JsonFramer};
+use ovsdb_client::protocol::jsonrpc::Message;
 
 const LIMIT: usize = 4096;
 

@@ -10,19 +10,22 @@
 //! falls behind is never silently skipped: it receives [`Event::Lagged`] and must
 //! re-read the cache, which is always at least as new as any event.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::{broadcast, watch};
 
-use crate::datum::{Atom, Uuid, Value};
-use crate::metrics::Metrics;
-use crate::monitor::MonitorTables;
-use crate::row::Row;
-use crate::schema::{ColumnSchema, ColumnType, DatabaseSchema, TableSchema, UUID_COLUMN};
-use crate::table::Table;
+use crate::protocol::datum::{Atom, Uuid, Value};
+use crate::protocol::row::Row;
+use crate::protocol::schema::{ColumnSchema, DatabaseSchema, TableSchema, UUID_COLUMN};
+use crate::protocol::table::Table;
+use crate::protocol::types::ColumnType;
+use crate::runtime::metrics::Metrics;
+
+/// Which tables and columns to monitor: `None` columns means all of them.
+pub type MonitorTables = BTreeMap<String, Option<Vec<String>>>;
 
 /// One component of an index: a whole column, or one key of a map column.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -478,13 +481,16 @@ impl Cache {
     }
 
     /// One typed row by uuid; `None` if absent, an error if it does not decode.
-    pub fn get_typed<T: Table>(&self, uuid: Uuid) -> Option<Result<T, crate::row::RowError>> {
+    pub fn get_typed<T: Table>(
+        &self,
+        uuid: Uuid,
+    ) -> Option<Result<T, crate::protocol::row::RowError>> {
         let row = self.get(T::TABLE, uuid)?;
         Some(T::from_uuid_row(uuid, &row))
     }
 
     /// Every row of `T`'s table, typed; rows that fail to decode are returned as errors.
-    pub fn list_typed<T: Table>(&self) -> Vec<Result<T, crate::row::RowError>> {
+    pub fn list_typed<T: Table>(&self) -> Vec<Result<T, crate::protocol::row::RowError>> {
         self.rows(T::TABLE)
             .iter()
             .map(|row| T::from_row(row))
@@ -793,10 +799,10 @@ impl CacheView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datum::Atom;
+    use crate::protocol::datum::Atom;
 
     fn schema() -> Arc<DatabaseSchema> {
-        let text = include_str!("../schemas/ovn-nb.ovsschema");
+        let text = include_str!("../../schemas/ovn-nb.ovsschema");
         Arc::new(DatabaseSchema::parse(text).unwrap())
     }
 

@@ -6,9 +6,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/ovn_nb.rs"));
 
-use crate::datum::Value;
-use crate::nonroot::{ParentRef, insert_child, remove_child};
-use crate::operation::{Insert, Operation, Wait};
+use crate::protocol::datum::Value;
+use crate::protocol::nonroot::{ParentRef, insert_child, remove_child};
+use crate::protocol::operation::{Insert, Operation, Wait};
 
 /// A `uuid-name` unique to `name` and valid as an OVSDB identifier.
 fn uuid_name_for(prefix: &str, name: &str) -> String {
@@ -104,4 +104,46 @@ pub fn remove_router_port(router: Uuid, port: Uuid, precondition: Option<Wait>) 
         port,
         precondition,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::LogicalSwitchPort;
+    use crate::protocol::datum::Uuid;
+    use crate::protocol::operation::Operation;
+    use crate::protocol::table::update_ops;
+
+    #[test]
+    fn update_ops_write_only_what_changed() {
+        let old = LogicalSwitchPort {
+            uuid: Uuid::from_u128(7),
+            name: "p".into(),
+            addresses: BTreeSet::from(["0a:00:00:00:00:05 10.0.0.5".to_string()]),
+            ..Default::default()
+        };
+        assert!(update_ops(&old, &old.clone(), true).is_empty());
+        let mut new = old.clone();
+        new.addresses = BTreeSet::from(["0a:00:00:00:00:06 10.0.0.6".to_string()]);
+        new.external_ids.insert("pod".into(), "ns/p".into());
+        let wire: Vec<_> = update_ops(&old, &new, true)
+            .iter()
+            .map(Operation::to_json)
+            .collect();
+        let uuid = json!(["uuid", "00000000-0000-0000-0000-000000000007"]);
+        assert_eq!(
+            wire,
+            vec![
+                json!({"op":"wait","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],"timeout":0,
+                       "columns":["addresses","external_ids"],"until":"==",
+                       "rows":[{"addresses":["set",["0a:00:00:00:00:05 10.0.0.5"]],"external_ids":["map",[]]}]}),
+                json!({"op":"update","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],
+                       "row":{"addresses":["set",["0a:00:00:00:00:06 10.0.0.6"]],"external_ids":["map",[["pod","ns/p"]]]}}),
+            ]
+        );
+        assert_eq!(update_ops(&old, &new, false).len(), 1);
+    }
 }

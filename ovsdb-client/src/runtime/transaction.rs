@@ -12,14 +12,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span};
 
-use crate::cache::CacheView;
-use crate::client::Client;
-use crate::connection::CallError;
-use crate::datum::Uuid;
-use crate::error::Error;
-use crate::metrics::TxnOutcome;
-use crate::operation::{self, Condition, Operation, OperationResult, Wait, WaitUntil};
-use crate::row::Row;
+use crate::protocol::datum::Uuid;
+use crate::protocol::operation::{self, Condition, Operation, OperationResult, Wait, WaitUntil};
+use crate::protocol::row::Row;
+use crate::runtime::cache::CacheView;
+use crate::runtime::client::Client;
+use crate::runtime::connection::CallError;
+use crate::runtime::error::Error;
+use crate::runtime::metrics::TxnOutcome;
 
 impl Client {
     /// Runs `operations` as one transaction with the default deadline.
@@ -151,7 +151,7 @@ pub fn new_row_uuid() -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datum::{Atom, Value};
+    use crate::protocol::datum::{Atom, Value};
 
     #[test]
     fn wait_unchanged_pins_the_row_and_columns() {

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::jsonrpc::RpcError;
-use crate::operation::TransactError;
+use crate::protocol::jsonrpc::RpcError;
+use crate::protocol::operation::TransactError;
+use crate::runtime::connection::CallError;
 
 /// Why a client call failed. [`Error::is_retriable`] and
 /// [`Error::may_have_committed`] tell a caller what it may do next.
@@ -72,6 +73,19 @@ impl Error {
     /// Whether a `wait` precondition failed (the caller's view was stale).
     pub fn is_precondition_failed(&self) -> bool {
         matches!(self, Error::Transaction(e) if e.is_timed_out())
+    }
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Rpc(e) => Error::Rpc(e),
+            CallError::Json(e) => Error::Protocol(e),
+            CallError::ConnectionLost { sent, reason } => Error::ConnectionLost {
+                may_have_committed: sent,
+                reason: reason.to_string(),
+            },
+        }
     }
 }
 

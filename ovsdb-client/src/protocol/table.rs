@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::datum::{Atom, DatumError, Uuid, Value};
-use crate::operation::{Condition, Operation, Update, Wait, WaitUntil};
-use crate::row::{Row, RowError};
+use crate::protocol::datum::{Atom, DatumError, Uuid, Value};
+use crate::protocol::operation::{Condition, Operation, Update, Wait, WaitUntil};
+use crate::protocol::row::{Row, RowError};
 
 /// A typed row of one table, generated from a pinned schema.
 pub trait Table: Sized + Clone + Send + Sync + 'static {
@@ -290,38 +290,6 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-    }
-
-    #[test]
-    fn update_ops_write_only_what_changed() {
-        use crate::nb::LogicalSwitchPort;
-        use serde_json::json;
-        let old = LogicalSwitchPort {
-            uuid: Uuid::from_u128(7),
-            name: "p".into(),
-            addresses: BTreeSet::from(["0a:00:00:00:00:05 10.0.0.5".to_string()]),
-            ..Default::default()
-        };
-        assert!(update_ops(&old, &old.clone(), true).is_empty());
-        let mut new = old.clone();
-        new.addresses = BTreeSet::from(["0a:00:00:00:00:06 10.0.0.6".to_string()]);
-        new.external_ids.insert("pod".into(), "ns/p".into());
-        let wire: Vec<_> = update_ops(&old, &new, true)
-            .iter()
-            .map(Operation::to_json)
-            .collect();
-        let uuid = json!(["uuid", "00000000-0000-0000-0000-000000000007"]);
-        assert_eq!(
-            wire,
-            vec![
-                json!({"op":"wait","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],"timeout":0,
-                       "columns":["addresses","external_ids"],"until":"==",
-                       "rows":[{"addresses":["set",["0a:00:00:00:00:05 10.0.0.5"]],"external_ids":["map",[]]}]}),
-                json!({"op":"update","table":"Logical_Switch_Port","where":[["_uuid","==",uuid]],
-                       "row":{"addresses":["set",["0a:00:00:00:00:06 10.0.0.6"]],"external_ids":["map",[["pod","ns/p"]]]}}),
-            ]
-        );
-        assert_eq!(update_ops(&old, &new, false).len(), 1);
     }
 
     #[test]

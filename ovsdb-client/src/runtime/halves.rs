@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 
-use crate::transport::Stream;
+use crate::runtime::transport::Stream;
 
 /// A socket we read and write with plain system calls.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //!
 //! The session task walks the remotes in shuffled order. For each it dials,
 //! declares itself `set_db_change_aware`, checks the server's `_Server.Database`
-//! row (see [`crate::cluster`]), fetches the schema and starts the data monitor,
+//! row (see [`crate::runtime::cluster`]), fetches the schema and starts the data monitor,
 //! resuming from the last transaction id. Only then is the connection handed to
 //! callers. When the connection ends (server gone, probe unanswered, leadership
 //! moved, cache inconsistent) in-flight calls fail with a retriable error and the
@@ -25,19 +25,19 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::cache::Cache;
-use crate::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
-use crate::connection::{
+use crate::protocol::jsonrpc::RawNotification;
+use crate::protocol::operation::Condition;
+use crate::protocol::schema::DatabaseSchema;
+use crate::runtime::cache::{Cache, MonitorTables};
+use crate::runtime::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
+use crate::runtime::connection::{
     CallError, Coalescing, Connection, ConnectionOptions, NotificationHandler,
 };
-use crate::error::Error;
-use crate::jsonrpc::RawNotification;
-use crate::lock::LockRegistry;
-use crate::metrics::Metrics;
-use crate::monitor::{self, Decoded, MonitorMethod, MonitorState, MonitorTables};
-use crate::operation::Condition;
-use crate::schema::DatabaseSchema;
-use crate::transport::{self, Remote};
+use crate::runtime::error::Error;
+use crate::runtime::lock::LockRegistry;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::monitor::{self, Decoded, MonitorMethod, MonitorState};
+use crate::runtime::transport::{self, Remote};
 
 /// How long a connection must have lived for its loss to reset the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -493,7 +493,7 @@ impl Session {
     }
 
     /// Evaluates the server's `_Server.Database` row for our database.
-    fn check_server(&self, server_cache: &Cache) -> Result<(), crate::cluster::Refusal> {
+    fn check_server(&self, server_cache: &Cache) -> Result<(), crate::runtime::cluster::Refusal> {
         let db = server_cache
             .rows("Database")
             .iter()

@@ -12,8 +12,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::datum::{DatumError, Uuid, Value};
-use crate::schema::{ColumnSchema, TableSchema};
+use crate::protocol::datum::{DatumError, Uuid, Value};
+use crate::protocol::schema::{ColumnSchema, TableSchema};
 
 /// A row that does not fit its table: not an object, a missing column, or a
 /// column whose value has the wrong type.
@@ -362,7 +362,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             let column = self.schema.and_then(|t| t.column(&name));
             let value = match column {
                 Some(col) if !self.diff => map
-                    .next_value_seed(crate::datum::TypedSeed(&col.ty))
+                    .next_value_seed(crate::protocol::types::TypedSeed(&col.ty))
                     .map_err(|e| bad(&e))?,
                 Some(col) if col.ty.is_scalar() => map
                     .next_value::<Value>()
@@ -388,11 +388,11 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::DatabaseSchema;
+    use crate::protocol::schema::DatabaseSchema;
     use serde_json::json;
 
     fn nb() -> DatabaseSchema {
-        DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap()
+        DatabaseSchema::parse(include_str!("../../schemas/ovn-nb.ovsschema")).unwrap()
     }
 
     #[test]

@@ -11,10 +11,11 @@
 
 use std::collections::BTreeSet;
 
-use crate::datum::{Atom, Value};
-use crate::operation::{Condition, Function, Mutation, Mutator, Operation};
-use crate::row::Row;
-use crate::schema::{AtomicType, ColumnType, DatabaseSchema, TableSchema};
+use crate::protocol::datum::{Atom, Value};
+use crate::protocol::operation::{Condition, Function, Mutation, Mutator, Operation};
+use crate::protocol::row::Row;
+use crate::protocol::schema::{DatabaseSchema, TableSchema};
+use crate::protocol::types::{AtomicType, ColumnType};
 
 /// An operation the server would reject.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -298,11 +299,11 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datum::Uuid;
-    use crate::operation::{Delete, Insert, Mutate, Select, Update, Wait, WaitUntil};
+    use crate::protocol::datum::Uuid;
+    use crate::protocol::operation::{Delete, Insert, Mutate, Select, Update, Wait, WaitUntil};
 
     fn nb() -> DatabaseSchema {
-        DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap()
+        DatabaseSchema::parse(include_str!("../../schemas/ovn-nb.ovsschema")).unwrap()
     }
 
     fn reason(ops: Vec<Operation>) -> String {
@@ -468,7 +469,7 @@ mod tests {
 
     #[test]
     fn immutable_columns_cannot_be_updated() {
-        let vs = DatabaseSchema::parse(include_str!("../schemas/vswitch.ovsschema")).unwrap();
+        let vs = DatabaseSchema::parse(include_str!("../../schemas/vswitch.ovsschema")).unwrap();
         let (table, column) = vs
             .tables
             .values()

@@ -5,20 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::debug;
 
-use crate::cache::{Cache, EventStream, IndexSpec};
-use crate::cluster::ServerDatabase;
-use crate::connection::{CallError, Coalescing};
-use crate::error::Error;
-use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
-use crate::lock::LockRegistry;
-use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::monitor::MonitorTables;
-use crate::operation::Condition;
-use crate::schema::DatabaseSchema;
-use crate::session::{Session, SessionConfig, TableSelection};
-use crate::transport::{Remote, TlsConfig};
+use crate::protocol::framing::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::protocol::operation::Condition;
+use crate::protocol::schema::DatabaseSchema;
+use crate::runtime::cache::{Cache, EventStream, IndexSpec, MonitorTables};
+use crate::runtime::cluster::ServerDatabase;
+use crate::runtime::connection::{CallError, Coalescing};
+use crate::runtime::error::Error;
+use crate::runtime::lock::{self, LockRegistry, LockState};
+use crate::runtime::metrics::{Metrics, MetricsSnapshot};
+use crate::runtime::session::{Session, SessionConfig, TableSelection};
+use crate::runtime::transport::{Remote, TlsConfig};
 
 /// Configures and starts a [`Client`].
 #[derive(Debug, Clone)]
@@ -107,7 +108,7 @@ impl ClientBuilder {
     }
 
     /// How many events a subscriber may fall behind before it gets
-    /// [`crate::cache::Event::Lagged`] (default 65,536).
+    /// [`crate::runtime::cache::Event::Lagged`] (default 65,536).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
@@ -320,7 +321,7 @@ impl Client {
 
     /// Cancels the data monitor (`monitor_cancel`) and monitors again from
     /// scratch on the same connection, replacing the cache (subscribers see the
-    /// differences and [`crate::cache::Event::Synced`] `{ full: true }`).
+    /// differences and [`crate::runtime::cache::Event::Synced`] `{ full: true }`).
     pub async fn resync(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.inner.request_timeout;
         self.inner.session.resync(deadline).await
@@ -336,15 +337,133 @@ impl Client {
     }
 }
 
-impl From<CallError> for Error {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Rpc(e) => Error::Rpc(e),
-            CallError::Json(e) => Error::Protocol(e),
-            CallError::ConnectionLost { sent, reason } => Error::ConnectionLost {
-                may_have_committed: sent,
-                reason: reason.to_string(),
-            },
+/// A lock this client asked for. Dropping it releases the lock (best effort, in
+/// the background); [`Lock::unlock`] releases it and reports the outcome.
+#[derive(Debug)]
+pub struct Lock {
+    name: String,
+    client: Client,
+    state: watch::Receiver<LockState>,
+    released: bool,
+}
+
+impl Lock {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LockState {
+        *self.state.borrow()
+    }
+
+    /// Whether this session holds the lock right now.
+    pub fn is_locked(&self) -> bool {
+        self.state() == LockState::Locked
+    }
+
+    /// Waits until the state differs from the last one seen through this handle,
+    /// and returns it.
+    pub async fn changed(&mut self) -> Result<LockState, Error> {
+        self.state.changed().await.map_err(|_| Error::Shutdown)?;
+        Ok(*self.state.borrow_and_update())
+    }
+
+    /// Waits until this session holds the lock.
+    pub async fn acquired(&mut self) -> Result<(), Error> {
+        self.state
+            .wait_for(|s| *s == LockState::Locked)
+            .await
+            .map(drop)
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Releases the lock (or withdraws the request) and forgets it.
+    pub async fn unlock(mut self) -> Result<(), Error> {
+        self.released = true;
+        self.client.locks().forget(&self.name);
+        let Some(conn) = self.client.session().current() else {
+            // No connection, no lock: the server dropped it with the session.
+            return Ok(());
+        };
+        match conn.call_raw("unlock", &[&self.name]).await {
+            Ok(_) | Err(CallError::ConnectionLost { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.released || !self.client.locks().forget(&self.name) {
+            return;
+        }
+        let (Some(conn), Ok(runtime)) = (
+            self.client.session().current(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        runtime.spawn(async move {
+            if let Err(e) = conn.call_raw("unlock", &[&name]).await {
+                debug!(lock = %name, error = %e, "unlock of a dropped lock handle failed");
+            }
+        });
+    }
+}
+
+impl Client {
+    /// Asks for the lock `name`: the handle says whether it is held now
+    /// ([`LockState::Locked`]) or queued behind its owner
+    /// ([`LockState::Waiting`]); await [`Lock::acquired`] for the latter. The
+    /// request is repeated on every reconnection until the handle is released.
+    pub async fn lock(&self, name: &str) -> Result<Lock, Error> {
+        self.request_lock("lock", name).await
+    }
+
+    /// Takes the lock `name` from its owner, which receives `stolen`.
+    pub async fn steal(&self, name: &str) -> Result<Lock, Error> {
+        self.request_lock("steal", name).await
+    }
+
+    async fn request_lock(&self, method: &str, name: &str) -> Result<Lock, Error> {
+        let state = self.locks().register(name)?;
+        let lock = Lock {
+            name: name.to_owned(),
+            client: self.clone(),
+            state,
+            released: false,
+        };
+        // Registered first, so a reconnection in between repeats the request.
+        let reply = async {
+            let deadline = tokio::time::Instant::now() + self.request_timeout();
+            let conn = self.session().wait_ready(deadline).await?;
+            if lock.state.has_changed().unwrap_or(false) {
+                // A connection made meanwhile already asked for it.
+                return Ok(None);
+            }
+            tokio::time::timeout_at(deadline, lock::request(&conn, method, name))
+                .await
+                .map_err(|_| Error::Timeout(self.request_timeout()))?
+                .map(Some)
+                .map_err(Error::from)
+        };
+        match reply.await {
+            Ok(Some(state)) => {
+                self.locks().set(name, state);
+                Ok(lock)
+            }
+            Ok(None) => Ok(lock),
+            // The lock stays registered: the next connection asks for it again.
+            Err(e) if e.is_retriable() => Ok(lock),
+            Err(e) => {
+                let mut lock = lock;
+                lock.released = true;
+                self.locks().forget(name);
+                Err(e)
+            }
         }
     }
 }

@@ -17,9 +17,9 @@ use serde::{Serialize, Serializer};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
-use crate::datum::{Atom, Uuid, Value};
-use crate::row::Row;
-use crate::schema::DatabaseSchema;
+use crate::protocol::datum::{Atom, Uuid, Value};
+use crate::protocol::row::Row;
+use crate::protocol::schema::DatabaseSchema;
 
 /// A comparison function in a `where` clause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1286,7 +1286,7 @@ mod tests {
 
     #[test]
     fn select_rows_are_typed_with_a_schema() {
-        let nb = DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap();
+        let nb = DatabaseSchema::parse(include_str!("../../schemas/ovn-nb.ovsschema")).unwrap();
         let ops = [Operation::from(Select::new("Logical_Switch_Port"))];
         let reply = json!([{"rows":[{"name":"p","addresses":"0a:00:00:00:00:07 10.0.0.7","up":["set",[]]}]}]);
         let r = parse_results(&ops, &reply, Some(&nb)).unwrap();

@@ -32,10 +32,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, trace, warn};
 
-use crate::framing::{FrameError, JsonFramer};
-use crate::halves::{self, ReadHalf, WriteHalf};
-use crate::jsonrpc::{self, RawMessage, RawNotification, RpcError};
-use crate::transport::{Remote, Stream};
+use crate::protocol::framing::{FrameError, JsonFramer};
+use crate::protocol::jsonrpc::{self, RawMessage, RawNotification, RpcError};
+use crate::runtime::halves::{self, ReadHalf, WriteHalf};
+use crate::runtime::transport::{Remote, Stream};
 
 /// Receives every notification, in arrival order, on the reader task. It must not
 /// block. Returning an error closes the connection (e.g. the cache became
@@ -198,7 +198,7 @@ impl Default for ConnectionOptions {
     fn default() -> Self {
         Self {
             probe_interval: Some(Duration::from_secs(5)),
-            max_message_size: crate::framing::DEFAULT_MAX_MESSAGE_SIZE,
+            max_message_size: crate::protocol::framing::DEFAULT_MAX_MESSAGE_SIZE,
             coalescing: Some(Coalescing::default()),
         }
     }

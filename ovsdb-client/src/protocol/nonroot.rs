@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use crate::datum::{Atom, Uuid, Value};
-use crate::operation::{Condition, Insert, Mutate, Mutation, Operation, Wait};
+use crate::protocol::datum::{Atom, Uuid, Value};
+use crate::protocol::operation::{Condition, Insert, Mutate, Mutation, Operation, Wait};
 
 /// The parent side of a reference: the `column` of the `table` rows matched by
 /// `conditions`.
@@ -105,7 +105,7 @@ pub fn remove_child(parent: &ParentRef, child: Uuid, precondition: Option<Wait>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::Row;
+    use crate::protocol::row::Row;
     use serde_json::json;
 
     const LS: &str = "e75a0303-d68b-4a80-837d-722079cb8f29";
@@ -177,7 +177,7 @@ mod tests {
         let guard = Wait::new(
             "Logical_Switch_Port",
             ["_uuid"],
-            crate::operation::WaitUntil::NotEqual,
+            crate::protocol::operation::WaitUntil::NotEqual,
             vec![],
         )
         .filter(Condition::uuid_is(lsp));

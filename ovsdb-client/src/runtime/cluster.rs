@@ -10,8 +10,8 @@
 
 use std::fmt;
 
-use crate::datum::{Uuid, Value};
-use crate::row::Row;
+use crate::protocol::datum::{Uuid, Value};
+use crate::protocol::row::Row;
 
 /// The `_Server.Database` columns the client monitors.
 pub const SERVER_COLUMNS: [&str; 7] = [
@@ -149,7 +149,7 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datum::Atom;
+    use crate::protocol::datum::Atom;
 
     fn clustered(leader: bool, connected: bool, index: i64) -> ServerDatabase {
         ServerDatabase {

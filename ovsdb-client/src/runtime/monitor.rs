@@ -21,12 +21,12 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
-use crate::cache::{Batch, Cache, Inconsistent, RowUpdate};
-use crate::datum::Uuid;
-use crate::jsonrpc::RawNotification;
-use crate::operation::Condition;
-use crate::row::{Row, RowSeed, object_seed};
-use crate::schema::{DatabaseSchema, TableSchema};
+use crate::protocol::datum::Uuid;
+use crate::protocol::jsonrpc::RawNotification;
+use crate::protocol::operation::Condition;
+use crate::protocol::row::{Row, RowSeed, object_seed};
+use crate::protocol::schema::{DatabaseSchema, TableSchema};
+use crate::runtime::cache::{Batch, Cache, Inconsistent, MonitorTables, RowUpdate};
 
 /// The monitor flavours, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,9 +58,6 @@ impl MonitorMethod {
         }
     }
 }
-
-/// Which tables and columns to monitor: `None` columns means all of them.
-pub type MonitorTables = BTreeMap<String, Option<Vec<String>>>;
 
 /// The `params` of a monitor request.
 pub(crate) fn request_params(
@@ -602,12 +599,12 @@ impl MonitorState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{Event, IndexSpec};
-    use crate::datum::{Atom, Value};
-    use crate::metrics::Metrics;
+    use crate::protocol::datum::{Atom, Value};
+    use crate::runtime::cache::{Event, IndexSpec};
+    use crate::runtime::metrics::Metrics;
 
     fn schema() -> Arc<DatabaseSchema> {
-        Arc::new(DatabaseSchema::parse(include_str!("../schemas/ovn-nb.ovsschema")).unwrap())
+        Arc::new(DatabaseSchema::parse(include_str!("../../schemas/ovn-nb.ovsschema")).unwrap())
     }
 
     fn tables() -> MonitorTables {
