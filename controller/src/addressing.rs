@@ -452,28 +452,97 @@ fn count(n: u128) -> f64 {
     n as f64
 }
 
-fn ready_condition(previous: &[Condition], error: Option<&Error>) -> Vec<Condition> {
-    let (status, reason, message) = match error {
+/// The condition type naming the spec fields portkeeper keeps but does not implement.
+pub const UNSUPPORTED: &str = "Unsupported";
+
+/// The status conditions of a Subnet or IPPool: `Ready` from the last apply, and `Unsupported`
+/// while the spec sets fields portkeeper does not implement. A condition whose content is
+/// unchanged keeps its timestamps.
+pub fn conditions(
+    previous: &[Condition],
+    error: Option<&Error>,
+    unsupported: &[&str],
+) -> Vec<Condition> {
+    let ready = match error {
         None => ("True", "ReconcileSucceeded", String::new()),
         Some(e) => ("False", "ReconcileFailed", e.to_string()),
     };
-    let old = previous.iter().find(|c| c.type_ == "Ready");
-    if let Some(old) = old
+    let mut out = vec![condition(previous, "Ready", ready)];
+    if let Some(message) = unsupported_message(unsupported) {
+        out.push(condition(
+            previous,
+            UNSUPPORTED,
+            ("True", "FieldsNotImplemented", message),
+        ));
+    }
+    out
+}
+
+/// What the `Unsupported` condition and the Warning Event say about `fields`.
+pub fn unsupported_message(fields: &[&str]) -> Option<String> {
+    (!fields.is_empty()).then(|| {
+        format!(
+            "portkeeper does not implement {}; kept in the spec, without effect",
+            fields.join(", ")
+        )
+    })
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+) -> Condition {
+    if let Some(old) = previous.iter().find(|c| c.type_ == type_)
         && old.status == status
         && old.reason == reason
         && old.message == message
     {
-        return vec![old.clone()];
+        return old.clone();
     }
     let now = Timestamp::now().to_string();
-    vec![Condition {
-        type_: "Ready".into(),
+    Condition {
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
         last_update_time: Some(now.clone()),
         last_transition_time: Some(now),
-    }]
+        observed_generation: None,
+    }
+}
+
+/// One Warning Event when the `Unsupported` condition appears or names other fields; none
+/// while it is unchanged (also across restarts: the condition lives in the status).
+async fn announce_unsupported<N, K>(
+    ctx: &Context<N>,
+    object: &K,
+    old: &[Condition],
+    new: &[Condition],
+) where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let find = |list: &[Condition]| {
+        list.iter()
+            .find(|c| c.type_ == UNSUPPORTED)
+            .map(|c| c.message.clone())
+    };
+    let Some(message) = find(new) else { return };
+    if find(old).as_ref() == Some(&message) {
+        return;
+    }
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: UNSUPPORTED.into(),
+        note: Some(message),
+        action: "Apply".into(),
+        secondary: None,
+    };
+    // The API server takes an Event about a custom resource only when the Event's namespace
+    // matches the object's, so one about a cluster-scoped object names `default` for both.
+    let mut reference = object.object_ref(&());
+    reference.namespace.get_or_insert_with(|| "default".into());
+    ctx.events.publish(&reference, event).await;
 }
 
 /// Copies the engine's counters into a Subnet or IPPool status: both carry the same fields,
@@ -498,10 +567,12 @@ async fn publish_subnet_status<N>(
     error: Option<Error>,
 ) {
     let old = subnet.status.clone().unwrap_or_default();
+    let unsupported = subnet.spec.unsupported_fields(&ctx.config.cluster_router);
     let mut status = SubnetStatus {
-        conditions: ready_condition(&old.conditions, error.as_ref()),
+        conditions: conditions(&old.conditions, error.as_ref(), &unsupported),
         ..old.clone()
     };
+    announce_unsupported(ctx, subnet, &old.conditions, &status.conditions).await;
     if let Some(c) = counters {
         copy_counters!(status, c);
     }
@@ -532,9 +603,14 @@ async fn publish_pool_status<N>(
 ) {
     let old = pool.status.clone().unwrap_or_default();
     let mut status = IPPoolStatus {
-        conditions: ready_condition(&old.conditions, error.as_ref()),
+        conditions: conditions(
+            &old.conditions,
+            error.as_ref(),
+            &pool.spec.unsupported_fields(),
+        ),
         ..old.clone()
     };
+    announce_unsupported(ctx, pool, &old.conditions, &status.conditions).await;
     if let Some(c) = counters {
         copy_counters!(status, c);
     }
@@ -677,6 +753,39 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_fields_are_a_condition_of_their_own() {
+        let fresh = conditions(&[], None, &["natOutgoing", "vlan"]);
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(
+            (fresh[0].type_.as_str(), fresh[0].status.as_str()),
+            ("Ready", "True")
+        );
+        let unsupported = &fresh[1];
+        assert_eq!(unsupported.type_, UNSUPPORTED);
+        assert_eq!(unsupported.status, "True");
+        assert!(
+            unsupported.message.contains("natOutgoing, vlan"),
+            "{}",
+            unsupported.message
+        );
+        // Unchanged conditions keep their timestamps; a failure changes only Ready.
+        let mut aged = fresh.clone();
+        for c in &mut aged {
+            c.last_transition_time = Some("2020-01-01T00:00:00Z".into());
+        }
+        assert_eq!(conditions(&aged, None, &["natOutgoing", "vlan"]), aged);
+        let failed = conditions(
+            &aged,
+            Some(&Error::Cache("x".into())),
+            &["natOutgoing", "vlan"],
+        );
+        assert_eq!(failed[0].status, "False");
+        assert_eq!(failed[1], aged[1]);
+        // Once the fields are gone, so is the condition.
+        assert_eq!(conditions(&aged, None, &[]).len(), 1);
+    }
+
+    #[test]
     fn namespace_annotations_as_kube_ovn_writes_them() {
         let subnets = vec![
             subnet("ovn-default", "10.16.0.0/16", &[], &["10.16.0.1"], true),
@@ -694,7 +803,7 @@ mod tests {
             IPPoolSpec {
                 subnet: "a".into(),
                 namespaces: vec!["shop".into()],
-                ips: vec![],
+                ..Default::default()
             },
         ))];
         let a = namespace_annotations("shop", &subnets, &pools, "ovn-default");

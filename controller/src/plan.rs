@@ -417,7 +417,7 @@ mod tests {
             IPPoolSpec {
                 subnet: subnet.into(),
                 namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-                ips: vec![],
+                ..Default::default()
             },
         ))
     }

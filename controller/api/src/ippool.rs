@@ -17,6 +17,7 @@ use crate::Condition;
     shortname = "ippool",
     status = "IPPoolStatus",
     printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".spec.subnet"}"#,
+    printcolumn = r#"{"name":"EnableAddressSet","type":"boolean","jsonPath":".spec.enableAddressSet"}"#,
     printcolumn = r#"{"name":"IPs","type":"string","jsonPath":".spec.ips"}"#,
     printcolumn = r#"{"name":"V4Used","type":"number","jsonPath":".status.v4UsingIPs"}"#,
     printcolumn = r#"{"name":"V4Available","type":"number","jsonPath":".status.v4AvailableIPs"}"#,
@@ -33,6 +34,20 @@ pub struct IPPoolSpec {
     /// Entries `ip`, `first..last` or a CIDR; families may be mixed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
+    /// Kube-OVN keeps an OVN address set of the pool's addresses for ACLs. Not implemented.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_address_set: bool,
+}
+
+impl IPPoolSpec {
+    /// The fields this IPPool sets that portkeeper does not implement (see
+    /// [`crate::SubnetSpec::unsupported_fields`]).
+    pub fn unsupported_fields(&self) -> Vec<&'static str> {
+        [("enableAddressSet", self.enable_address_set)]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect()
+    }
 }
 
 /// Pool accounting, published by the controller.

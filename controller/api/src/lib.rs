@@ -40,4 +40,7 @@ pub struct Condition {
     /// RFC 3339 time the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// The `metadata.generation` the condition was computed from (newer Kube-OVN writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }

@@ -1,0 +1,225 @@
+//! A Kube-OVN user's manifests on portkeeper: a Subnet and an IPPool exported from Kube-OVN with
+//! every field set apply under strict validation, round-trip unchanged, and have the fields
+//! portkeeper does not implement named on their status and in one Warning Event.
+//!
+//! One cluster and one controller process serve all cases, which run in order.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use kind_e2e::Cluster;
+use kind_e2e::portkeeper::{
+    Controller, controller_binary, events, kubeovn_resource, prepare_cluster, repo_root,
+    run_on_cluster, wait_for,
+};
+use kube::Client;
+use serde::Deserialize;
+use serde_json::Value;
+
+const NS: &str = "compat";
+const CIDR: &str = "10.16.0.0/16";
+
+/// The Kube-OVN export the API crate's schema test also reads.
+fn export_path() -> PathBuf {
+    repo_root().join("controller/api/tests/data/kube-ovn-export.yaml")
+}
+
+/// The documents of the export, as JSON.
+fn exported() -> Vec<Value> {
+    let text = std::fs::read_to_string(export_path()).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+/// `kubectl <args>` with `stdin` as its input; the output, whatever the exit status.
+fn kubectl_with(cluster: &Cluster, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `kubectl apply --validate=strict` of `manifest`. The local API server (v1.20) predates
+/// server-side field validation and ignores kubectl's `fieldValidation=Strict`; kubectl then
+/// falls back to validating on the client against the server's `/openapi/v2`, which carries the
+/// CRD schemas. A fresh cache folder makes kubectl read the schema the server publishes now.
+fn strict_apply(cluster: &Cluster, manifest: &str) -> Output {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = format!("--cache-dir={}", cache.path().display());
+    kubectl_with(
+        cluster,
+        &["apply", "--validate=strict", &cache_dir, "-f", "-"],
+        manifest,
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn kube_ovn_compat() {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
+    run_on_cluster(1, agent, 2, cases);
+}
+
+async fn cases(cluster: &Cluster) {
+    let bin = controller_binary();
+    let client = prepare_cluster(cluster, NS, false).await;
+    let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
+    let controller = exported_manifests_apply_unchanged(cluster, &client, controller, &bin).await;
+    drop(controller);
+}
+
+/// Strict validation refuses a field the schema lacks (so it is really on), accepts the whole
+/// Kube-OVN export, and the API server keeps every field: `kubectl get -o json` returns the spec
+/// exactly as written. The status names the fields portkeeper does not implement, and one
+/// Warning Event says the same, also after a controller restart.
+async fn exported_manifests_apply_unchanged(
+    cluster: &Cluster,
+    client: &Client,
+    controller: Controller,
+    bin: &std::path::Path,
+) -> Controller {
+    println!("case: strict validation is on and refuses an undeclared field");
+    wait_for("the Subnet schema published in /openapi/v2", async || {
+        let out = kubectl_with(cluster, &["get", "--raw", "/openapi/v2"], "");
+        let published = String::from_utf8_lossy(&out.stdout);
+        (published.contains("io.kubeovn.v1.Subnet") && published.contains("u2oFeatures"))
+            .then_some(())
+    })
+    .await;
+    let typo = "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: typo\nspec:\n  cidrBlock: 10.90.0.0/24\n  natOutgoingg: true\n";
+    let out = strict_apply(cluster, typo);
+    assert!(!out.status.success(), "a misspelt field must be refused");
+    assert!(text(&out).contains("natOutgoingg"), "{}", text(&out));
+    assert!(
+        kubeovn_resource(client, "subnets", "Subnet", "typo")
+            .await
+            .is_none()
+    );
+
+    println!("case: a Kube-OVN export with all 41 Subnet fields applies with --validate=strict");
+    let manifest = std::fs::read_to_string(export_path()).unwrap();
+    let out = strict_apply(cluster, &manifest);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).to_lowercase().contains("unknown field"),
+        "{}",
+        text(&out)
+    );
+
+    println!("case: the spec round-trips unchanged through kubectl get -o yaml");
+    for (doc, plural) in exported().iter().zip(["subnets", "ippools"]) {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let out = kubectl_with(cluster, &["get", plural, name, "-o", "yaml"], "");
+        assert!(out.status.success(), "{}", text(&out));
+        let stored: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+        assert_eq!(stored["spec"], doc["spec"], "{plural}/{name} spec changed");
+    }
+
+    println!("case: the status names the unsupported fields, once in a Warning Event");
+    let expected = [
+        "natOutgoing",
+        "private",
+        "allowSubnets",
+        "gatewayNode",
+        "vlan",
+        "enableDHCP",
+    ];
+    let message = wait_for("Unsupported condition on vlan-prod", async || {
+        let subnet = kubeovn_resource(client, "subnets", "Subnet", "vlan-prod").await?;
+        let conditions = subnet["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Unsupported" && c["status"] == "True")
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
+    })
+    .await;
+    for field in expected {
+        assert!(message.contains(field), "{message:?} should name {field}");
+    }
+    for honoured in [
+        "cidrBlock",
+        "excludeIps",
+        "disableGatewayCheck",
+        "logicalGateway",
+    ] {
+        assert!(!message.contains(honoured), "{message:?} names {honoured}");
+    }
+    let pool_message = wait_for("Unsupported condition on vlan-prod-pool", async || {
+        let pool = kubeovn_resource(client, "ippools", "IPPool", "vlan-prod-pool").await?;
+        let conditions = pool["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Unsupported")
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(pool_message.contains("enableAddressSet"), "{pool_message}");
+
+    let unsupported_events = async || {
+        events(client, "default", "vlan-prod")
+            .await
+            .into_iter()
+            .filter(|(kind, reason, _)| kind == "Warning" && reason == "Unsupported")
+            .map(|(_, _, note)| note)
+            .collect::<Vec<_>>()
+    };
+    let notes = wait_for("Unsupported Event on vlan-prod", async || {
+        let notes = unsupported_events().await;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes, std::slice::from_ref(&message));
+
+    // The condition lives in the status, so a restarted controller does not warn again.
+    controller.kill();
+    let controller = Controller::start(bin, cluster, CIDR, 1, &[]);
+    wait_for("restarted controller ready", async || {
+        ready(&controller).await.then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(unsupported_events().await, [message]);
+    controller
+}
+
+/// Whether the controller's `/readyz` answers 200.
+async fn ready(controller: &Controller) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = controller.url("readyz");
+    let authority = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&authority).await else {
+        return false;
+    };
+    let request = format!("GET /readyz HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply).await;
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
