@@ -4,13 +4,13 @@
 use crate::cni::{CniError, ErrorCode};
 use ovsdb_client::Client;
 use ovsdb_client::protocol::datum::{Atom, Uuid, Value};
-use ovsdb_client::protocol::operation::{
-    Condition, Function, Insert, Mutate, Mutation, Mutator, Operation,
-};
-use ovsdb_client::protocol::row::Row;
+use ovsdb_client::protocol::nonroot::{ParentRef, insert_child, remove_child};
+use ovsdb_client::protocol::operation::{Condition, Operation};
+use ovsdb_client::protocol::table::insert_row;
 use ovsdb_client::runtime::cache::Event;
-use ovsdb_client::tables::vswitch;
-use std::collections::BTreeMap;
+use ovsdb_client::runtime::transaction::new_row_uuid;
+use ovsdb_client::tables::vswitch::{self, Bridge, Interface, OpenVswitch, Port};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// `external_ids` key ovn-controller matches against the logical switch port name.
@@ -32,11 +32,11 @@ impl Ovs {
             .leader_only(false)
             .connect_timeout(timeout)
             .request_timeout(timeout)
-            .monitor("Open_vSwitch", &["external_ids", "bridges"])
-            .monitor("Bridge", &["name", "ports"])
-            .monitor("Port", &["name", "interfaces"])
-            .monitor("Interface", &["name", "external_ids"])
-            .index("Interface", &["external_ids:iface-id"])
+            .monitor(OpenVswitch::TABLE, &["external_ids", "bridges"])
+            .monitor(Bridge::TABLE, &["name", "ports"])
+            .monitor(Port::TABLE, &["name", "interfaces"])
+            .monitor(Interface::TABLE, &["name", "external_ids"])
+            .index(Interface::TABLE, &["external_ids:iface-id"])
             .connect()
             .await
             .map_err(|e| {
@@ -55,7 +55,7 @@ impl Ovs {
     pub fn system_id(&self) -> Option<String> {
         self.client
             .cache()
-            .rows("Open_vSwitch")
+            .rows(OpenVswitch::TABLE)
             .iter()
             .find_map(|row| {
                 let id = row
@@ -82,39 +82,29 @@ impl Ovs {
         }
         stale.sort_unstable();
         stale.dedup();
-        let mut ops: Vec<Operation> = Vec::new();
-        if !stale.is_empty() {
-            ops.push(bridge_ports(
-                &self.bridge,
-                Mutator::Delete,
-                stale.iter().map(|u| Atom::Uuid(*u)),
-            ));
-        }
-        let ids = Value::map(external_ids.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        ops.push(
-            Insert::new(
-                "Interface",
-                Row::new()
-                    .with("name", Atom::string(name))
-                    .with("external_ids", ids),
-            )
-            .uuid_name("iface")
-            .into(),
-        );
-        ops.push(
-            Insert::new(
-                "Port",
-                Row::new()
-                    .with("name", Atom::string(name))
-                    .with("interfaces", Value::set([Atom::named_uuid("iface")])),
-            )
-            .uuid_name("port")
-            .into(),
-        );
-        ops.push(bridge_ports(
-            &self.bridge,
-            Mutator::Insert,
-            [Atom::named_uuid("port")],
+        let iface = Interface {
+            uuid: new_row_uuid(),
+            name: name.to_owned(),
+            external_ids: external_ids.clone(),
+            ..Default::default()
+        };
+        let port = Port {
+            uuid: new_row_uuid(),
+            name: name.to_owned(),
+            interfaces: BTreeSet::from([iface.uuid]),
+            ..Default::default()
+        };
+        let bridge = self.bridge_ports();
+        let mut ops: Vec<Operation> = stale
+            .iter()
+            .flat_map(|old| remove_child(&bridge, *old, None))
+            .collect();
+        // Interface and Port are not root tables: they live while the bridge references the port.
+        ops.push(insert_row(&iface, vswitch::schema()).into());
+        ops.extend(insert_child(
+            &bridge,
+            insert_row(&port, vswitch::schema()),
+            None,
         ));
         let results = self
             .client
@@ -141,11 +131,11 @@ impl Ovs {
             return Ok(false);
         }
         // Port and Interface are not root tables: unreferenced, the server deletes them.
-        let ops = [bridge_ports(
-            &self.bridge,
-            Mutator::Delete,
-            ports.iter().map(|u| Atom::Uuid(*u)),
-        )];
+        let bridge = self.bridge_ports();
+        let ops: Vec<Operation> = ports
+            .iter()
+            .flat_map(|port| remove_child(&bridge, *port, None))
+            .collect();
         self.client
             .transact(&ops)
             .await
@@ -161,10 +151,11 @@ impl Ovs {
 
     /// The `external_ids` of interface `name`, as the cache holds them; `None` when there is no such interface.
     pub fn interface_external_ids(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        let rows =
-            self.client
-                .cache()
-                .find("Interface", &["name"], &[Value::from(Atom::string(name))])?;
+        let rows = self.client.cache().find(
+            Interface::TABLE,
+            &["name"],
+            &[Value::from(Atom::string(name))],
+        )?;
         let map = rows.first()?.get("external_ids")?.as_map()?.clone();
         Some(
             map.iter()
@@ -191,7 +182,7 @@ impl Ovs {
                             ));
                         }
                         Some(Event::Lagged { .. } | Event::Synced { .. }) => break,
-                        Some(event) if event.table() == Some("Interface") => break,
+                        Some(event) if event.table() == Some(Interface::TABLE) => break,
                         Some(_) => {}
                     }
                 }
@@ -210,7 +201,7 @@ impl Ovs {
 
     fn ensure_bridge(&self) -> Result<(), CniError> {
         let found = self.client.cache().find(
-            "Bridge",
+            Bridge::TABLE,
             &["name"],
             &[Value::from(Atom::string(self.bridge.as_str()))],
         );
@@ -228,10 +219,19 @@ impl Ovs {
             })
     }
 
+    /// The bridge's `ports` column, which holds the pod ports.
+    fn bridge_ports(&self) -> ParentRef {
+        ParentRef {
+            table: Bridge::TABLE.to_owned(),
+            conditions: vec![Condition::eq("name", Atom::string(self.bridge.as_str()))],
+            column: "ports".into(),
+        }
+    }
+
     fn port_uuids_named(&self, name: &str) -> Vec<Uuid> {
         self.client
             .cache()
-            .find("Port", &["name"], &[Value::from(Atom::string(name))])
+            .find(Port::TABLE, &["name"], &[Value::from(Atom::string(name))])
             .unwrap_or_default()
             .iter()
             .filter_map(|r| r.uuid())
@@ -243,7 +243,7 @@ impl Ovs {
         let cache = self.client.cache();
         let interfaces: Vec<Uuid> = cache
             .find(
-                "Interface",
+                Interface::TABLE,
                 &["external_ids:iface-id"],
                 &[Value::from(Atom::string(iface_id))],
             )
@@ -255,7 +255,7 @@ impl Ovs {
             return Vec::new();
         }
         cache
-            .rows("Port")
+            .rows(Port::TABLE)
             .iter()
             .filter(|port| {
                 port.get("interfaces").is_some_and(|set| {
@@ -267,17 +267,6 @@ impl Ovs {
             .filter_map(|port| port.uuid())
             .collect()
     }
-}
-
-fn bridge_ports(
-    bridge: &str,
-    mutator: Mutator,
-    ports: impl IntoIterator<Item = Atom>,
-) -> Operation {
-    Mutate::new("Bridge")
-        .filter(Condition::new("name", Function::Eq, Atom::string(bridge)))
-        .mutation(Mutation::new("ports", mutator, Value::set(ports)))
-        .into()
 }
 
 fn ovs_error(msg: impl Into<String>, e: ovsdb_client::Error) -> CniError {

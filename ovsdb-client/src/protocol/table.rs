@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::datum::{Atom, DatumError, Uuid, Value};
-use crate::protocol::operation::{Condition, Operation, Update, Wait, WaitUntil};
+use crate::protocol::operation::{Condition, Insert, Operation, Update, Wait, WaitUntil};
 use crate::protocol::row::{Row, RowError};
+use crate::protocol::schema::DatabaseSchema;
 
 /// A typed row of one table, generated from a pinned schema.
 pub trait Table: Sized + Clone + Send + Sync + 'static {
@@ -37,6 +38,37 @@ pub trait Table: Sized + Clone + Send + Sync + 'static {
     fn from_row(row: &Row) -> Result<Self, RowError> {
         let uuid = column(row, Self::TABLE, "_uuid")?;
         Self::from_uuid_row(uuid, row)
+    }
+}
+
+/// The `insert` of a typed row of a table of `schema`, with the row's uuid as the
+/// client-chosen uuid unless it is nil.
+///
+/// Columns holding an empty set or map where the schema allows none (`min` 0) are
+/// left out: the server gives an omitted column its default, which for those
+/// columns is exactly that, and a typical row's request (and the server's work
+/// parsing it) shrinks by half.
+pub fn insert_row<T: Table>(row: &T, schema: &DatabaseSchema) -> Insert {
+    let table = schema.table(T::TABLE);
+    let mut columns = row.to_row();
+    columns.retain(|column, value| {
+        let empty = match value {
+            Value::Set(set) => set.is_empty(),
+            Value::Map(map) => map.is_empty(),
+            Value::Atom(_) => false,
+        };
+        let optional = || {
+            table
+                .and_then(|t| t.column(column))
+                .is_some_and(|c| c.ty.min == 0)
+        };
+        !(empty && optional())
+    });
+    let insert = Insert::new(T::TABLE, columns);
+    if row.uuid().is_nil() {
+        insert
+    } else {
+        insert.uuid(row.uuid())
     }
 }
 

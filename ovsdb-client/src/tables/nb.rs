@@ -6,9 +6,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/ovn_nb.rs"));
 
-use crate::protocol::datum::Value;
 use crate::protocol::nonroot::{ParentRef, insert_child, remove_child};
 use crate::protocol::operation::{Insert, Operation, Wait};
+use crate::protocol::table::insert_row;
 
 /// A `uuid-name` unique to `name` and valid as an OVSDB identifier.
 fn uuid_name_for(prefix: &str, name: &str) -> String {
@@ -23,35 +23,15 @@ fn uuid_name_for(prefix: &str, name: &str) -> String {
     s
 }
 
-/// The insert for a new child row: by client-chosen uuid when `uuid` is set,
-/// otherwise by a `uuid-name` derived from the row's name (unique per name, so
+/// The insert for a new child row (see [`insert_row`]), by a `uuid-name` derived
+/// from the row's name when it has no client-chosen uuid (unique per name, so
 /// several ports can be added in one transaction).
-///
-/// Columns holding an empty set or map where the schema allows none (`min` 0) are
-/// left out: the server gives an omitted column its default, which for those
-/// columns is exactly that, and a typical port's request (and the server's work
-/// parsing it) shrinks by half.
 fn child_insert<T: Table>(row: &T, prefix: &str, name: &str) -> Insert {
-    let table = schema().table(T::TABLE);
-    let mut columns = row.to_row();
-    columns.retain(|column, value| {
-        let empty = match value {
-            Value::Set(set) => set.is_empty(),
-            Value::Map(map) => map.is_empty(),
-            Value::Atom(_) => false,
-        };
-        let optional = || {
-            table
-                .and_then(|t| t.column(column))
-                .is_some_and(|c| c.ty.min == 0)
-        };
-        !(empty && optional())
-    });
-    let insert = Insert::new(T::TABLE, columns);
+    let insert = insert_row(row, schema());
     if row.uuid().is_nil() {
         insert.uuid_name(uuid_name_for(prefix, name))
     } else {
-        insert.uuid(row.uuid())
+        insert
     }
 }
 
