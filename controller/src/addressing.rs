@@ -368,20 +368,20 @@ async fn backfill_spec<N>(ctx: &Context<N>, subnet: &Subnet, network: &SubnetNet
 /// Kube-OVN's namespace annotations: the bound subnets (`logical_switch`, else the default
 /// subnet), their CIDRs (`;`-joined), their excludeIps (`,` inside a subnet, `;` between) and the
 /// bound IPPools (`ip_pool`, removed when none). `None` removes a key.
+///
+/// The subnets keep the order `written` (the annotation's current value) gives them, so a user
+/// who reorders the list is obeyed; newly bound subnets are appended (see
+/// [`crate::plan::bound_subnets`]).
 pub fn namespace_annotations(
     namespace: &str,
     subnets: &[std::sync::Arc<Subnet>],
     pools: &[std::sync::Arc<IPPool>],
     default_subnet: &str,
+    written: Option<&str>,
 ) -> BTreeMap<String, Option<String>> {
     let keys = NetworkKeys::primary();
-    let mut bound: Vec<&Subnet> = subnets
-        .iter()
-        .map(|s| s.as_ref())
-        .filter(|s| s.spec.provider_or_default() == annotations::DEFAULT_PROVIDER)
-        .filter(|s| s.spec.namespaces.iter().any(|n| n == namespace))
-        .collect();
-    bound.sort_by_key(|s| s.name_any());
+    let mut bound =
+        crate::plan::bound_subnets(subnets.iter().map(|s| s.as_ref()), namespace, written);
     if bound.is_empty() {
         let default = subnets
             .iter()
@@ -432,8 +432,9 @@ async fn sync_namespaces<N>(
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     for namespace in ctx.stores.namespaces.state() {
         let name = namespace.name_any();
-        let wanted = namespace_annotations(&name, subnets, pools, &ctx.config.default_ls);
         let current = namespace.annotations();
+        let written = current.get(&ctx.keys.logical_switch).map(String::as_str);
+        let wanted = namespace_annotations(&name, subnets, pools, &ctx.config.default_ls, written);
         if wanted.iter().all(|(k, v)| current.get(k) == v.as_ref()) {
             continue;
         }
@@ -806,7 +807,7 @@ mod tests {
                 ..Default::default()
             },
         ))];
-        let a = namespace_annotations("shop", &subnets, &pools, "ovn-default");
+        let a = namespace_annotations("shop", &subnets, &pools, "ovn-default", None);
         let get = |k: &str| a[&format!("ovn.kubernetes.io/{k}")].clone();
         assert_eq!(get("logical_switch").as_deref(), Some("a,b"));
         assert_eq!(get("cidr").as_deref(), Some("10.17.0.0/24;10.18.0.0/24"));
@@ -816,7 +817,13 @@ mod tests {
         );
         assert_eq!(get("ip_pool").as_deref(), Some("p1"));
 
-        let a = namespace_annotations("other", &subnets, &pools, "ovn-default");
+        // The order written in the namespace stays, with CIDRs and excludeIps in that order.
+        let a = namespace_annotations("shop", &subnets, &pools, "ovn-default", Some("b,a"));
+        let get = |k: &str| a[&format!("ovn.kubernetes.io/{k}")].clone();
+        assert_eq!(get("logical_switch").as_deref(), Some("b,a"));
+        assert_eq!(get("cidr").as_deref(), Some("10.18.0.0/24;10.17.0.0/24"));
+
+        let a = namespace_annotations("other", &subnets, &pools, "ovn-default", None);
         assert_eq!(
             a["ovn.kubernetes.io/logical_switch"].as_deref(),
             Some("ovn-default")

@@ -38,6 +38,8 @@ pub struct PodFacts<'a> {
     pub annotations: &'a BTreeMap<String, String>,
     /// Set for StatefulSet pods.
     pub ordinal: Option<Ordinal>,
+    /// The namespace's `logical_switch` annotation: the order its bound subnets are tried in.
+    pub namespace_subnets: Option<&'a str>,
 }
 
 /// The addressing resources a subnet choice looks at.
@@ -160,11 +162,11 @@ pub fn choose_target(
         });
     }
 
-    let bound: Vec<&Subnet> = catalog
-        .primary_subnets()
-        .into_iter()
-        .filter(|s| s.spec.namespaces.iter().any(|n| n == pod.namespace))
-        .collect();
+    let bound = bound_subnets(
+        catalog.subnets.iter().map(Arc::as_ref),
+        pod.namespace,
+        pod.namespace_subnets,
+    );
     let wanted = requested_addresses(&request.addresses);
     let chosen = if wanted.is_empty() {
         bound
@@ -185,6 +187,33 @@ pub fn choose_target(
         subnet,
         ip: ip.unwrap_or(IpRequest::Dynamic),
     })
+}
+
+/// The primary-network subnets bound to `namespace` (listing it in `spec.namespaces`), in the
+/// order `written` (the namespace's `logical_switch` annotation, `,`-separated) gives them, as
+/// Kube-OVN tries them; subnets bound since it was written follow, oldest first.
+pub fn bound_subnets<'a>(
+    subnets: impl Iterator<Item = &'a Subnet>,
+    namespace: &str,
+    written: Option<&str>,
+) -> Vec<&'a Subnet> {
+    let written: Vec<&str> = written
+        .map(|w| w.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let mut bound: Vec<&Subnet> = subnets
+        .filter(|s| s.spec.provider_or_default() == DEFAULT_PROVIDER)
+        .filter(|s| s.spec.namespaces.iter().any(|n| n == namespace))
+        .collect();
+    bound.sort_by_cached_key(|s| {
+        let name = subnet_name(s);
+        let position = written
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or(usize::MAX);
+        let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (position, created, name)
+    });
+    bound
 }
 
 fn subnet_name(subnet: &Subnet) -> String {
@@ -425,6 +454,7 @@ mod tests {
     struct Case {
         subnets: Vec<Arc<Subnet>>,
         pools: Vec<Arc<IPPool>>,
+        written_order: Option<&'static str>,
     }
 
     impl Case {
@@ -450,6 +480,7 @@ mod tests {
                 uid: "u1",
                 annotations: &annotations,
                 ordinal,
+                namespace_subnets: self.written_order,
             };
             let catalog = Catalog {
                 subnets: &self.subnets,
@@ -470,6 +501,7 @@ mod tests {
                 subnet("other", "10.20.0.0/24", &["other"], false),
             ],
             pools: vec![pool("pool-x", "net1", &[])],
+            written_order: None,
         }
     }
 
@@ -516,6 +548,24 @@ mod tests {
             c.choose_with(&[], None, |_| false).unwrap().subnet,
             "shop-a"
         );
+    }
+
+    #[test]
+    fn the_namespace_order_as_written_wins_over_names() {
+        let mut c = cluster();
+        c.written_order = Some("shop-b,shop-a");
+        assert_eq!(c.choose(&[]).unwrap().subnet, "shop-b");
+        let t = c.choose_with(&[], None, |s| s != "shop-b").unwrap();
+        assert_eq!(t.subnet, "shop-a");
+        // A subnet bound after the annotation was written comes last.
+        c.subnets
+            .push(subnet("shop-0", "10.21.0.0/24", &["shop"], false));
+        let bound: Vec<String> =
+            bound_subnets(c.subnets.iter().map(Arc::as_ref), "shop", c.written_order)
+                .into_iter()
+                .map(subnet_name)
+                .collect();
+        assert_eq!(bound, ["shop-b", "shop-a", "shop-0"]);
     }
 
     #[test]

@@ -167,12 +167,14 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     };
     let addressing = Addressing::of(ctx);
     let catalog = addressing.catalog(&ctx.config.default_ls);
+    let written_order = ctx.stores.namespace_subnets(&namespace, keys);
     let facts = PodFacts {
         name: &name,
         namespace: &namespace,
         uid: &holder,
         annotations,
         ordinal: statefulset_ordinal(pod, ctx),
+        namespace_subnets: written_order.as_deref(),
     };
     let target = match plan::choose_target(&request, &facts, &catalog, |s| has_room(ctx, s)) {
         Ok(t) => t,

@@ -291,6 +291,20 @@ impl Stores {
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// The `logical_switch` annotation of a namespace: its bound subnets in the order they are
+    /// tried.
+    pub fn namespace_subnets(
+        &self,
+        namespace: &str,
+        keys: &portkeeper_api::annotations::NetworkKeys,
+    ) -> Option<String> {
+        self.namespaces
+            .get(&reflector::ObjectRef::new(namespace))?
+            .annotations()
+            .get(&keys.logical_switch)
+            .cloned()
+    }
+
     /// A StatefulSet by namespace and name.
     pub fn statefulset(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<StatefulSet>> {
         self.statefulsets

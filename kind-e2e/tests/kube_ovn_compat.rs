@@ -8,14 +8,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, controller_binary, events, kubeovn_resource, prepare_cluster, repo_root,
-    run_on_cluster, wait_for,
+    Controller, allocated, annotation, controller_binary, events, kubeovn_resource,
+    prepare_cluster, repo_root, run_on_cluster, wait_for,
 };
-use kube::Client;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const NS: &str = "compat";
 const CIDR: &str = "10.16.0.0/16";
@@ -85,7 +89,90 @@ async fn cases(cluster: &Cluster) {
     let client = prepare_cluster(cluster, NS, false).await;
     let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
     let controller = exported_manifests_apply_unchanged(cluster, &client, controller, &bin).await;
+    namespace_subnet_order_as_written(&client).await;
     drop(controller);
+}
+
+/// Two subnets bound to one namespace: the controller lists them in the namespace's
+/// `logical_switch` annotation; a user who reorders that list is obeyed, and a pod takes its
+/// address from the first subnet of the order written, not of the names' order.
+async fn namespace_subnet_order_as_written(client: &Client) {
+    println!("case: the namespace's subnet order as written decides the subnet");
+    let subnets: Api<DynamicObject> = Api::all_with(client.clone(), &kubeovn("Subnet", "subnets"));
+    for (name, cidr) in [("order-a", "10.81.0.0/24"), ("order-z", "10.82.0.0/24")] {
+        let subnet: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+            "metadata": { "name": name },
+            "spec": { "cidrBlock": cidr, "namespaces": [NS] },
+        }))
+        .unwrap();
+        subnets
+            .create(&PostParams::default(), &subnet)
+            .await
+            .unwrap();
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let listed = async || {
+        namespaces
+            .get(NS)
+            .await
+            .ok()?
+            .annotations()
+            .get(LOGICAL_SWITCH)
+            .cloned()
+    };
+    wait_for("both subnets in the namespace annotation", async || {
+        listed().await.filter(|l| l == "order-a,order-z")
+    })
+    .await;
+    let reorder = json!({ "metadata": { "annotations": { LOGICAL_SWITCH: "order-z,order-a" } } });
+    namespaces
+        .patch(NS, &PatchParams::default(), &Patch::Merge(&reorder))
+        .await
+        .unwrap();
+    // The controller republishes every 2 s: the order written must survive several passes.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(listed().await.as_deref(), Some("order-z,order-a"));
+    let cidr = namespaces.get(NS).await.unwrap().annotations()["ovn.kubernetes.io/cidr"].clone();
+    assert_eq!(cidr, "10.82.0.0/24;10.81.0.0/24");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(&PostParams::default(), &pod("ordered", &[]))
+        .await
+        .unwrap();
+    let p = allocated(&pods, "ordered").await;
+    assert_eq!(annotation(&p, "logical_switch"), Some("order-z"));
+    assert_eq!(annotation(&p, "ip_address"), Some("10.82.0.2"));
+}
+
+const LOGICAL_SWITCH: &str = "ovn.kubernetes.io/logical_switch";
+
+fn kubeovn(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "kubeovn.io".into(),
+        version: "v1".into(),
+        api_version: "kubeovn.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A pod in the test namespace with `ovn.kubernetes.io/<key>` annotations.
+fn pod(name: &str, annotations: &[(&str, &str)]) -> Pod {
+    let annotations: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (format!("ovn.kubernetes.io/{k}"), v.to_string()))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": NS, "annotations": annotations },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "c", "image": "busybox" }],
+        },
+    }))
+    .unwrap()
 }
 
 /// Strict validation refuses a field the schema lacks (so it is really on), accepts the whole

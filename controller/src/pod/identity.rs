@@ -231,12 +231,14 @@ fn fit<N: Northbound>(
         return SubnetFit::Fits;
     };
     let start = statefulset_start(ctx.stores.statefulset(namespace, &owner.name).as_deref());
+    let written_order = ctx.stores.namespace_subnets(namespace, &ctx.keys);
     let facts = PodFacts {
         name: lease.key.as_str(),
         namespace,
         uid: &owner.uid,
         annotations: &annotations,
         ordinal: ordinal.map(|ordinal| Ordinal { ordinal, start }),
+        namespace_subnets: written_order.as_deref(),
     };
     let room = |s: &str| s == lease.subnet || super::has_room(ctx, s);
     let addressing = super::Addressing::of(ctx);
