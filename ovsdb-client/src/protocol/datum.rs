@@ -199,47 +199,26 @@ impl fmt::Display for Atom {
     }
 }
 
-impl From<i64> for Atom {
-    fn from(v: i64) -> Self {
-        Self::Integer(v)
-    }
+/// `From` impls that wrap a value in an enum variant, converting it with `into` first.
+macro_rules! from_variant {
+    ($target:ident: $($t:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$t> for $target {
+            fn from(v: $t) -> Self {
+                Self::$variant(v.into())
+            }
+        }
+    )*};
 }
 
-impl From<f64> for Atom {
-    fn from(v: f64) -> Self {
-        Self::Real(v)
-    }
-}
-
-impl From<bool> for Atom {
-    fn from(v: bool) -> Self {
-        Self::Boolean(v)
-    }
-}
-
-impl From<&str> for Atom {
-    fn from(v: &str) -> Self {
-        Self::String(v.into())
-    }
-}
-
-impl From<String> for Atom {
-    fn from(v: String) -> Self {
-        Self::String(v.into())
-    }
-}
-
-impl From<Arc<str>> for Atom {
-    fn from(v: Arc<str>) -> Self {
-        Self::String(v)
-    }
-}
-
-impl From<Uuid> for Atom {
-    fn from(v: Uuid) -> Self {
-        Self::Uuid(v)
-    }
-}
+from_variant!(Atom:
+    i64 => Integer,
+    f64 => Real,
+    bool => Boolean,
+    &str => String,
+    String => String,
+    Arc<str> => String,
+    Uuid => Uuid,
+);
 
 /// A set of atoms, sorted and without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -516,34 +495,17 @@ impl Value {
         Value::deserialize(json).map_err(|e| DatumError::new(e.to_string()))
     }
 }
-impl From<Atom> for Value {
-    fn from(a: Atom) -> Self {
-        Self::Atom(a)
-    }
-}
 
-impl From<Set> for Value {
-    fn from(s: Set) -> Self {
-        Self::Set(s)
-    }
-}
-
-impl From<Map> for Value {
-    fn from(m: Map) -> Self {
-        Self::Map(m)
-    }
-}
-
-macro_rules! value_from_atom {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Value {
-            fn from(v: $t) -> Self {
-                Self::Atom(v.into())
-            }
-        }
-    )*};
-}
-value_from_atom!(i64, f64, bool, &str, String, Arc<str>, Uuid);
+from_variant!(Value: Atom => Atom, Set => Set, Map => Map);
+from_variant!(Value:
+    i64 => Atom,
+    f64 => Atom,
+    bool => Atom,
+    &str => Atom,
+    String => Atom,
+    Arc<str> => Atom,
+    Uuid => Atom,
+);
 
 impl Serialize for Atom {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -839,6 +839,18 @@ mod tests {
         (table.to_owned(), u(n), RowUpdate::Insert(row))
     }
 
+    fn modify(n: u128, diff: Row) -> (String, Uuid, RowUpdate) {
+        (
+            "Logical_Switch_Port".to_owned(),
+            u(n),
+            RowUpdate::Modify(diff),
+        )
+    }
+
+    fn delete(n: u128) -> (String, Uuid, RowUpdate) {
+        ("Logical_Switch_Port".to_owned(), u(n), RowUpdate::Delete)
+    }
+
     fn drain(stream: &mut EventStream) -> Vec<Event> {
         std::iter::from_fn(|| stream.try_recv()).collect()
     }
@@ -878,13 +890,7 @@ mod tests {
             "external_ids",
             Value::map([("pod", "ns/a"), ("owner", "x")]),
         );
-        cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(1),
-                RowUpdate::Modify(diff),
-            )])
-            .unwrap();
+        cache.apply(vec![modify(1, diff)]).unwrap();
         assert!(
             by_pod("ns/a").is_empty(),
             "index follows the deleted map key"
@@ -892,13 +898,7 @@ mod tests {
         let row = cache.get("Logical_Switch_Port", u(1)).unwrap();
         assert_eq!(row.get("external_ids"), Some(&Value::map([("owner", "x")])));
 
-        cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(1),
-                RowUpdate::Delete,
-            )])
-            .unwrap();
+        cache.apply(vec![delete(1)]).unwrap();
         assert!(cache.get("Logical_Switch_Port", u(1)).is_none());
         assert!(
             cache
@@ -932,13 +932,7 @@ mod tests {
             .apply(vec![insert("Logical_Switch_Port", 1, row)])
             .unwrap();
         let diff = Row::new().with("addresses", Value::set(["b", "c"]));
-        cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(1),
-                RowUpdate::Modify(diff),
-            )])
-            .unwrap();
+        cache.apply(vec![modify(1, diff)]).unwrap();
         let row = cache.get("Logical_Switch_Port", u(1)).unwrap();
         assert_eq!(row.get("addresses"), Some(&Value::set(["a", "c"])));
     }
@@ -951,13 +945,7 @@ mod tests {
             .unwrap();
         let held = cache.get("Logical_Switch_Port", u(1)).unwrap();
         let diff = Row::new().with("name", Atom::string("p2"));
-        cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(1),
-                RowUpdate::Modify(diff),
-            )])
-            .unwrap();
+        cache.apply(vec![modify(1, diff)]).unwrap();
         assert_eq!(held.get("name"), Some(&Value::from(Atom::string("p1"))));
         let now = cache.get("Logical_Switch_Port", u(1)).unwrap();
         assert_eq!(now.get("name"), Some(&Value::from(Atom::string("p2"))));
@@ -967,24 +955,8 @@ mod tests {
     fn modify_or_delete_of_an_unknown_row_is_inconsistent() {
         let cache = cache(16);
         let diff = Row::new().with("name", Atom::string("p2"));
-        assert!(
-            cache
-                .apply(vec![(
-                    "Logical_Switch_Port".into(),
-                    u(9),
-                    RowUpdate::Modify(diff)
-                )])
-                .is_err()
-        );
-        assert!(
-            cache
-                .apply(vec![(
-                    "Logical_Switch_Port".into(),
-                    u(9),
-                    RowUpdate::Delete
-                )])
-                .is_err()
-        );
+        assert!(cache.apply(vec![modify(9, diff)]).is_err());
+        assert!(cache.apply(vec![delete(9)]).is_err());
     }
 
     #[test]
@@ -997,7 +969,7 @@ mod tests {
         cache
             .apply(vec![
                 insert("Logical_Switch_Port", 2, lsp("p", None)),
-                ("Logical_Switch_Port".into(), u(1), RowUpdate::Delete),
+                delete(1),
             ])
             .unwrap();
         let err = cache
@@ -1018,13 +990,7 @@ mod tests {
         let rename = Row::new()
             .with("name", Atom::string("c"))
             .with("external_ids", Value::map([("pod", "ns/a")]));
-        cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(1),
-                RowUpdate::Modify(rename),
-            )])
-            .unwrap();
+        cache.apply(vec![modify(1, rename)]).unwrap();
         let by_name = |n: &str| {
             cache
                 .find("Logical_Switch_Port", &["name"], &[Atom::string(n).into()])
@@ -1043,13 +1009,7 @@ mod tests {
                 .is_empty()
         );
         let clash = Row::new().with("name", Atom::string("c"));
-        let err = cache
-            .apply(vec![(
-                "Logical_Switch_Port".into(),
-                u(2),
-                RowUpdate::Modify(clash),
-            )])
-            .unwrap_err();
+        let err = cache.apply(vec![modify(2, clash)]).unwrap_err();
         assert!(err.0.contains("unique index (name)"), "{err}");
     }
 

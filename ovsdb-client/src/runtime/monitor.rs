@@ -638,6 +638,17 @@ mod tests {
             .unwrap()
     }
 
+    /// The last transaction id of the initial loads below.
+    const TXN: &str = "4953213a-a174-4d2f-96cf-ae35ce618cdf";
+
+    /// A cache and monitor loaded from scratch with the `initial` rows (by table) at [`TXN`].
+    fn loaded(initial: Json) -> (Cache, MonitorState) {
+        let cache = cache();
+        let mut state = MonitorState::default();
+        establish(&mut state, &cache, json!([false, TXN, initial]));
+        (cache, state)
+    }
+
     /// An owned notification, as the connection would lend it to the handler.
     struct TestNotification {
         method: String,
@@ -700,14 +711,11 @@ mod tests {
         let full = establish(
             &mut state,
             &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+            json!([false, TXN,
                 {"Logical_Switch": {LS: {"initial": {"name": "ls-cl"}}}}]),
         );
         assert!(full);
-        assert_eq!(
-            state.last_txn_id,
-            Some(uuid("4953213a-a174-4d2f-96cf-ae35ce618cdf"))
-        );
+        assert_eq!(state.last_txn_id, Some(uuid(TXN)));
         let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
         assert_eq!(
             ls.get("ports"),
@@ -742,14 +750,8 @@ mod tests {
 
     #[test]
     fn captured_map_diffs_add_then_delete_a_key() {
-        let cache = cache();
-        let mut state = MonitorState::default();
-        establish(
-            &mut state,
-            &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
-                {"Logical_Switch_Port": {LSP: {"initial": {"name": "p"}}}}]),
-        );
+        let (cache, mut state) =
+            loaded(json!({"Logical_Switch_Port": {LSP: {"initial": {"name": "p"}}}}));
         let modify = |options: Json| {
             notification(
                 "update2",
@@ -807,7 +809,7 @@ mod tests {
         establish(
             &mut state,
             &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
+            json!([false, TXN,
                 {"Logical_Switch": {LS: {"initial": {"name": "ls"}}}}]),
         );
         let ls = cache.get("Logical_Switch", uuid(LS)).unwrap();
@@ -825,11 +827,7 @@ mod tests {
             generation: 2,
             ..MonitorState::default()
         };
-        establish(
-            &mut state,
-            &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf", {}]),
-        );
+        establish(&mut state, &cache, json!([false, TXN, {}]));
         let n = notification(
             "update2",
             json!(["mon", {"Logical_Switch": {LS: {"insert": {"name": "x"}}}}]),
@@ -843,14 +841,7 @@ mod tests {
 
     #[test]
     fn resume_found_true_applies_a_delta_and_keeps_rows() {
-        let cache = cache();
-        let mut state = MonitorState::default();
-        establish(
-            &mut state,
-            &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
-                {"Logical_Switch": {LS: {"initial": {"name": "kept"}}}}]),
-        );
+        let (cache, state) = loaded(json!({"Logical_Switch": {LS: {"initial": {"name": "kept"}}}}));
         let mut events = cache.subscribe();
         let mut state = MonitorState {
             generation: 1,
@@ -877,14 +868,8 @@ mod tests {
 
     #[test]
     fn resume_found_false_replaces_and_deletes_vanished_rows() {
-        let cache = cache();
-        let mut state = MonitorState::default();
-        establish(
-            &mut state,
-            &cache,
-            json!([false, "4953213a-a174-4d2f-96cf-ae35ce618cdf",
-                {"Logical_Switch": {LS: {"initial": {"name": "gone"}}}}]),
-        );
+        let (cache, mut state) =
+            loaded(json!({"Logical_Switch": {LS: {"initial": {"name": "gone"}}}}));
         let mut events = cache.subscribe();
         let full = establish(
             &mut state,
@@ -963,10 +948,10 @@ mod tests {
     fn malformed_updates_are_errors() {
         for bad in [
             json!(["mon", "not-a-uuid", {}]),
-            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {"zz": {"insert": {}}}}]),
-            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {LS: {"upsert": {}}}}]),
-            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", {"Logical_Switch": {LS: {"insert": {"name": 7}}}}]),
-            json!(["mon", "4953213a-a174-4d2f-96cf-ae35ce618cdf", []]),
+            json!(["mon", TXN, {"Logical_Switch": {"zz": {"insert": {}}}}]),
+            json!(["mon", TXN, {"Logical_Switch": {LS: {"upsert": {}}}}]),
+            json!(["mon", TXN, {"Logical_Switch": {LS: {"insert": {"name": 7}}}}]),
+            json!(["mon", TXN, []]),
         ] {
             let n = notification("update3", bad.clone());
             assert!(
