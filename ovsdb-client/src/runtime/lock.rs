@@ -3,10 +3,10 @@
 //!
 //! A lock belongs to a session on one server, so the client keeps a registry of
 //! the locks its caller asked for and requests each again (with `lock`) on every
-//! new connection. A [`Lock`] handle shows the current [`LockState`] and lets the
-//! caller await a change; while the connection is down the state is
-//! [`LockState::Waiting`], because nobody can tell whether another client took the
-//! lock meanwhile. Writes that must only happen under the lock carry an
+//! new connection. A [`Lock`](crate::runtime::client::Lock) handle (the client's)
+//! shows the current [`LockState`] and lets the caller await a change; while the
+//! connection is down the state is [`LockState::Waiting`], because nobody can tell
+//! whether another client took the lock meanwhile. Writes that must only happen under the lock carry an
 //! [`crate::protocol::operation::Operation::Assert`], which the server refuses with `not
 //! owner` when this session does not hold it.
 
