@@ -397,6 +397,7 @@ fn main() {
     let total = env_usize("PORTKEEPER_BENCH_TOTAL_PODS", 10_000).max(n);
     let cluster = Cluster::up(ClusterOptions {
         nodes: 1,
+        controller: false,
         ..Default::default()
     })
     .expect("local cluster up");

@@ -166,3 +166,15 @@ pk_underlay_address() { # netns address/prefix
 	ip -n "$1" addr replace "$2" dev br-phy
 	ip -n "$1" link set br-phy up
 }
+
+# The ServiceAccount and RBAC documents of YAML files (others, such as a DaemonSet, are left out):
+# what portkeeper's components run as in a real cluster, for the local cluster's tokens.
+pk_rbac_documents() {
+	awk '
+		function flush() { if (keep) printf "---\n%s", doc; doc = ""; keep = 0 }
+		/^---/ { flush(); next }
+		{ doc = doc $0 "\n" }
+		/^kind: (ServiceAccount|ClusterRole|ClusterRoleBinding|Role|RoleBinding)$/ { keep = 1 }
+		END { flush() }
+	' "$@"
+}

@@ -46,16 +46,9 @@ pub struct ClusterOptions {
     pub node_agent: Option<PathBuf>,
     /// Run folder; `None` picks a fresh one under the system temporary folder.
     pub run_dir: Option<PathBuf>,
-    /// The CNI network every node agent runs; `None` keeps the local cluster's default (Debian's
-    /// `bridge` and `host-local` plugins).
-    pub cni: Option<CniNetwork>,
-}
-
-/// A CNI network for the node agents: a configuration list and the folder holding its plugins.
-#[derive(Clone, Debug)]
-pub struct CniNetwork {
-    pub conflist: PathBuf,
-    pub bin_dir: PathBuf,
+    /// Run portkeeper-controller as the cluster component `controller` (the default); a test that
+    /// starts its own controller generations turns it off (`up --no-controller`).
+    pub controller: bool,
 }
 
 impl Default for ClusterOptions {
@@ -65,7 +58,7 @@ impl Default for ClusterOptions {
             raft: false,
             node_agent: None,
             run_dir: None,
-            cni: None,
+            controller: true,
         }
     }
 }
@@ -101,6 +94,7 @@ pub struct Cluster {
     nb: String,
     sb: String,
     nodes: Vec<String>,
+    netns_prefix: String,
     running: bool,
 }
 
@@ -138,9 +132,8 @@ impl Cluster {
         if let Some(agent) = &opts.node_agent {
             cmd.arg("--agent").arg(agent);
         }
-        if let Some(cni) = &opts.cni {
-            cmd.env("PORTKEEPER_CNI_CONFLIST", &cni.conflist)
-                .env("PORTKEEPER_CNI_BIN_DIR", &cni.bin_dir);
+        if !opts.controller {
+            cmd.arg("--no-controller");
         }
         let status = cmd.status()?;
         if !status.success() {
@@ -150,20 +143,39 @@ impl Cluster {
                 run_dir: run_dir.display().to_string(),
             });
         }
+        let mut cluster = Self::attach_local(&run_dir)?;
+        cluster.running = true;
+        Ok(cluster)
+    }
+
+    /// Attaches to a local cluster that `kind-e2e/local/up` brought up in `run_dir`; dropping
+    /// the handle leaves that cluster running.
+    pub fn attach_local(run_dir: &Path) -> Result<Self, HarnessError> {
         let env = read_env_file(&run_dir.join("env"))?;
         let var = |k: &str| {
             env.get(k)
                 .cloned()
                 .ok_or_else(|| HarnessError::Env(format!("{k} missing from the env file")))
         };
+        let state = std::fs::read_to_string(run_dir.join("state"))?;
+        let field = |k: &str| {
+            state
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .ok_or_else(|| HarnessError::Env(format!("{k} missing from the state file")))
+        };
+        let nodes: usize = field("PK_NODES")?
+            .parse()
+            .map_err(|_| HarnessError::Env("PK_NODES is not a number".into()))?;
         Ok(Self {
             provider: Provider::Local,
             kubeconfig: var("KUBECONFIG")?.into(),
             nb: var("OVN_NB_DB")?,
             sb: var("OVN_SB_DB")?,
-            nodes: (1..=opts.nodes).map(|i| format!("node{i}")).collect(),
-            run_dir,
-            running: true,
+            nodes: (1..=nodes).map(|i| format!("node{i}")).collect(),
+            netns_prefix: field("PK_PREFIX")?.to_owned(),
+            run_dir: run_dir.to_path_buf(),
+            running: false,
         })
     }
 
@@ -186,8 +198,24 @@ impl Cluster {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            netns_prefix: String::new(),
             running: false,
         })
+    }
+
+    /// A second handle on this cluster, for code that must hold one across awaits while the
+    /// owner is shared; dropping it never tears the cluster down.
+    pub fn handle(&self) -> Self {
+        Self {
+            provider: self.provider,
+            run_dir: self.run_dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            nb: self.nb.clone(),
+            sb: self.sb.clone(),
+            nodes: self.nodes.clone(),
+            netns_prefix: self.netns_prefix.clone(),
+            running: false,
+        }
     }
 
     pub fn provider(&self) -> Provider {
@@ -223,9 +251,15 @@ impl Cluster {
         &self.run_dir
     }
 
-    /// A node's folder: its Open_vSwitch database socket `db.sock`, CNI config and IPAM state.
+    /// A node's folder: its Open_vSwitch database socket `db.sock` and the agent's sandbox records.
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.run_dir.join("nodes").join(node)
+    }
+
+    /// The prefix of every network namespace of the local cluster: `<prefix><node>` is a node's
+    /// host namespace, `<prefix><pod uid>` a pod's (empty for kind).
+    pub fn netns_prefix(&self) -> &str {
+        &self.netns_prefix
     }
 
     /// Runs a command in a pod's network namespace (local) or container (kind).

@@ -2,20 +2,28 @@
 //! end-to-end suite drives clusters with.
 //!
 //! - [`cni`] runs CNI plugins as a container runtime does.
+//! - [`dataplane`] checks a pod's network from inside and from OVN.
+//! - [`demo`] tells `dev/demo`'s story.
+//! - [`examples`] applies `yamls/examples/` and waits for what they make to run.
 //! - [`sandbox`] keeps one network namespace per pod and what was done to it.
 //! - [`node`] registers the Node and keeps it Ready.
 //! - [`pods`] reconciles the pods bound to the node.
 //! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
 //! - [`portkeeper`] runs portkeeper's binaries on a cluster and reads back their results.
+//! - [`kubevirt`] plays KubeVirt's virt-controller.
 
 pub mod cni;
+pub mod dataplane;
+pub mod demo;
+pub mod examples;
 pub mod harness;
+pub mod kubevirt;
 pub mod node;
 pub mod pods;
 pub mod portkeeper;
 pub mod sandbox;
 
-pub use harness::{Cluster, ClusterOptions, CniNetwork, HarnessError, Provider, Shared};
+pub use harness::{Cluster, ClusterOptions, HarnessError, Provider, Shared};
 
 /// Errors of the node agent.
 #[derive(Debug, thiserror::Error)]

@@ -137,9 +137,9 @@ pub fn print_controller_logs(cluster: &Cluster, generations: u32) {
     }
 }
 
-/// Brings up a local cluster of `nodes` nodes whose kubelet is the node agent `agent`, runs
-/// `cases` on it, prints the last `generations` controller logs if they panic, and tears the
-/// cluster down in every case.
+/// Brings up a local cluster of `nodes` nodes whose kubelet is the node agent `agent`, without
+/// its own controller (`cases` start theirs, [`Controller::start`]), runs `cases` on it, prints
+/// the last `generations` controller logs if they panic, and tears the cluster down in every case.
 pub fn run_on_cluster(
     nodes: usize,
     agent: PathBuf,
@@ -149,6 +149,7 @@ pub fn run_on_cluster(
     let cluster = Cluster::up(ClusterOptions {
         nodes,
         node_agent: Some(agent),
+        controller: false,
         ..Default::default()
     })
     .expect("local cluster up");

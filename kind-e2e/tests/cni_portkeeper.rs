@@ -9,24 +9,21 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kind_e2e::dataplane::{self, pod_ips, wait_running};
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
-use kind_e2e::portkeeper::{self, Controller, annotation, kubectl, kubectl_apply, wait_for};
-use kind_e2e::{Cluster, ClusterOptions, CniNetwork, Shared};
+use kind_e2e::portkeeper::{self, annotation, kubectl_apply, wait_for};
+use kind_e2e::{Cluster, ClusterOptions, Shared};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 
-const SUBNET: &str = "10.16.0.0/16";
 const GATEWAY: &str = "10.16.0.1";
-/// The daemons' bound on waiting for an allocation (their default, 60 s, is the runtime's whole
-/// CNI timeout).
-const ALLOCATION_TIMEOUT_SECS: &str = "15";
 /// How long a gracefully deleted pod's port and veth may outlive the request.
 const CLEANUP_BOUND: Duration = Duration::from_secs(30);
 /// How long those of a pod deleted with no grace period may: well inside the node agent's 10 s
@@ -111,102 +108,29 @@ fn is_root() -> bool {
     })
 }
 
-/// The cluster with portkeeper's controller and one daemon per node. Fields drop in order: our
-/// processes go before the cluster they talk to.
+/// The local cluster as `up` makes it: portkeeper's controller, and on each node its daemon and
+/// `portkeeper-cni` as the CNI network.
 struct Portkeeper {
-    _daemons: Daemons,
-    _controller: Controller,
     cluster: Cluster,
     /// The `portkeeper-cni` binary as the node agents run it.
     plugin: PathBuf,
     /// The prefix of every network namespace of this cluster.
     prefix: String,
-    _scratch: tempfile::TempDir,
-}
-
-/// The daemons, killed (by their pid) when the run ends, also on failure.
-struct Daemons(Vec<Child>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Portkeeper {
     fn start() -> Result<Self, String> {
-        let plugin_bin =
-            portkeeper::cargo_binary("portkeeper-cni", "portkeeper-cni", "PORTKEEPER_CNI_BIN");
-        let daemon_bin = portkeeper::cargo_binary(
-            "portkeeper-cni",
-            "portkeeper-daemon",
-            "PORTKEEPER_DAEMON_BIN",
-        );
-        let controller_bin = portkeeper::controller_binary();
-        let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let bin_dir = scratch.path().join("cni-bin");
-        let plugin = bin_dir.join("portkeeper-cni");
-        let conflist = scratch.path().join("portkeeper.conflist");
-        std::fs::create_dir_all(&bin_dir)
-            .and_then(|()| std::fs::copy(&plugin_bin, &plugin))
-            .and_then(|_| std::fs::write(&conflist, conflist_text("1.0.0")))
-            .map_err(|e| e.to_string())?;
         let started = Instant::now();
         let cluster = Cluster::up(ClusterOptions {
             node_agent: Some(env!("CARGO_BIN_EXE_node-agent").into()),
-            cni: Some(CniNetwork { conflist, bin_dir }),
             ..ClusterOptions::default()
         })
         .map_err(|e| e.to_string())?;
         eprintln!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
-        kubectl(
-            &cluster,
-            &[
-                "apply",
-                "-f",
-                &portkeeper::repo_root()
-                    .join("yamls/crds.yaml")
-                    .display()
-                    .to_string(),
-            ],
-        );
-        let controller = Controller::start(&controller_bin, &cluster, SUBNET, 0, &[]);
-        let prefix = std::fs::read_to_string(cluster.run_dir().join("state"))
-            .map_err(|e| e.to_string())?
-            .lines()
-            .find_map(|l| l.strip_prefix("PK_PREFIX="))
-            .ok_or("no PK_PREFIX in the cluster state")?
-            .to_owned();
-        let mut daemons = Daemons(Vec::new());
-        for node in cluster.nodes() {
-            let log = std::fs::File::create(cluster.run_dir().join(format!("daemon-{node}.log")))
-                .map_err(|e| e.to_string())?;
-            let db = format!("unix:{}", cluster.node_dir(node).join("db.sock").display());
-            daemons.0.push(
-                Command::new(&daemon_bin)
-                    .args(["--node-name", node, "--socket", "@portkeeper-cni"])
-                    .args(["--ovs-db", &db])
-                    .args(["--allocation-timeout", ALLOCATION_TIMEOUT_SECS])
-                    .arg("--netns")
-                    .arg(Path::new("/run/netns").join(format!("{prefix}{node}")))
-                    .env("KUBECONFIG", cluster.kubeconfig())
-                    .env("NO_COLOR", "1")
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map_err(|e| format!("start portkeeper-daemon: {e}"))?,
-            );
-        }
         Ok(Self {
-            _daemons: daemons,
-            _controller: controller,
+            plugin: cluster.run_dir().join("cni-bin/portkeeper-cni"),
+            prefix: cluster.netns_prefix().to_owned(),
             cluster,
-            plugin,
-            prefix,
-            _scratch: scratch,
         })
     }
 
@@ -271,13 +195,6 @@ fn with<T>(f: impl FnOnce(&Portkeeper) -> T) -> T {
     with_setup(f).expect("the setup was made by the trial's start")
 }
 
-fn conflist_text(version: &str) -> String {
-    json!({"cniVersion": version, "name": "portkeeper", "plugins": [
-        {"type": "portkeeper-cni", "daemonSocket": "@portkeeper-cni"}
-    ]})
-    .to_string()
-}
-
 fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)
@@ -295,21 +212,13 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `cmd` in the pod's network namespace; (success, stdout and stderr).
+/// Runs `cmd` in the network namespace of pod `default/<pod>`; (success, stdout and stderr).
 fn exec(pod: &str, cmd: &[&str]) -> (bool, String) {
-    let out = with(|s| s.cluster.pod_exec("default", pod, cmd)).expect("pod-exec");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    with(|s| dataplane::exec(&s.cluster, "default", pod, cmd))
 }
 
 fn ping(from: &str, to: &str) -> (bool, String) {
-    exec(from, &["ping", "-c", "1", "-W", "2", to])
+    with(|s| dataplane::ping(&s.cluster, "default", from, to))
 }
 
 fn pod_manifest(name: &str, node: &str, annotations: &[(&str, &str)], grace: u32) -> Pod {
@@ -326,25 +235,6 @@ fn pod_manifest(name: &str, node: &str, annotations: &[(&str, &str)], grace: u32
         }
     }))
     .unwrap()
-}
-
-/// Waits until the pod `name` (of any UID but `not_uid`) is Running and Ready with an IP.
-async fn wait_running(pods: &Api<Pod>, name: &str, not_uid: Option<&str>) -> Pod {
-    wait_for(&format!("pod {name} Running and Ready"), async || {
-        let p = pods.get_opt(name).await.ok().flatten()?;
-        let status = p.status.as_ref()?;
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        (ready
-            && status.phase.as_deref() == Some("Running")
-            && status.pod_ip.is_some()
-            && p.uid().as_deref() != not_uid)
-            .then_some(p)
-    })
-    .await
 }
 
 /// The pods the address and traffic trials share: `a` (static IP and MAC) and `b` on node1, `c`
@@ -377,30 +267,9 @@ async fn shared_pods(client: &Client) -> [Pod; 3] {
     running.try_into().unwrap()
 }
 
-fn pod_ips(p: &Pod) -> Vec<&str> {
-    annotation(p, "ip_address")
-        .unwrap_or_else(|| panic!("{} has no ip_address", p.name_any()))
-        .split(',')
-        .collect()
-}
-
 /// The chassis the SB database binds `port` to.
 fn bound_chassis(port: &str) -> String {
-    with(|s| {
-        let sbctl = |args: &[&str]| {
-            stdout(&s.cluster.ovn_sbctl(args).unwrap())
-                .trim()
-                .to_owned()
-        };
-        let uuid = sbctl(&[
-            "--bare",
-            "--columns=chassis",
-            "find",
-            "port_binding",
-            &format!("logical_port={port}"),
-        ]);
-        sbctl(&["--bare", "--columns=name", "list", "chassis", &uuid])
-    })
+    with(|s| dataplane::bound_chassis(&s.cluster, port))
 }
 
 async fn nodes_publish_their_chassis_name(client: Client) {
@@ -437,59 +306,8 @@ async fn nodes_publish_their_chassis_name(client: Client) {
     }
 }
 
-/// Checks that the pod's status and `eth0` carry exactly its annotated addresses (with their
-/// subnets' prefix lengths, from `cidr`) and MAC.
 fn assert_wired_as_annotated(p: &Pod) {
-    let name = p.name_any();
-    let ips = pod_ips(p);
-    let mac = annotation(p, "mac_address")
-        .expect("mac_address")
-        .to_lowercase();
-    let status = p.status.as_ref().unwrap();
-    let reported: Vec<&str> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .map(|i| i.ip.as_str())
-        .collect();
-    assert_eq!(reported, ips, "pod {name} status podIPs");
-    assert_eq!(
-        status.pod_ip.as_deref(),
-        Some(ips[0]),
-        "pod {name} status podIP"
-    );
-
-    let (ok, link) = exec(&name, &["ip", "-o", "link", "show", "eth0"]);
-    assert!(ok, "pod {name} has no eth0: {link}");
-    let link_mac = link
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1);
-    assert_eq!(link_mac, Some(mac.as_str()), "pod {name} eth0 MAC: {link}");
-    let (ok, addrs) = exec(
-        &name,
-        &["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
-    );
-    assert!(ok, "{addrs}");
-    let on_eth0: BTreeSet<String> = addrs
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .map(str::to_owned)
-        .collect();
-    let cidrs = annotation(p, "cidr").expect("cidr");
-    let annotated: BTreeSet<String> = ips
-        .iter()
-        .map(|ip| {
-            let family = |text: &str| text.contains(':');
-            let cidr = cidrs.split(',').find(|c| family(c) == family(ip));
-            let prefix = cidr.and_then(|c| c.split('/').nth(1));
-            format!(
-                "{ip}/{}",
-                prefix.unwrap_or_else(|| panic!("{name}: no cidr for {ip}"))
-            )
-        })
-        .collect();
-    assert_eq!(on_eth0, annotated, "pod {name} eth0 addresses");
+    with(|s| dataplane::assert_wired_as_annotated(&s.cluster, p));
 }
 
 async fn pods_get_exactly_their_annotated_addresses(client: Client) {
@@ -672,8 +490,10 @@ async fn bad_cni_inputs_give_errors_and_leave_nothing(client: Client) {
     run("ip", &["netns", "add", &netns]);
     let netns_path = Path::new("/run/netns").join(&netns);
     let before = with(Portkeeper::wiring);
-    let good = conflist_text("1.0.0");
-    let good = serde_json::from_str::<Value>(&good).unwrap()["plugins"][0].clone();
+    // The nodes' own configuration, one field changed at a time.
+    let conflist = with(|s| std::fs::read(s.cluster.run_dir().join("cni/portkeeper.conflist")))
+        .expect("the nodes' conflist");
+    let good = serde_json::from_slice::<Value>(&conflist).unwrap()["plugins"][0].clone();
     let config = |version: &str| {
         let mut c = good.clone();
         c["cniVersion"] = json!(version);

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
+use kind_e2e::pods::SANDBOX_FAILURE_REASON;
 use kind_e2e::portkeeper::{
-    Controller, allocated, annotation, controller_binary, ip_resource, kubectl, kubectl_apply,
-    kubeovn_resource, nb_addresses, nbctl, port_names, repo_root, run_on_cluster, wait_for,
-    warnings,
+    Controller, allocated, annotation, controller_binary, install_kubevirt, ip_resource, kubectl,
+    kubectl_apply, kubeovn_resource, nb_addresses, nbctl, port_names, repo_root, run_on_cluster,
+    wait_for, warnings,
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -91,7 +92,11 @@ async fn verify_three_ways(cluster: &Cluster, client: &Client, p: &Pod) -> (Stri
 /// A rejected pod: the Warning event with `reason` naming every `needle`, and no side effect.
 async fn rejected(cluster: &Cluster, client: &Client, name: &str, reason: &str, needles: &[&str]) {
     let (r, message) = wait_for(&format!("{reason} event on {name}"), async || {
-        warnings(client, NS, name).await.into_iter().next()
+        // The controller's Event; the node's sandbox failures (no allocation) come later.
+        warnings(client, NS, name)
+            .await
+            .into_iter()
+            .find(|(r, _)| r != SANDBOX_FAILURE_REASON)
     })
     .await;
     assert_eq!(r, reason, "{name}: {message}");
@@ -760,13 +765,26 @@ async fn cases(cluster: &Cluster) {
     held_subnet_leaves_after_its_pod(cluster, &client, &p, "doomed").await;
 
     println!("case: every example manifest in yamls/examples is allocated");
+    // The VM example needs KubeVirt's kinds; static-ip goes first, as its address is in the
+    // pool-list example's pool.
+    install_kubevirt(cluster, &client).await;
     let examples = repo_root().join("yamls/examples");
-    kubectl(cluster, &["apply", "-f", examples.to_str().unwrap()]);
+    kubectl(
+        cluster,
+        &[
+            "apply",
+            "-f",
+            examples.join("ip_address.yaml").to_str().unwrap(),
+        ],
+    );
     let default_pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    allocated(&default_pods, "static-ip").await;
+    kubectl(cluster, &["apply", "-f", examples.to_str().unwrap()]);
     for (name, ip) in [
         ("static-ip", Some("10.16.0.15")),
         ("static-mac", None),
         ("on-net1", None),
+        ("dual-stack", None),
         ("v6-only", None),
         ("secured", None),
     ] {
@@ -801,21 +819,29 @@ async fn cases(cluster: &Cluster) {
         .then_some(())
     })
     .await;
-    for (app, count) in [("db", 3), ("web", 3)] {
-        wait_for(&format!("example {app} allocated"), async || {
+    for (app, count) in [("db", 2), ("web", 3), ("pool-list", 2)] {
+        let ips = wait_for(&format!("example {app} allocated"), async || {
             let list = default_pods
                 .list(&ListParams::default().labels(&format!("app={app}")))
                 .await
                 .ok()?;
-            (list
+            let mut ips: Vec<String> = list
                 .items
                 .iter()
                 .filter(|p| annotation(p, "allocated") == Some("true"))
-                .count()
-                == count)
-                .then_some(())
+                .filter_map(|p| annotation(p, "ip_address").map(str::to_owned))
+                .collect();
+            ips.sort();
+            (ips.len() == count).then_some(ips)
         })
         .await;
+        if app == "pool-list" {
+            assert_eq!(
+                ips,
+                ["10.16.0.16", "10.16.0.17"],
+                "static-ip holds 10.16.0.15"
+            );
+        }
     }
     println!(
         "case: a static pod deleted and its address re-requested while the controller is down (#4304)"

@@ -1,5 +1,5 @@
 //! KubeVirt live migration on a two-node local cluster. The test plays virt-controller and
-//! virt-handler: it writes VirtualMachines, VMIs and their launcher pods (binding them to nodes
+//! virt-handler (`kind_e2e::kubevirt`): it writes VirtualMachines, VMIs and their launcher pods (binding them to nodes
 //! as the scheduler does), creates VirtualMachineInstanceMigrations and steps their phases
 //! together with the VMI's `status.migrationState`. At each step the VM's port is checked with
 //! `ovn-nbctl lsp-get-options`, the chassis OVN resolved with `ovn-sbctl`, and every launcher pod
@@ -14,23 +14,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kind_e2e::Cluster;
+use kind_e2e::kubevirt::VirtController;
 use kind_e2e::portkeeper::{
     Controller, allocated, annotation, controller_binary, events, install_kubevirt, ip_resource,
-    kubectl, kubevirt_api, lsp_options, nb_addresses, nbctl, node_chassis, port_names, repo_root,
-    run_on_cluster, sbctl, wait_for,
+    kubectl, lsp_options, nb_addresses, nbctl, node_chassis, port_names, repo_root, run_on_cluster,
+    sbctl, wait_for,
 };
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NS: &str = "migrate";
 const CIDR: &str = "10.17.0.0/16";
-/// A scheduler that does not exist: target pods stay unbound until the test binds them.
-const NO_SCHEDULER: &str = "portkeeper-e2e-manual";
-/// The annotation portkeeper's node daemon writes; the test writes it when no daemon runs.
-const CHASSIS_ANNOTATION: &str = "ovn.kubernetes.io/chassis";
+/// The annotation portkeeper's node daemon writes.
+const NODE_CHASSIS: &str = "ovn.kubernetes.io/chassis";
 
 #[test]
 fn live_migration() {
@@ -42,10 +41,7 @@ fn live_migration() {
 struct KubeVirt<'a> {
     cluster: &'a Cluster,
     client: Client,
-    vms: Api<DynamicObject>,
-    vmis: Api<DynamicObject>,
-    migrations: Api<DynamicObject>,
-    pods: Api<Pod>,
+    virt: VirtController,
     chassis: BTreeMap<String, String>,
 }
 
@@ -65,9 +61,13 @@ struct Flight {
 impl KubeVirt<'_> {
     /// Starts `vm` on node1 and creates the migration `<vm>-mig` (not yet in any phase).
     async fn flight(&self, vm: &str) -> Flight {
-        let vmi_uid = self.start_vm(vm).await;
+        self.virt.create_vm(vm).await;
+        let vmi_uid = self
+            .virt
+            .start(vm, Some((&format!("{vm}-a"), "node1")))
+            .await;
         let migration = format!("{vm}-mig");
-        let uid = self.migrate(vm, &migration).await;
+        let uid = self.virt.migrate(vm, &migration).await;
         Flight {
             vm: vm.to_owned(),
             vmi_uid,
@@ -80,26 +80,28 @@ impl KubeVirt<'_> {
 
     /// Creates the flight's target pod, bound to `node` or left for [`Self::bind`].
     async fn add_target(&self, f: &Flight, node: Option<&str>) {
-        self.launcher(
-            &f.vm,
-            &f.vmi_uid,
-            &f.target,
-            Some((&f.migration, &f.uid)),
-            node,
-        )
-        .await;
+        self.virt
+            .launcher(
+                &f.vm,
+                &f.vmi_uid,
+                &f.target,
+                Some((&f.migration, &f.uid)),
+                node,
+            )
+            .await;
     }
 
     /// The VMI's `migrationState` for the flight, from node `source` to `target`.
     async fn record_state(&self, f: &Flight, source: &str, target: &str) {
-        self.migration_state(&f.vm, &f.uid, (&f.source, &f.target), (source, target))
+        self.virt
+            .migration_state(&f.vm, &f.uid, (&f.source, &f.target), (source, target))
             .await;
     }
 
     /// Steps the flight's migration through `phases`.
     async fn phases(&self, f: &Flight, phases: &[&str]) {
         for phase in phases {
-            self.phase(&f.migration, phase).await;
+            self.virt.phase(&f.migration, phase).await;
         }
     }
 
@@ -115,209 +117,6 @@ impl KubeVirt<'_> {
 
     fn pinned(&self, node: &str) -> Options {
         Options::from([("requested-chassis".into(), self.chassis[node].clone())])
-    }
-
-    /// A VM running on node1: VM, VMI (status Running on node1) and its launcher pod, allocated.
-    async fn start_vm(&self, vm: &str) -> String {
-        let created = self
-            .vms
-            .create(
-                &PostParams::default(),
-                &object(json!({
-                    "apiVersion": "kubevirt.io/v1",
-                    "kind": "VirtualMachine",
-                    "metadata": { "name": vm, "namespace": NS },
-                    "spec": { "runStrategy": "Always" },
-                })),
-            )
-            .await
-            .expect("create VM");
-        let vmi = self
-            .vmis
-            .create(
-                &PostParams::default(),
-                &object(json!({
-                    "apiVersion": "kubevirt.io/v1",
-                    "kind": "VirtualMachineInstance",
-                    "metadata": {
-                        "name": vm,
-                        "namespace": NS,
-                        "ownerReferences": [{
-                            "apiVersion": "kubevirt.io/v1",
-                            "kind": "VirtualMachine",
-                            "name": vm,
-                            "uid": created.uid().unwrap(),
-                            "controller": true,
-                        }],
-                    },
-                    "spec": {},
-                })),
-            )
-            .await
-            .expect("create VMI");
-        let vmi_uid = vmi.uid().unwrap();
-        self.vmi_status(vm, json!({ "phase": "Running", "nodeName": "node1" }))
-            .await;
-        self.launcher(vm, &vmi_uid, &format!("{vm}-a"), None, Some("node1"))
-            .await;
-        vmi_uid
-    }
-
-    /// Creates a launcher pod of `vm`: a migration's target when `migration` (name, UID) is
-    /// given, bound to `node` or left for [`Self::bind`].
-    async fn launcher(
-        &self,
-        vm: &str,
-        vmi_uid: &str,
-        name: &str,
-        migration: Option<(&str, &str)>,
-        node: Option<&str>,
-    ) {
-        let mut labels = json!({
-            "kubevirt.io": "virt-launcher",
-            "vm.kubevirt.io/name": vm,
-            "kubevirt.io/created-by": vmi_uid,
-        });
-        let mut annotations = json!({ "kubevirt.io/domain": vm });
-        if let Some((job, uid)) = migration {
-            labels["kubevirt.io/migrationJobUID"] = json!(uid);
-            annotations["kubevirt.io/migrationJobName"] = json!(job);
-        }
-        let mut spec = json!({
-            "automountServiceAccountToken": false,
-            "schedulerName": NO_SCHEDULER,
-            "containers": [{ "name": "compute", "image": "busybox" }],
-        });
-        if let Some(node) = node {
-            spec["nodeName"] = json!(node);
-        }
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "labels": labels,
-                "annotations": annotations,
-                "ownerReferences": [{
-                    "apiVersion": "kubevirt.io/v1",
-                    "kind": "VirtualMachineInstance",
-                    "name": vm,
-                    "uid": vmi_uid,
-                    "controller": true,
-                }],
-            },
-            "spec": spec,
-        }))
-        .unwrap();
-        self.pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("create launcher pod");
-        allocated(&self.pods, name).await;
-    }
-
-    /// Binds a pod to a node as the scheduler does (`pods/<name>/binding`).
-    async fn bind(&self, pod: &str, node: &str) {
-        let binding = json!({
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": { "name": pod, "namespace": NS },
-            "target": { "apiVersion": "v1", "kind": "Node", "name": node },
-        });
-        self.pods
-            .create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
-            .await
-            .expect("bind pod");
-    }
-
-    /// Deletes a launcher pod at once and waits until it is gone.
-    async fn delete_pod(&self, name: &str) {
-        self.pods
-            .delete(name, &DeleteParams::default().grace_period(0))
-            .await
-            .expect("delete pod");
-        wait_for(&format!("{name} gone"), async || {
-            self.pods.get_opt(name).await.ok()?.is_none().then_some(())
-        })
-        .await;
-    }
-
-    /// Creates a VMIM for `vm`; returns its UID.
-    async fn migrate(&self, vm: &str, name: &str) -> String {
-        let created = self
-            .migrations
-            .create(
-                &PostParams::default(),
-                &object(json!({
-                    "apiVersion": "kubevirt.io/v1",
-                    "kind": "VirtualMachineInstanceMigration",
-                    "metadata": {
-                        "name": name,
-                        "namespace": NS,
-                        "labels": { "kubevirt.io/vmi-name": vm },
-                    },
-                    "spec": { "vmiName": vm },
-                })),
-            )
-            .await
-            .expect("create VMIM");
-        created.uid().unwrap()
-    }
-
-    /// Moves a VMIM to `phase`, as virt-controller does.
-    async fn phase(&self, migration: &str, phase: &str) {
-        self.migrations
-            .patch_status(
-                migration,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "phase": phase } })),
-            )
-            .await
-            .expect("patch VMIM status");
-    }
-
-    /// Merges `status` into the VMI's status, as virt-handler and virt-controller do.
-    async fn vmi_status(&self, vm: &str, status: Value) {
-        self.vmis
-            .patch_status(
-                vm,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .expect("patch VMI status");
-    }
-
-    /// The VMI's `migrationState` for a migration from node `source` to `target`.
-    async fn migration_state(&self, vm: &str, uid: &str, pods: (&str, &str), nodes: (&str, &str)) {
-        self.vmi_status(
-            vm,
-            json!({ "migrationState": {
-                "migrationUid": uid,
-                "sourcePod": pods.0,
-                "targetPod": pods.1,
-                "sourceNode": nodes.0,
-                "targetNode": nodes.1,
-                "completed": false,
-                "failed": false,
-            }}),
-        )
-        .await;
-    }
-
-    /// Ends a migration as KubeVirt does: the VMI's state first, then the VMIM's phase.
-    async fn finish(&self, vm: &str, migration: &str, succeeded: bool, node: &str) {
-        self.vmi_status(
-            vm,
-            json!({
-                "nodeName": node,
-                "migrationState": { "completed": true, "failed": !succeeded },
-            }),
-        )
-        .await;
-        self.phase(migration, if succeeded { "Succeeded" } else { "Failed" })
-            .await;
     }
 
     /// Waits until the VM's port has exactly `want` as its options.
@@ -378,7 +177,7 @@ impl KubeVirt<'_> {
         let port = format!("{vm}.{NS}");
         let mut seen = Vec::new();
         for name in pods {
-            let p = self.pods.get(name).await.unwrap();
+            let p = self.virt.pods.get(name).await.unwrap();
             let ip = annotation(&p, "ip_address").expect("ip_address").to_owned();
             let mac = annotation(&p, "mac_address")
                 .expect("mac_address")
@@ -424,13 +223,9 @@ impl KubeVirt<'_> {
     }
 }
 
-fn object(value: Value) -> DynamicObject {
-    serde_json::from_value(value).unwrap()
-}
-
-/// Each node's chassis name from its Open_vSwitch database, published on the Node as the node
-/// daemon would (unless a daemon already did).
-async fn publish_chassis(cluster: &Cluster, client: &Client) -> BTreeMap<String, String> {
+/// Each node's chassis name from its Open_vSwitch database, once the node's portkeeper-daemon has
+/// published it on the Node, where the controller reads it.
+async fn published_chassis(cluster: &Cluster, client: &Client) -> BTreeMap<String, String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut chassis = BTreeMap::new();
     for node in cluster.nodes() {
@@ -439,22 +234,12 @@ async fn publish_chassis(cluster: &Cluster, client: &Client) -> BTreeMap<String,
             sbctl(cluster, &["get", "Chassis", &name, "name"]).trim_matches('"'),
             name
         );
-        let current = nodes.get(node).await.unwrap();
-        match current.annotations().get(CHASSIS_ANNOTATION) {
-            Some(published) => assert_eq!(*published, name, "{node}'s published chassis"),
-            None => {
-                nodes
-                    .patch(
-                        node,
-                        &PatchParams::default(),
-                        &Patch::Merge(
-                            json!({ "metadata": { "annotations": { CHASSIS_ANNOTATION: name } } }),
-                        ),
-                    )
-                    .await
-                    .unwrap();
-            }
-        }
+        let published = wait_for(&format!("{node}'s chassis annotation"), async || {
+            let current = nodes.get(node).await.ok()?;
+            current.annotations().get(NODE_CHASSIS).cloned()
+        })
+        .await;
+        assert_eq!(published, name, "{node}'s published chassis");
         chassis.insert(node.clone(), name);
     }
     chassis
@@ -472,11 +257,8 @@ async fn cases(cluster: &Cluster) {
         .unwrap();
     let kv = KubeVirt {
         cluster,
-        chassis: publish_chassis(cluster, &client).await,
-        vms: kubevirt_api(&client, NS, "VirtualMachine"),
-        vmis: kubevirt_api(&client, NS, "VirtualMachineInstance"),
-        migrations: kubevirt_api(&client, NS, "VirtualMachineInstanceMigration"),
-        pods: Api::namespaced(client.clone(), NS),
+        chassis: published_chassis(cluster, &client).await,
+        virt: VirtController::new(&client, NS),
         client: client.clone(),
     };
     let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
@@ -493,7 +275,7 @@ async fn full_migration(kv: &KubeVirt<'_>) {
     kv.phases(&f, &["Scheduling"]).await;
     kv.add_target(&f, None).await;
     kv.options_stay(vm, &Options::new()).await;
-    kv.bind(&f.target, "node2").await;
+    kv.virt.bind(&f.target, "node2").await;
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     kv.southbound_binds(vm, "node1", &["node2"]);
     for phase in ["Scheduled", "PreparingTarget", "TargetReady", "Running"] {
@@ -504,7 +286,8 @@ async fn full_migration(kv: &KubeVirt<'_>) {
         kv.options_stay(vm, &kv.dual("node1", "node2")).await;
     }
     // A later reconcile of the target pod rewrites its port; the options must survive it.
-    kv.pods
+    kv.virt
+        .pods
         .patch(
             &f.target,
             &PatchParams::default(),
@@ -514,10 +297,10 @@ async fn full_migration(kv: &KubeVirt<'_>) {
         )
         .await
         .unwrap();
-    allocated(&kv.pods, &f.target).await;
+    allocated(&kv.virt.pods, &f.target).await;
     kv.options_stay(vm, &kv.dual("node1", "node2")).await;
     kv.one_identity(vm, &[&f.source, &f.target]).await;
-    kv.finish(vm, &f.migration, true, "node2").await;
+    kv.virt.finish(vm, &f.migration, true, "node2").await;
     kv.options_become(vm, &kv.pinned("node2")).await;
     kv.southbound_binds(vm, "node2", &[]);
     let reasons = kv.reasons(vm).await;
@@ -528,7 +311,7 @@ async fn full_migration(kv: &KubeVirt<'_>) {
         );
     }
     // Once the source pod is gone nothing can contend: a VM started again anywhere binds.
-    kv.delete_pod(&f.source).await;
+    kv.virt.delete_pod(&f.source).await;
     kv.options_become(vm, &Options::new()).await;
     kv.one_identity(vm, &[&f.target]).await;
 }
@@ -539,17 +322,17 @@ async fn failed_migration(kv: &KubeVirt<'_>) {
     let vm = f.vm.as_str();
     kv.phases(&f, &["Scheduling"]).await;
     kv.add_target(&f, None).await;
-    kv.bind(&f.target, "node2").await;
+    kv.virt.bind(&f.target, "node2").await;
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     kv.phases(&f, &["Scheduled"]).await;
     kv.record_state(&f, "node1", "node2").await;
     kv.phases(&f, &["PreparingTarget"]).await;
     kv.one_identity(vm, &[&f.source, &f.target]).await;
-    kv.finish(vm, &f.migration, false, "node1").await;
+    kv.virt.finish(vm, &f.migration, false, "node1").await;
     kv.options_become(vm, &kv.pinned("node1")).await;
     kv.southbound_binds(vm, "node1", &[]);
     assert!(kv.reasons(vm).await.iter().any(|r| r == "PortRolledBack"));
-    kv.delete_pod(&f.target).await;
+    kv.virt.delete_pod(&f.target).await;
     kv.options_become(vm, &Options::new()).await;
     kv.one_identity(vm, &[&f.source]).await;
 }
@@ -566,7 +349,7 @@ async fn late_target_pod(kv: &KubeVirt<'_>) -> Flight {
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     kv.record_state(&f, "node1", "node2").await;
     kv.phases(&f, &["TargetReady", "Running"]).await;
-    kv.finish(vm, &f.migration, true, "node2").await;
+    kv.virt.finish(vm, &f.migration, true, "node2").await;
     kv.options_become(vm, &kv.pinned("node2")).await;
     kv.one_identity(vm, &[&f.source, &f.target]).await;
     f
@@ -579,7 +362,7 @@ async fn second_migration(kv: &KubeVirt<'_>, first: Flight) {
         "case: a second migration, an old launcher pod deleted meanwhile, stale migrationState"
     );
     let vm = first.vm.as_str();
-    let uid = kv.migrate(vm, "vm-late-back").await;
+    let uid = kv.virt.migrate(vm, "vm-late-back").await;
     let next = Flight {
         vm: vm.to_owned(),
         vmi_uid: first.vmi_uid.clone(),
@@ -591,13 +374,13 @@ async fn second_migration(kv: &KubeVirt<'_>, first: Flight) {
     kv.phases(&next, &["Scheduling"]).await;
     kv.add_target(&next, Some("node1")).await;
     kv.options_become(vm, &kv.dual("node2", "node1")).await;
-    kv.delete_pod(&first.source).await;
+    kv.virt.delete_pod(&first.source).await;
     kv.options_stay(vm, &kv.dual("node2", "node1")).await;
     kv.phases(&next, &["Scheduled"]).await;
     kv.record_state(&next, "node2", "node1").await;
     kv.phases(&next, &["Running"]).await;
     kv.options_stay(vm, &kv.dual("node2", "node1")).await;
-    kv.finish(vm, &next.migration, true, "node1").await;
+    kv.virt.finish(vm, &next.migration, true, "node1").await;
     kv.options_become(vm, &kv.pinned("node1")).await;
     kv.one_identity(vm, &[&next.source, &next.target]).await;
 }
@@ -615,7 +398,7 @@ async fn restart_mid_migration(
     kv.phases(&f, &["Scheduling"]).await;
     kv.add_target(&f, None).await;
     controller.kill();
-    kv.bind(&f.target, "node2").await;
+    kv.virt.bind(&f.target, "node2").await;
     kv.phases(&f, &["Scheduled"]).await;
     kv.record_state(&f, "node1", "node2").await;
     kv.phases(&f, &["Running"]).await;
@@ -626,7 +409,7 @@ async fn restart_mid_migration(
     let controller = Controller::start(bin, kv.cluster, CIDR, 1, &[]);
     kv.options_become(vm, &kv.dual("node1", "node2")).await;
     controller.kill();
-    kv.finish(vm, &f.migration, true, "node2").await;
+    kv.virt.finish(vm, &f.migration, true, "node2").await;
     let controller = Controller::start(bin, kv.cluster, CIDR, 2, &[]);
     kv.options_become(vm, &kv.pinned("node2")).await;
     kv.one_identity(vm, &[&f.source, &f.target]).await;

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use kind_e2e::dataplane::{self, Peers};
+use kind_e2e::examples;
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
+use kind_e2e::portkeeper::{annotation, install_kubevirt};
 use kind_e2e::{Cluster, ClusterOptions, Provider, Shared};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -45,6 +48,10 @@ fn main() {
             nodes_are_ready_and_are_ovn_chassis,
         ),
         trial(
+            "every_example_pod_is_wired_as_annotated_and_reaches_the_other_node",
+            every_example_pod_is_wired_as_annotated_and_reaches_the_other_node,
+        ),
+        trial(
             "statefulset_and_deployment_pods_run_with_addresses",
             statefulset_and_deployment_pods_run_with_addresses,
         ),
@@ -52,10 +59,10 @@ fn main() {
             "two_pods_on_one_node_ping_each_other",
             two_pods_on_one_node_ping_each_other,
         ),
-        trial(
+        local_only(trial(
             "deleted_statefulset_pod_comes_back_under_its_name",
             deleted_statefulset_pod_comes_back_under_its_name,
-        ),
+        )),
         trial(
             "host_network_pod_gets_its_node_address",
             host_network_pod_gets_its_node_address,
@@ -75,6 +82,10 @@ fn main() {
         local_only(trial(
             "restarted_nb_database_keeps_its_data",
             restarted_nb_database_keeps_its_data,
+        )),
+        local_only(trial(
+            "pods_keep_their_network_through_component_restarts",
+            pods_keep_their_network_through_component_restarts,
         )),
         local_only(trial(
             "down_leaves_no_process_namespace_or_port",
@@ -186,11 +197,6 @@ fn node_of(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// The pod subnet the default CNI configuration gives `nodeN`: 10.244.N.0/24.
-fn node_subnet_prefix(node: &str) -> String {
-    format!("10.244.{}.", node.trim_start_matches("node"))
-}
-
 async fn running_pods(client: &Client, selector: &str, want: usize) -> Result<Vec<Pod>, Failed> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for(
@@ -296,6 +302,90 @@ async fn nodes_are_ready_and_are_ovn_chassis(client: Client) -> TestResult {
     Ok(())
 }
 
+/// After `up` with its defaults, every pod an example manifest makes (a VM's launcher pod too)
+/// runs with exactly the addresses and MAC portkeeper annotated, in its status and on its `eth0`,
+/// and reaches a pod on the other node and its gateway.
+async fn every_example_pod_is_wired_as_annotated_and_reaches_the_other_node(
+    client: Client,
+) -> TestResult {
+    let cluster = with_cluster(Cluster::handle)?;
+    install_kubevirt(&cluster, &client).await;
+    let peers = Peers::start(&cluster, &client, "default").await;
+    let mut checked = 0;
+    for manifest in examples::manifests() {
+        let file = manifest
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let pods = examples::apply(&cluster, &client, &manifest, "node1").await;
+        assert!(!pods.is_empty(), "{file} makes pods");
+        for p in pods {
+            let eth0 = dataplane::assert_wired_as_annotated(&cluster, &p);
+            let reached = peers.assert_reach(&cluster, &p);
+            eprintln!(
+                "{file}: {}/{} on {}: eth0 {} {:?}; reached {reached}",
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+                dataplane::node_of(&p),
+                eth0.mac,
+                eth0.addresses,
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= examples::manifests().len());
+    Ok(())
+}
+
+/// Each component restarted in turn, central and on node1: running pods keep reaching each other
+/// across nodes and their gateway, and a pod created afterwards on node1 is wired as annotated.
+async fn pods_keep_their_network_through_component_restarts(client: Client) -> TestResult {
+    let cluster = with_cluster(Cluster::handle)?;
+    let default: Api<Pod> = Api::default_namespaced(client.clone());
+    let to = default.get("peer-node2").await?;
+    for component in [
+        "apiserver",
+        "nb",
+        "sb",
+        "northd",
+        "controller",
+        "ovsdb-node1",
+        "vswitchd-node1",
+        "ovn-controller-node1",
+        "daemon-node1",
+    ] {
+        cluster.restart(component)?;
+        for ip in dataplane::pod_ips(&to) {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("peer-node1 to reach {ip} after restarting {component}"),
+                || async {
+                    let (ok, out) = dataplane::ping(&cluster, "default", "peer-node1", ip);
+                    Ok(if ok { Ok(()) } else { Err(out) })
+                },
+            )
+            .await?;
+        }
+        eprintln!("restarted {component}: peer-node1 reaches peer-node2");
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "after-restarts", "namespace": NS, "labels": {"app": "after-restarts"}},
+        "spec": {"nodeName": "node1", "containers": [*CONTAINER]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let new = running_pods(&client, "app=after-restarts", 1)
+        .await?
+        .remove(0);
+    dataplane::assert_wired_as_annotated(&cluster, &new);
+    let gateway = annotation(&new, "gateway").ok_or("no gateway")?;
+    for target in [dataplane::pod_ips(&to)[0], gateway] {
+        dataplane::assert_pings(&cluster, &new, target, "after the restarts");
+    }
+    Ok(())
+}
+
 async fn statefulset_and_deployment_pods_run_with_addresses(client: Client) -> TestResult {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -341,27 +431,11 @@ async fn statefulset_and_deployment_pods_run_with_addresses(client: Client) -> T
     );
     let ips: HashSet<String> = all.iter().map(|p| pod_ip(p)).collect();
     assert_eq!(ips.len(), all.len(), "every pod has its own address");
-    let local = with_cluster(|c| c.provider() == Provider::Local)?;
     for pod in all {
-        let ip = pod_ip(pod);
-        assert!(
-            !local || ip.starts_with(&node_subnet_prefix(&node_of(pod))),
-            "{} got {ip} on {}",
-            pod.name_any(),
-            node_of(pod)
-        );
         let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.clone());
         assert!(host_ip.is_some(), "{} has a hostIP", pod.name_any());
-        let listed = exec_ok(
-            NS,
-            &pod.name_any(),
-            &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
-        )?;
-        assert!(
-            listed.contains(&format!(" {ip}/")),
-            "eth0 of {} carries {ip}: {listed}",
-            pod.name_any()
-        );
+        // portkeeper's allocation is what the pod runs with: status, eth0 address and MAC.
+        with_cluster(|c| dataplane::assert_wired_as_annotated(c, pod))?;
     }
     Ok(())
 }
@@ -393,24 +467,13 @@ async fn two_pods_on_one_node_ping_each_other(client: Client) -> TestResult {
     Ok(())
 }
 
+/// A StatefulSet pod deleted comes back under its name with the same address and MAC (portkeeper
+/// keeps its identity); the old sandbox is gone and its `DEL` removed the old OVS interface.
 async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> TestResult {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let old = pods.get("web-1").await?;
     let old_uid = old.uid().expect("uid");
-    let old_ip = pod_ip(&old);
-    let local = with_cluster(|c| c.provider() == Provider::Local)?;
-    let old_lease = with_cluster(|c| {
-        c.node_dir(&node_of(&old))
-            .join("cni/ipam/portkeeper-local")
-            .join(&old_ip)
-    })?;
-    if local {
-        let holder = std::fs::read_to_string(&old_lease)?;
-        assert!(
-            holder.starts_with(&old_uid.replace('-', "")),
-            "IPAM holds {old_ip} for web-1: {holder}"
-        );
-    }
+    let old_wiring = with_cluster(|c| dataplane::assert_wired_as_annotated(c, &old))?;
     pods.delete("web-1", &DeleteParams::default()).await?;
     let new = wait_for(Duration::from_secs(60), "web-1 to come back", || {
         let pods = pods.clone();
@@ -428,7 +491,12 @@ async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> Te
         }
     })
     .await?;
-    assert!(!pod_ip(&new).is_empty(), "new web-1 has an address");
+    assert_eq!(pod_ip(&new), pod_ip(&old), "web-1 keeps its address");
+    let new_wiring = with_cluster(|c| dataplane::assert_wired_as_annotated(c, &new))?;
+    assert_eq!(
+        new_wiring, old_wiring,
+        "web-1 keeps its eth0 address and MAC"
+    );
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()?;
@@ -437,16 +505,44 @@ async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> Te
         !netns.contains(&old_uid),
         "the old web-1 sandbox {old_uid} is gone: {netns}"
     );
-    if local {
-        // DEL ran: host-local released the old pod's address.
-        let holder = std::fs::read_to_string(&old_lease).unwrap_or_default();
-        assert!(
-            !holder.starts_with(&old_uid.replace('-', "")),
-            "{old_ip} is still held by the deleted web-1"
-        );
-    }
+    let interfaces = with_cluster(|c| {
+        c.nodes()
+            .iter()
+            .map(|node| ovs_interfaces(c, node, &format!("external_ids:iface-id=web-1.{NS}")))
+            .sum::<Result<usize, Failed>>()
+    })??;
+    assert_eq!(interfaces, 1, "one OVS interface for web-1 on all nodes");
     running_pods(&client, "app=web", 3).await?;
     Ok(())
+}
+
+/// How many OVS interfaces on `node` match an `ovs-vsctl find` condition.
+fn ovs_interfaces(cluster: &Cluster, node: &str, condition: &str) -> Result<usize, Failed> {
+    let db = format!(
+        "--db=unix:{}",
+        cluster.node_dir(node).join("db.sock").display()
+    );
+    let out = std::process::Command::new("ovs-vsctl")
+        .args([
+            &db,
+            "--bare",
+            "--columns=name",
+            "find",
+            "interface",
+            condition,
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "ovs-vsctl on {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count())
 }
 
 async fn host_network_pod_gets_its_node_address(client: Client) -> TestResult {
@@ -484,18 +580,11 @@ async fn host_network_pod_gets_its_node_address(client: Client) -> TestResult {
     Ok(())
 }
 
-/// Exhausts node1's address range (host-local IPAM) so the plugin's ADD really fails, then frees it.
+/// With portkeeper's controller stopped no allocation comes, so the daemon fails the plugin's ADD:
+/// the pod gets the node's Event and does not run; once the controller is back the retried ADD
+/// wires it.
 async fn cni_failure_is_an_event_and_is_retried(client: Client) -> TestResult {
-    let ipam = with_cluster(|c| c.node_dir("node1").join("cni/ipam/portkeeper-local"))?;
-    std::fs::create_dir_all(&ipam)?;
-    let mut reserved = Vec::new();
-    for last in 2..=254 {
-        let file = ipam.join(format!("10.244.1.{last}"));
-        if !file.exists() {
-            std::fs::write(&file, "e2e-reserved")?;
-            reserved.push(file);
-        }
-    }
+    with_cluster(|c| c.stop("controller"))??;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "starved", "namespace": NS, "labels": {"app": "starved"}},
@@ -504,7 +593,7 @@ async fn cni_failure_is_an_event_and_is_retried(client: Client) -> TestResult {
     pods.create(&PostParams::default(), &pod).await?;
     let events: Api<Event> = Api::namespaced(client.clone(), NS);
     let event = wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "a FailedCreatePodSandBox event",
         || {
             let events = events.clone();
@@ -522,21 +611,20 @@ async fn cni_failure_is_an_event_and_is_retried(client: Client) -> TestResult {
     )
     .await;
     let still_pending = pods.get("starved").await.map(|p| !is_running_with_ip(&p));
-    for file in &reserved {
-        std::fs::remove_file(file)?;
-    }
+    with_cluster(|c| c.start("controller"))??;
     let event = event?;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let message = event.message.unwrap_or_default();
     assert!(
-        message.contains("no IP addresses available"),
-        "event names the plugin's error: {message}"
+        message.contains("allocation"),
+        "event names the daemon's error: {message}"
     );
     assert!(
         still_pending?,
         "the pod is not Running while its sandbox fails"
     );
-    running_pods(&client, "app=starved", 1).await?;
+    let running = running_pods(&client, "app=starved", 1).await?;
+    with_cluster(|c| dataplane::assert_wired_as_annotated(c, &running[0]))?;
     Ok(())
 }
 

@@ -10,16 +10,20 @@ use std::path::PathBuf;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::Cluster;
+use kind_e2e::kubevirt::VirtController;
+use kind_e2e::pods::SANDBOX_FAILURE_REASON;
 use kind_e2e::portkeeper::{
     Controller, annotation, controller_binary, controller_log, events, install_kubevirt,
     ip_resource, kubectl, kubectl_apply, kubevirt_api, nb_addresses, nbctl, prepare_cluster,
     run_on_cluster, wait_for, warnings,
 };
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 const NS: &str = "keep";
+/// The cluster's one node.
+const NODE: &str = "node1";
 const CIDR: &str = "10.16.0.0/16";
 const CONTROLLER_ARGS: &[&str] = &["--retention-interval", "2"];
 
@@ -207,98 +211,31 @@ async fn members(pods: &Api<Pod>, set: &str, ordinals: impl Iterator<Item = u64>
     out
 }
 
-/// Plays virt-controller for one VM: the VM object, and per start a VMI and its launcher pods.
-struct Vm {
+/// One VM, whose VMIs and launcher pods the test makes as virt-controller does.
+struct Vm<'a> {
     name: &'static str,
-    uid: String,
+    virt: &'a VirtController,
 }
 
-impl Vm {
-    async fn create(client: &Client, name: &'static str) -> Vm {
-        let vms = kubevirt_api(client, NS, "VirtualMachine");
-        let vm: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachine",
-            "metadata": { "name": name, "namespace": NS },
-            "spec": { "runStrategy": "Always", "template": { "metadata": {}, "spec": {} } },
-        }))
-        .unwrap();
-        let vm = vms.create(&PostParams::default(), &vm).await.unwrap();
-        Vm {
-            name,
-            uid: vm.uid().unwrap(),
-        }
+impl<'a> Vm<'a> {
+    async fn create(virt: &'a VirtController, name: &'static str) -> Self {
+        virt.create_vm(name).await;
+        Vm { name, virt }
     }
 
-    /// A new VMI owned by the VM, as a start creates.
-    async fn start(&self, client: &Client) -> String {
-        let vmis = kubevirt_api(client, NS, "VirtualMachineInstance");
-        let vmi: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachineInstance",
-            "metadata": {
-                "name": self.name,
-                "namespace": NS,
-                "ownerReferences": [{
-                    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                    "name": self.name, "uid": self.uid, "controller": true,
-                }],
-            },
-            "spec": {},
-        }))
-        .unwrap();
-        vmis.create(&PostParams::default(), &vmi)
-            .await
-            .unwrap()
-            .uid()
-            .unwrap()
-    }
-
-    /// A launcher pod of the current VMI, labelled as KubeVirt labels it.
-    async fn launcher(&self, client: &Client, vmi_uid: &str, suffix: &str) -> String {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    /// A launcher pod `virt-launcher-<vm>-<suffix>` of the VMI `vmi_uid` on the node; returns its
+    /// name once it is allocated.
+    async fn launcher(&self, vmi_uid: &str, suffix: &str) -> String {
         let name = format!("virt-launcher-{}-{suffix}", self.name);
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "labels": { "kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": self.name },
-                "annotations": { "kubevirt.io/domain": self.name },
-                "ownerReferences": [{
-                    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-                    "name": self.name, "uid": vmi_uid, "controller": true,
-                }],
-            },
-            "spec": {
-                "automountServiceAccountToken": false,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{ "name": "compute", "image": "virt-launcher" }],
-            },
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
+        self.virt
+            .launcher(self.name, vmi_uid, &name, None, Some(NODE))
+            .await;
         name
     }
 
     /// A stop: the launcher pod and the VMI go, the VM stays.
-    async fn stop(&self, client: &Client, launcher: &str) {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-        delete_pod(&pods, launcher).await;
-        kubevirt_api(client, NS, "VirtualMachineInstance")
-            .delete(self.name, &DeleteParams::default())
-            .await
-            .unwrap();
-        wait_for(
-            &format!("{launcher} and VMI {} gone", self.name),
-            async || {
-                let vmi = kubevirt_api(client, NS, "VirtualMachineInstance")
-                    .get_opt(self.name)
-                    .await
-                    .ok()?;
-                (vmi.is_none() && pods.get_opt(launcher).await.ok()?.is_none()).then_some(())
-            },
-        )
-        .await;
+    async fn stop(&self, launcher: &str) {
+        self.virt.stop(self.name, launcher).await;
     }
 
     fn nic(&self) -> String {
@@ -308,12 +245,12 @@ impl Vm {
 
 /// Starts `vm` with one launcher pod and waits for it to be allocated and routed; returns the pod
 /// and the VMI's UID.
-async fn run_vm(client: &Client, vm: &Vm, suffix: &str) -> (Pod, String) {
-    let vmi = vm.start(client).await;
-    let launcher = vm.launcher(client, &vmi, suffix).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    allocated_fresh(&pods, &launcher, None).await;
-    // A pod may be allocated before it is scheduled; `routed` follows once it is on a node.
+async fn run_vm(vm: &Vm<'_>, suffix: &str) -> (Pod, String) {
+    let vmi = vm.virt.start(vm.name, None).await;
+    let launcher = vm.launcher(&vmi, suffix).await;
+    let pods = &vm.virt.pods;
+    allocated_fresh(pods, &launcher, None).await;
+    // A pod may be allocated before it is wired; `routed` follows once it is on a node.
     let p = wait_for(&format!("{launcher} routed"), async || {
         let p = pods.get(&launcher).await.ok()?;
         (annotation(&p, "routed") == Some("true")).then_some(p)
@@ -525,12 +462,13 @@ async fn statefulset_cases(
 }
 
 async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
-    let vm1 = Vm::create(client, "vm1").await;
-    let vm2 = Vm::create(client, "vm2").await;
-    let vm3 = Vm::create(client, "vm3").await;
+    let virt = VirtController::new(client, NS);
+    let vm1 = Vm::create(&virt, "vm1").await;
+    let vm2 = Vm::create(&virt, "vm2").await;
+    let vm3 = Vm::create(&virt, "vm3").await;
 
     println!("case (§8.4.1): a VM's launcher pod deleted; the next one has the same IP and MAC");
-    let (first, vmi) = run_vm(client, &vm1, "a").await;
+    let (first, vmi) = run_vm(&vm1, "a").await;
     let one = nic(cluster, client, &vm1.nic()).await;
     annotated(&first, &one);
     assert_eq!(annotation(&first, "routed"), Some("true"));
@@ -543,13 +481,13 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     );
     assert!(ids.contains("pod=\"keep/vm1\""), "{ids}");
     delete_pod(pods, &first.name_any()).await;
-    let second = vm1.launcher(client, &vmi, "b").await;
+    let second = vm1.launcher(&vmi, "b").await;
     let p = allocated_fresh(pods, &second, None).await;
     annotated(&p, &one);
     assert_eq!(nic(cluster, client, &vm1.nic()).await, one);
 
     println!("case: two launcher pods of one VM at once share the port, IP and MAC");
-    let target = vm1.launcher(client, &vmi, "c").await;
+    let target = vm1.launcher(&vmi, "c").await;
     let p = allocated_fresh(pods, &target, None).await;
     annotated(&p, &one);
     assert!(warnings(client, NS, &target).await.is_empty());
@@ -559,7 +497,7 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
 
     println!("case (§8.4.2): VM stop keeps the IP resource; start brings the same IP and MAC");
     let spec_before = ip_resource(client, &vm1.nic()).await.unwrap()["spec"].clone();
-    vm1.stop(client, &target).await;
+    vm1.stop(&target).await;
     identity_event(
         client,
         &["vm1"],
@@ -584,7 +522,10 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     .await
     .unwrap();
     let (reason, message) = wait_for("AddressConflict on pod vm1", async || {
-        warnings(client, NS, "vm1").await.into_iter().next()
+        warnings(client, NS, "vm1")
+            .await
+            .into_iter()
+            .find(|(r, _)| r != SANDBOX_FAILURE_REASON)
     })
     .await;
     assert_eq!(reason, "AddressConflict", "{message}");
@@ -599,18 +540,18 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     delete_pod(pods, "vm1").await;
     assert_eq!(nic(cluster, client, &vm1.nic()).await, one);
 
-    let (p, _) = run_vm(client, &vm1, "d").await;
+    let (p, _) = run_vm(&vm1, "d").await;
     annotated(&p, &one);
     let spec_after = ip_resource(client, &vm1.nic()).await.unwrap()["spec"].clone();
     assert_eq!(spec_after, spec_before, "the IP resource spec is unchanged");
 
     println!("case (§8.4.3–5): subnet changes and a deleted IP resource move stopped VMs");
-    let (two_pod, _) = run_vm(client, &vm2, "a").await;
+    let (two_pod, _) = run_vm(&vm2, "a").await;
     let two = nic(cluster, client, &vm2.nic()).await;
-    let (three_pod, _) = run_vm(client, &vm3, "a").await;
+    let (three_pod, _) = run_vm(&vm3, "a").await;
     let three = nic(cluster, client, &vm3.nic()).await;
-    vm2.stop(client, &two_pod.name_any()).await;
-    vm3.stop(client, &three_pod.name_any()).await;
+    vm2.stop(&two_pod.name_any()).await;
+    vm3.stop(&three_pod.name_any()).await;
     identity_event(client, &["vm3"], "NetworkIdentityKept", "vm3.keep").await;
     assert!(ip_resource(client, &vm3.nic()).await.unwrap()["spec"]["ipAddress"] != json!(""));
     kubectl(cluster, &["delete", "ips.kubeovn.io", &vm3.nic()]);
@@ -646,10 +587,10 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
     .await;
 
     // §8.4.3: the namespace subnet changed while vm1 runs; its stop releases.
-    vm1.stop(client, &p.name_any()).await;
+    vm1.stop(&p.name_any()).await;
     released_because(cluster, client, &vm1.nic(), &["vm1"], "keep-net").await;
     for (vm, old, suffix) in [(&vm1, &one, "e"), (&vm2, &two, "b"), (&vm3, &three, "b")] {
-        let (p, _) = run_vm(client, vm, suffix).await;
+        let (p, _) = run_vm(vm, suffix).await;
         let moved = nic(cluster, client, &vm.nic()).await;
         assert_eq!(
             moved.subnet, "keep-net",
@@ -660,7 +601,7 @@ async fn vm_cases(cluster: &Cluster, client: &Client, pods: &Api<Pod>) {
         assert_ne!(moved.ip, old.ip);
         annotated(&p, &moved);
         if vm.name == "vm1" {
-            vm.stop(client, &p.name_any()).await;
+            vm.stop(&p.name_any()).await;
         }
     }
 
