@@ -57,28 +57,11 @@ pub fn claim_checked<N: Northbound>(
                 .release(&claim.key, &lease.owner())
                 .expect("a lease just granted is releasable by its owner");
         }
-        let fixed = match address {
-            Held::Ip(ip) => {
-                record_foreign(engine, &lease.subnet, ip, &holder);
-                !matches!(claim.ip, IpRequest::Dynamic | IpRequest::Pools(_))
-            }
-            Held::Mac => matches!(claim.mac, MacRequest::Static(_)),
-        };
-        if fixed || before.is_some() {
-            let what = match address {
-                Held::Ip(ip) => ip.to_string(),
-                Held::Mac => format!(
-                    "MAC {}",
-                    lease.mac.map(|m| m.to_string()).unwrap_or_default()
-                ),
-            };
-            return Err(Rejection {
-                reason: RejectReason::AddressConflict,
-                message: format!(
-                    "AddressConflict: {what} in subnet {} is held by {holder}; {own} cannot take it",
-                    lease.subnet
-                ),
-            });
+        if let Held::Ip(ip) = address {
+            record_foreign(engine, &lease.subnet, ip, &holder);
+        }
+        if fixed(claim, address) || before.is_some() {
+            return Err(conflict(&lease, address, &holder, own));
         }
     }
     Err(Rejection {
@@ -90,10 +73,54 @@ pub fn claim_checked<N: Northbound>(
     })
 }
 
+/// What [`claim_checked`] would do with `claim` now, changing nothing: for admission, which
+/// refuses a request before its pod exists, with the message its Event would carry. A foreign
+/// holder refuses only what the claim cannot step over (a static address or MAC).
+pub fn check_claim<N: Northbound>(
+    engine: &Engine,
+    nb: &N,
+    claim: &Claim,
+    ip_resource_holder: impl Fn(&str, IpAddr, &str) -> Option<String>,
+) -> Result<Lease, Rejection> {
+    let own = claim.key.as_str();
+    let lease = engine.check(claim)?;
+    match foreign_holder(nb, &lease, own, &ip_resource_holder) {
+        Some((address, holder)) if fixed(claim, address) => {
+            Err(conflict(&lease, address, &holder, own))
+        }
+        _ => Ok(lease),
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Held {
     Ip(IpAddr),
     Mac,
+}
+
+/// Whether the claim asked for exactly the held address or MAC (so it cannot take another).
+fn fixed(claim: &Claim, held: Held) -> bool {
+    match held {
+        Held::Ip(_) => !matches!(claim.ip, IpRequest::Dynamic | IpRequest::Pools(_)),
+        Held::Mac => matches!(claim.mac, MacRequest::Static(_)),
+    }
+}
+
+fn conflict(lease: &Lease, held: Held, holder: &ForeignHolder, own: &str) -> Rejection {
+    let what = match held {
+        Held::Ip(ip) => ip.to_string(),
+        Held::Mac => format!(
+            "MAC {}",
+            lease.mac.map(|m| m.to_string()).unwrap_or_default()
+        ),
+    };
+    Rejection {
+        reason: RejectReason::AddressConflict,
+        message: format!(
+            "AddressConflict: {what} in subnet {} is held by {holder}; {own} cannot take it",
+            lease.subnet
+        ),
+    }
 }
 
 fn foreign_holder<N: Northbound>(
@@ -230,6 +257,26 @@ mod tests {
                 .to_string(),
             "10.0.0.2"
         );
+    }
+
+    #[test]
+    fn the_check_refuses_what_the_claim_refuses_and_changes_nothing() {
+        let (e, nb) = (engine(), MemoryNb::default());
+        nb.add_foreign("legacy", "net1", "0a:00:00:00:00:01 10.0.0.9");
+        let mut claim = Claim::dynamic("net1", NicKey::new("a", "ns", None), "u1");
+        claim.ip = IpRequest::Static(parse_ip_address("10.0.0.9").unwrap());
+        let checked = check_claim(&e, &nb, &claim, none).unwrap_err();
+        assert_eq!(checked, claim_checked(&e, &nb, &claim, none).unwrap_err());
+        // A dynamic claim steps over the foreign port: no refusal, and nothing recorded.
+        let dynamic = Claim::dynamic("net1", NicKey::new("b", "ns", None), "u2");
+        let before = e.snapshot();
+        assert!(check_claim(&e, &nb, &dynamic, none).is_ok());
+        assert_eq!(e.snapshot(), before);
+        // Outside the subnet is the engine's refusal, with its message.
+        claim.ip = IpRequest::Static(parse_ip_address("10.9.0.9").unwrap());
+        let r = check_claim(&e, &nb, &claim, none).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert!(r.message.starts_with("AddressOutOfRange"), "{}", r.message);
     }
 
     #[test]

@@ -52,6 +52,19 @@ pub struct Config {
     #[arg(long, env = "PORTKEEPER_METRICS_ADDR", default_value = "0.0.0.0:10660")]
     pub metrics_addr: SocketAddr,
 
+    /// Address of the validating admission webhook (HTTPS); unset, no webhook is served.
+    /// Needs `--webhook-cert-file` and `--webhook-key-file`. See yamls/webhook.yaml.
+    #[arg(long, env = "PORTKEEPER_WEBHOOK_ADDR", requires_all = ["webhook_cert_file", "webhook_key_file"])]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain of the webhook (re-read when the file changes).
+    #[arg(long, env = "PORTKEEPER_WEBHOOK_CERT_FILE")]
+    pub webhook_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of the webhook certificate (re-read when the file changes).
+    #[arg(long, env = "PORTKEEPER_WEBHOOK_KEY_FILE")]
+    pub webhook_key_file: Option<std::path::PathBuf>,
+
     /// Leader-election Lease name.
     #[arg(
         long,
@@ -87,6 +100,15 @@ impl Config {
     /// The period of the retention sweep (at least a second).
     pub fn retention_interval(&self) -> Duration {
         Duration::from_secs(self.retention_interval.max(1))
+    }
+
+    /// Where and with which certificate to serve the webhook, if it is on.
+    pub fn webhook(&self) -> Option<(SocketAddr, crate::webhook::TlsFiles)> {
+        let files = crate::webhook::TlsFiles {
+            cert: self.webhook_cert_file.clone()?,
+            key: self.webhook_key_file.clone()?,
+        };
+        Some((self.webhook_addr?, files))
     }
 
     /// This replica's identity.

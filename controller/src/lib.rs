@@ -6,6 +6,7 @@
 //! decisions); [`northbound::Northbound`] is the seam to OVN.
 
 pub mod addressing;
+pub mod admission;
 pub mod allocate;
 pub mod config;
 pub mod context;
@@ -25,6 +26,7 @@ pub mod rebuild;
 pub mod retention;
 pub mod run;
 pub mod stores;
+pub mod webhook;
 
 pub use config::Config;
 pub use error::{Error, RejectReason, Rejection};

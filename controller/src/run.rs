@@ -5,8 +5,8 @@
 //!    raft leader. Nothing is allocated before this point.
 //! 3. Rebuild the engine from IP resources, pod annotations and Northbound ports together.
 //! 4. Apply Subnets and IPPools, collect garbage and sweep retained identities once, then start
-//!    the pod controller, the release worker, the retention worker and periodic GC. `/readyz`
-//!    turns ready.
+//!    the pod controller, the release worker, the retention worker, periodic GC and the admission
+//!    webhook. `/readyz` turns ready.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,7 @@ use crate::northbound::Northbound;
 use crate::pod;
 use crate::rebuild;
 use crate::stores;
+use crate::webhook;
 
 /// Runs the controller until leadership is lost or a fatal error occurs.
 pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> Result<(), Error> {
@@ -53,6 +54,9 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     });
 
     let identity = config.identity();
+    if config.webhook().is_some() {
+        webhook::mark_role(&client, &config.lease_namespace, &identity, false).await;
+    }
     let leadership = leader::acquire(
         client.clone(),
         LeaseConfig {
@@ -83,7 +87,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     let keys = NetworkKeys::primary();
     let (engine, report) = rebuild::rebuild(&stores, nb.as_ref(), &keys, &config.cluster_router);
     rebuild::report(&report);
-    let events = EventPublisher::new(client.clone(), identity);
+    let events = EventPublisher::new(client.clone(), identity.clone());
     let ctx = Arc::new(Context {
         client,
         config: config.clone(),
@@ -113,6 +117,15 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     ));
     if let Some(period) = config.gc_interval() {
         tasks.spawn(periodic_gc(ctx.clone(), period));
+    }
+    if let Some((addr, files)) = config.webhook() {
+        let served = ctx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = webhook::serve(addr, files, served).await {
+                tracing::error!(error = %e, "admission webhook failed; the controller's own checks remain");
+            }
+        });
+        webhook::mark_role(&ctx.client, &config.lease_namespace, &identity, true).await;
     }
     metrics.startup_seconds.set(started.elapsed().as_secs_f64());
     ready.store(true, Ordering::Release);

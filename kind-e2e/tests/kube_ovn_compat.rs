@@ -10,6 +10,8 @@ use std::process::{Command, Output, Stdio};
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
@@ -90,7 +92,219 @@ async fn cases(cluster: &Cluster) {
     let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
     let controller = exported_manifests_apply_unchanged(cluster, &client, controller, &bin).await;
     namespace_subnet_order_as_written(&client).await;
+    controller.kill();
+
+    let pki = Webhook::new(cluster);
+    let flags = pki.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = Controller::start(&bin, cluster, CIDR, 2, &flags);
+    pki.install(&client).await;
+    wait_for("the webhook in force", async || {
+        let probe = subnet_manifest("probe", "10.16.9.0/24");
+        let out = kubectl_with(cluster, &["apply", "--dry-run=server", "-f", "-"], &probe);
+        text(&out).contains("denied the request").then_some(())
+    })
+    .await;
+    subnets_and_pools_refused_at_the_door(cluster, &client).await;
     drop(controller);
+}
+
+/// Each mistake is refused by `kubectl apply` with the webhook's message and leaves nothing
+/// behind: the object does not exist afterwards (or, for an update, keeps its spec).
+async fn subnets_and_pools_refused_at_the_door(cluster: &Cluster, client: &Client) {
+    println!("case: Subnet and IPPool mistakes are refused at kubectl apply");
+    let cases: &[(&str, &str, String, &[&str])] = &[
+        (
+            "subnets",
+            "inside-default",
+            subnet_manifest("inside-default", "10.16.5.0/24"),
+            &["overlaps subnet ovn-default (10.16.0.0/16)"],
+        ),
+        (
+            "subnets",
+            "around-order",
+            subnet_manifest("around-order", "10.80.0.0/12"),
+            &["overlaps subnet", "10.80.0.0/12"],
+        ),
+        (
+            "subnets",
+            "bad-cidr",
+            subnet_manifest("bad-cidr", "10.90.0.0/33"),
+            &["cidrBlock", "10.90.0.0/33"],
+        ),
+        (
+            "ippools",
+            "outside",
+            pool_manifest("outside", "order-a", &["10.81.0.10", "10.99.0.1"]),
+            &["10.99.0.1 is outside subnet order-a (10.81.0.0/24)"],
+        ),
+        (
+            "ippools",
+            "no-subnet",
+            pool_manifest("no-subnet", "missing-subnet", &["10.81.0.10"]),
+            &["subnet missing-subnet does not exist"],
+        ),
+    ];
+    for (plural, name, manifest, needles) in cases {
+        refused(cluster, plural, name, manifest, needles);
+    }
+
+    // Pools: one that fits is admitted; one sharing an address with it is refused.
+    let fits = pool_manifest("pool-a", "order-a", &["10.81.0.10..10.81.0.19"]);
+    let out = kubectl_with(cluster, &["apply", "-f", "-"], &fits);
+    assert!(out.status.success(), "{}", text(&out));
+    let overlapping = pool_manifest("pool-b", "order-a", &["10.81.0.15..10.81.0.25"]);
+    refused(
+        cluster,
+        "ippools",
+        "pool-b",
+        &overlapping,
+        &["pool-a", "10.81.0.15"],
+    );
+
+    // An update that would overlap is refused and the stored spec stays.
+    let moved = json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+        "metadata": { "name": "order-a" },
+        "spec": { "cidrBlock": "10.82.0.0/25", "gateway": "10.82.0.1", "excludeIps": ["10.82.0.1"] },
+    })
+    .to_string();
+    let out = kubectl_with(cluster, &["apply", "-f", "-"], &moved);
+    assert!(!out.status.success(), "the update must be refused");
+    assert!(
+        text(&out).contains("overlaps subnet order-z (10.82.0.0/24)"),
+        "{}",
+        text(&out)
+    );
+    let stored = kubeovn_resource(client, "subnets", "Subnet", "order-a")
+        .await
+        .unwrap();
+    assert_eq!(stored["spec"]["cidrBlock"], "10.81.0.0/24");
+}
+
+/// `kubectl apply` of `manifest` fails with the webhook's refusal naming each needle, and
+/// `<plural>/<name>` does not exist.
+fn refused(cluster: &Cluster, plural: &str, name: &str, manifest: &str, needles: &[&str]) {
+    let out = kubectl_with(cluster, &["apply", "-f", "-"], manifest);
+    let said = text(&out);
+    assert!(
+        !out.status.success(),
+        "{plural}/{name} must be refused: {said}"
+    );
+    assert!(
+        said.contains("denied the request"),
+        "{plural}/{name}: {said}"
+    );
+    for needle in needles {
+        assert!(
+            said.contains(needle),
+            "{plural}/{name}: {said:?} lacks {needle:?}"
+        );
+    }
+    let get = kubectl_with(cluster, &["get", plural, name], "");
+    assert!(
+        text(&get).contains("NotFound"),
+        "{plural}/{name} must not exist: {}",
+        text(&get)
+    );
+}
+
+fn subnet_manifest(name: &str, cidr: &str) -> String {
+    json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+        "metadata": { "name": name },
+        "spec": { "cidrBlock": cidr },
+    })
+    .to_string()
+}
+
+fn pool_manifest(name: &str, subnet: &str, ips: &[&str]) -> String {
+    json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "IPPool",
+        "metadata": { "name": name },
+        "spec": { "subnet": subnet, "ips": ips },
+    })
+    .to_string()
+}
+
+/// The webhook on the local cluster: the controller runs as a process of the test, so the API
+/// server calls it by URL on 127.0.0.1 with a certificate for that address, signed by a CA the
+/// webhook configuration carries (in a real cluster the configuration names the Service of
+/// yamls/webhook.yaml instead).
+struct Webhook {
+    port: u16,
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Webhook {
+    fn new(cluster: &Cluster) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "portkeeper e2e webhook CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let key = KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&key, &ca).unwrap();
+        let (cert, key_path) = (
+            cluster.run_dir().join("webhook.crt"),
+            cluster.run_dir().join("webhook.key"),
+        );
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Webhook {
+            port,
+            ca_pem: ca.pem(),
+            cert,
+            key: key_path,
+        }
+    }
+
+    /// The controller flags that serve the webhook.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            format!("--webhook-addr=127.0.0.1:{}", self.port),
+            format!("--webhook-cert-file={}", self.cert.display()),
+            format!("--webhook-key-file={}", self.key.display()),
+        ]
+    }
+
+    /// yamls/webhook.yaml's configuration, with the URL and CA of this webhook instead of the
+    /// Service and cert-manager's CA.
+    async fn install(&self, client: &Client) {
+        let text = std::fs::read_to_string(repo_root().join("yamls/webhook.yaml")).unwrap();
+        let mut config = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .find(|doc| doc["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        for hook in config["webhooks"].as_array_mut().unwrap() {
+            hook["clientConfig"] = json!({
+                "url": format!("https://127.0.0.1:{}/validate", self.port),
+                "caBundle": ByteString(self.ca_pem.clone().into_bytes()),
+            });
+        }
+        let config: ValidatingWebhookConfiguration = serde_json::from_value(config).unwrap();
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &config)
+            .await
+            .unwrap();
+    }
 }
 
 /// Two subnets bound to one namespace: the controller lists them in the namespace's

@@ -322,15 +322,7 @@ impl Engine {
         let state = self.subnet(&claim.subnet)?;
         let mut state = state.lock();
         let key = &claim.key;
-        if let Some(other) = self.keys.get(key).filter(|s| **s != *claim.subnet) {
-            return Err(EngineError::KeyInOtherSubnet {
-                key: key.clone(),
-                holder_subnet: other.to_string(),
-                subnet: claim.subnet.clone(),
-            });
-        }
-        let existing = state.nics.get(key).cloned();
-        let addr = state.plan(claim, existing.as_ref())?;
+        let (existing, addr) = self.plan(&state, claim)?;
         let old_mac = existing.as_ref().and_then(|b| b.mac);
         let holder = MacHolder::Nic {
             key: key.clone(),
@@ -393,6 +385,61 @@ impl Engine {
             state.commit(key, binding);
         }
         Ok(lease)
+    }
+
+    /// What [`Engine::claim`] would grant now, with the same checks and errors, changing nothing:
+    /// for admission, which refuses a request before its pod exists. A generated MAC is not
+    /// drawn (the lease carries the nic's current MAC, if any).
+    pub fn check(&self, claim: &Claim) -> Result<Lease, EngineError> {
+        self.check_pools(claim)?;
+        let state = self.subnet(&claim.subnet)?;
+        let state = state.lock();
+        let (existing, addr) = self.plan(&state, claim)?;
+        let old_mac = existing.as_ref().and_then(|b| b.mac);
+        let mac = match claim.mac {
+            MacRequest::None => None,
+            MacRequest::Generate => old_mac,
+            MacRequest::Static(mac) => {
+                let own = MacHolder::Nic {
+                    key: claim.key.clone(),
+                    subnet: state.name.clone(),
+                };
+                if let Some(holder) = self.macs.get(&mac).filter(|h| *h != own) {
+                    return Err(EngineError::MacConflict {
+                        mac,
+                        holder,
+                        key: claim.key.clone(),
+                    });
+                }
+                Some(mac)
+            }
+        };
+        let binding = Binding {
+            uid: claim.uid.clone(),
+            generation: existing.map_or(0, |b| b.generation),
+            addr,
+            mac,
+        };
+        Ok(state.lease(&claim.key, &binding))
+    }
+
+    /// The addresses a claim gets in `state` (its subnet, locked by the caller), and the nic's
+    /// binding there now: the part of a claim that decides, shared by claim and check.
+    fn plan(
+        &self,
+        state: &SubnetState,
+        claim: &Claim,
+    ) -> Result<(Option<Binding>, [Option<u128>; 2]), EngineError> {
+        if let Some(other) = self.keys.get(&claim.key).filter(|s| **s != *claim.subnet) {
+            return Err(EngineError::KeyInOtherSubnet {
+                key: claim.key.clone(),
+                holder_subnet: other.to_string(),
+                subnet: claim.subnet.clone(),
+            });
+        }
+        let existing = state.nics.get(&claim.key).cloned();
+        let addr = state.plan(claim, existing.as_ref())?;
+        Ok((existing, addr))
     }
 
     /// Frees a nic's addresses and MAC if `owner` is its current owner and

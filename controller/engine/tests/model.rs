@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use portkeeper_engine::{
     AddressStatus, Claim, DualAddress, Engine, EngineError, Family, FamilyRequest, IpRequest,
-    ListPick, MacAddress, MacRequest, NicKey, Owner, PoolSpec, Stranded, StrandedReason,
+    Lease, ListPick, MacAddress, MacRequest, NicKey, Owner, PoolSpec, Stranded, StrandedReason,
     SubnetSpec,
 };
 use proptest::prelude::*;
@@ -834,7 +834,20 @@ impl Harness {
             }
             Op::Claim { .. } => {
                 let claim = self.claim(op);
+                // `check` predicts `claim` exactly (result and addresses) and changes nothing.
+                let before = self.engine.snapshot();
+                let checked = self.engine.check(&claim);
+                prop_assert_eq!(self.engine.snapshot(), before);
                 let got = self.engine.claim(&claim);
+                let message =
+                    |r: &Result<Lease, EngineError>| r.as_ref().err().map(ToString::to_string);
+                prop_assert_eq!(message(&checked), message(&got), "{:?}", claim);
+                if let (Ok(checked), Ok(got)) = (&checked, &got) {
+                    prop_assert_eq!((checked.v4, checked.v6), (got.v4, got.v6));
+                    if matches!(claim.mac, MacRequest::Static(_)) {
+                        prop_assert_eq!(checked.mac, got.mac);
+                    }
+                }
                 let want = self.model.predict(&claim);
                 prop_assert_eq!(reason(&got), want.map(|_| ()), "{:?} -> {:?}", claim, got);
                 if let (Ok(lease), Ok((addr, mac))) = (got, want) {
