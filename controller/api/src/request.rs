@@ -117,7 +117,7 @@ impl NetworkRequest {
         };
         let mac = match get(&keys.mac_address) {
             None => None,
-            Some((key, v)) => Some(MacAddress::parse(v).map_err(|e| invalid(key, v, e))?),
+            Some((key, v)) => Some(MacAddress::parse(v).map_err(|e| invalid(key, v, e.into()))?),
         };
         let addresses = if let Some((key, v)) = get(&keys.ip_address) {
             let parsed =

@@ -68,7 +68,7 @@ mod subnet;
 pub use engine::{ConflictOn, Engine, RebuildReport, RecordConflict, Snapshot};
 pub use error::{EngineError, Holding, MacHolder};
 pub use family::Family;
-pub use mac::MacAddress;
+pub use mac::{MacAddress, MacError};
 pub use parse::{DualAddress, IpPoolAnnotation, ParseError};
 pub use request::{
     Claim, FamilyRequest, IpRequest, Lease, ListPick, MacRequest, NicKey, Owner, Record,

@@ -5,7 +5,28 @@ use std::str::FromStr;
 
 use rand::RngCore;
 
-use crate::parse::ParseError;
+/// Why a text is not a MAC address a port can own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    /// Not six hex octets separated by `:` or `-`.
+    #[error("invalid MAC address {input:?}: expected six hex octets separated by `:` or `-`")]
+    Invalid {
+        /// The offending text.
+        input: String,
+    },
+    /// The all-zero MAC.
+    #[error("MAC address 00:00:00:00:00:00 cannot be a port address")]
+    Zero,
+    /// The broadcast MAC.
+    #[error("MAC address ff:ff:ff:ff:ff:ff is the broadcast address")]
+    Broadcast,
+    /// A MAC with the group bit set.
+    #[error("MAC address {mac} is multicast (lowest bit of the first octet set)")]
+    Multicast {
+        /// The rejected MAC.
+        mac: MacAddress,
+    },
+}
 
 /// A unicast MAC address, shown in the lower-case colon form Kube-OVN
 /// writes into annotations and OVN ports (`0a:1b:2c:3d:4e:5f`).
@@ -46,9 +67,9 @@ impl MacAddress {
     /// separated all by `:` or all by `-`, any case. Multicast, broadcast
     /// and all-zero addresses are rejected because OVN cannot use them as a
     /// port's own address.
-    pub fn parse(input: &str) -> Result<MacAddress, ParseError> {
+    pub fn parse(input: &str) -> Result<MacAddress, MacError> {
         let text = input.trim();
-        let invalid = || ParseError::InvalidMac {
+        let invalid = || MacError::Invalid {
             input: input.to_owned(),
         };
         let separator = match text.as_bytes().get(2) {
@@ -70,20 +91,20 @@ impl MacAddress {
         }
         let mac = MacAddress(octets);
         if octets == [0; 6] {
-            return Err(ParseError::ZeroMac);
+            return Err(MacError::Zero);
         }
         if octets == [0xff; 6] {
-            return Err(ParseError::BroadcastMac);
+            return Err(MacError::Broadcast);
         }
         if mac.is_multicast() {
-            return Err(ParseError::MulticastMac { mac });
+            return Err(MacError::Multicast { mac });
         }
         Ok(mac)
     }
 }
 
 impl FromStr for MacAddress {
-    type Err = ParseError;
+    type Err = MacError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         MacAddress::parse(s)
     }
@@ -109,5 +130,44 @@ impl From<macaddr::MacAddr6> for MacAddress {
 impl From<MacAddress> for macaddr::MacAddr6 {
     fn from(mac: MacAddress) -> Self {
         macaddr::MacAddr6::from(mac.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_normalisation_and_rejections() {
+        assert_eq!(
+            MacAddress::parse("0A-1B-2C-3D-4E-5F").unwrap().to_string(),
+            "0a:1b:2c:3d:4e:5f"
+        );
+        assert_eq!(
+            MacAddress::parse("0a:1B:2c:3d:4e:5f").unwrap().to_string(),
+            "0a:1b:2c:3d:4e:5f"
+        );
+        assert_eq!(MacAddress::parse("00:00:00:00:00:00"), Err(MacError::Zero));
+        assert_eq!(
+            MacAddress::parse("FF:FF:FF:FF:FF:FF"),
+            Err(MacError::Broadcast)
+        );
+        assert!(matches!(
+            MacAddress::parse("01:00:5e:00:00:01"),
+            Err(MacError::Multicast { .. })
+        ));
+        for bad in [
+            "0a:1b:2c:3d:4e",
+            "0a:1b-2c:3d:4e:5f",
+            "0a1b.2c3d.4e5f",
+            "0a:1b:2c:3d:4e:5f:00",
+            "g0:1b:2c:3d:4e:5f",
+            "+a:1b:2c:3d:4e:5f",
+        ] {
+            assert!(
+                matches!(MacAddress::parse(bad), Err(MacError::Invalid { .. })),
+                "{bad}"
+            );
+        }
     }
 }
