@@ -345,7 +345,10 @@ async fn pods_keep_their_network_through_component_restarts(client: Client) -> T
     let default: Api<Pod> = Api::default_namespaced(client.clone());
     let to = default.get("peer-node2").await?;
     for component in [
+        "etcd",
         "apiserver",
+        "controller-manager",
+        "scheduler",
         "nb",
         "sb",
         "northd",
