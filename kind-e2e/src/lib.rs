@@ -11,6 +11,7 @@
 //! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
 //! - [`portkeeper`] runs portkeeper's binaries on a cluster and reads back their results.
 //! - [`kubevirt`] plays KubeVirt's virt-controller.
+//! - [`vm`] plays a VM's network through a live migration, with probes [`probe`] judges.
 
 pub mod cni;
 pub mod dataplane;
@@ -21,7 +22,9 @@ pub mod kubevirt;
 pub mod node;
 pub mod pods;
 pub mod portkeeper;
+pub mod probe;
 pub mod sandbox;
+pub mod vm;
 
 pub use harness::{Cluster, ClusterOptions, HarnessError, Provider, Shared};
 
