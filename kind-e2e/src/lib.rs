@@ -11,7 +11,8 @@
 //! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
 //! - [`portkeeper`] runs portkeeper's binaries on a cluster and reads back their results.
 //! - [`kubevirt`] plays KubeVirt's virt-controller.
-//! - [`vm`] plays a VM's network through a live migration, with probes [`probe`] judges.
+//! - [`migration`] plays a live migration end to end: [`vm`] a VM's network through it, with
+//!   probes [`probe`] judges.
 
 pub mod cni;
 pub mod dataplane;
@@ -19,6 +20,7 @@ pub mod demo;
 pub mod examples;
 pub mod harness;
 pub mod kubevirt;
+pub mod migration;
 pub mod node;
 pub mod pods;
 pub mod portkeeper;

@@ -38,7 +38,10 @@ impl Verdict {
             highest = highest.max(Some(seq));
         }
         let mut lost: Vec<Range<u64>> = Vec::new();
-        for seq in window.clone().filter(|s| !seen[(s - window.start) as usize]) {
+        for seq in window
+            .clone()
+            .filter(|s| !seen[(s - window.start) as usize])
+        {
             match lost.last_mut() {
                 Some(run) if run.end == seq => run.end += 1,
                 _ => lost.push(seq..seq + 1),
@@ -125,7 +128,10 @@ mod tests {
 
     #[test]
     fn only_the_run_at_the_switch_over_is_explained() {
-        let v = Verdict::of(0..20, &[0, 1, 2, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19]);
+        let v = Verdict::of(
+            0..20,
+            &[0, 1, 2, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19],
+        );
         assert_eq!(v.lost, vec![3..5, 11..12]);
         // The switch-over happened while probe 4 was current: 3..5 is its gap.
         assert_eq!(v.lost_apart_from(4), vec![11..12]);
@@ -136,7 +142,11 @@ mod tests {
 
     #[test]
     fn quantiles_by_nearest_rank() {
-        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
         let values = ms(&[50, 10, 40, 20, 30]);
         assert_eq!(quantile(&values, 0.5), Some(Duration::from_millis(30)));
         assert_eq!(quantile(&values, 0.99), Some(Duration::from_millis(50)));

@@ -31,8 +31,6 @@ use crate::probe::Verdict;
 
 /// One probe each way every 10 ms.
 pub const INTERVAL: Duration = Duration::from_millis(10);
-/// The UDP port both ends use.
-pub const PORT: u16 = 7207;
 /// RARP's ethertype.
 const ETH_P_RARP: u16 = 0x8035;
 /// When QEMU sends its announcements, from the moment the target runs (`announce-initial` 50 ms,
@@ -158,19 +156,21 @@ fn seq_of(datagram: &[u8]) -> Option<u64> {
 
 impl Traffic {
     /// Starts the streams between a prober at `prober` (network namespace, address) and the VM
-    /// with `mac`, running at `vm` (its first launcher pod's namespace and the VM's address).
+    /// with `mac`, running at `vm` (its first launcher pod's namespace and the VM's address);
+    /// both ends use the UDP port `port`.
     pub fn start(
         prober: (&Path, IpAddr),
         vm: (&Path, IpAddr),
         mac: [u8; 6],
+        port: u16,
     ) -> io::Result<(Traffic, Instance)> {
-        let prober_addr = SocketAddr::new(prober.1, PORT);
+        let prober_addr = SocketAddr::new(prober.1, port);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             vm: Mutex::new(Vm::default()),
             prober: socket_in(prober.0, prober_addr)?,
             prober_addr,
-            vm_addr: SocketAddr::new(vm.1, PORT),
+            vm_addr: SocketAddr::new(vm.1, port),
             next_to_vm: AtomicU64::new(0),
             next_to_prober: AtomicU64::new(0),
             at_vm: Mutex::new(Vec::new()),
