@@ -2,7 +2,7 @@
 //! cluster router), and their address counters and ranges back into their status.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
-use crate::northbound::{Northbound, SwitchSpec};
+use crate::ovn::{Northbound, SwitchSpec, ids};
 use crate::plan::SubnetNetwork;
 
 /// How often counters are republished even without a Subnet or IPPool event.
@@ -67,7 +67,7 @@ pub fn engine_subnet(
     portkeeper_engine::SubnetSpec {
         name: subnet.name_any(),
         cidr_block: subnet.spec.cidr_block.clone(),
-        gateway: network.gateway_annotation(),
+        gateway: network.gateway.to_string(),
         exclude_ips: subnet.spec.exclude_ips.clone(),
         gateway_mac,
     }
@@ -132,14 +132,11 @@ async fn remove_deleted_subnet<N: Northbound>(ctx: &Context<N>, applied: &Applie
         return;
     }
     let router = &ctx.config.cluster_router;
-    let started = Instant::now();
-    let result = ctx
+    match ctx
         .nb
         .delete_switch(name, router, &router_port_name(router, name))
-        .await;
-    ctx.metrics
-        .nb_transaction("delete_switch", started.elapsed().as_secs_f64());
-    match result {
+        .await
+    {
         Ok(()) => {
             tracing::info!(subnet = %name, "deleted Subnet removed from OVN");
             applied.subnets.lock().remove(name);
@@ -163,7 +160,7 @@ pub fn deleted_subnet_holders(
         .filter(|r| r.lease.subnet == subnet)
         .filter_map(|r| {
             let (pod, namespace) = r.lease.key.as_str().rsplit_once('.')?;
-            let held = crate::plan::ip_address_value(&r.lease);
+            let held = r.lease.addresses().to_string();
             let message = subnet_deleted_message(subnet, r.lease.key.as_str(), &held);
             Some((namespace.to_owned(), pod.to_owned(), message))
         })
@@ -188,10 +185,7 @@ fn switch_holders<N: Northbound>(ctx: &Context<N>, subnet: &str) -> Vec<(String,
             if !port.is_ours() {
                 return Some((String::new(), String::new(), message));
             }
-            let (namespace, pod) = port
-                .external_ids
-                .get(crate::northbound::ids::POD)?
-                .split_once('/')?;
+            let (namespace, pod) = port.external_ids.get(ids::POD)?.split_once('/')?;
             ctx.stores
                 .pod(namespace, pod)
                 .map(|_| (namespace.to_owned(), pod.to_owned(), message))
@@ -309,11 +303,7 @@ async fn sync_subnet<N: Northbound>(
         tracing::warn!(subnet = %name, nic = %s.key, address = %s.address, reason = ?s.reason,
             "holder no longer fits its subnet; kept until it is released");
     }
-    let started = Instant::now();
-    let result = ctx.nb.ensure_switch(&switch).await;
-    ctx.metrics
-        .nb_transaction("ensure_switch", started.elapsed().as_secs_f64());
-    result.map_err(|e| Error::Northbound(e.to_string()))?;
+    ctx.nb.ensure_switch(&switch).await?;
     applied.subnets.lock().insert(name, (spec, switch));
     Ok(())
 }
@@ -328,7 +318,7 @@ pub fn spec_defaults(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     if subnet.spec.gateway.trim().is_empty() {
-        out.insert("gateway".into(), network.gateway_annotation().into());
+        out.insert("gateway".into(), network.gateway.to_string().into());
     }
     if subnet.spec.exclude_ips.is_empty() {
         let gateways: Vec<String> = network.gateway.addresses().map(|a| a.to_string()).collect();

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use portkeeper_engine::{Claim, Engine, IpRequest, Lease, MacRequest, NicKey};
 
 use crate::error::{RejectReason, Rejection};
-use crate::northbound::Northbound;
+use crate::ovn::Northbound;
 
 /// The engine owner id of addresses held by ports portkeeper did not make.
 pub const FOREIGN_PORT_OWNER: &str = "ovn-port";
@@ -173,7 +173,7 @@ fn record_foreign(engine: &Engine, subnet: &str, ip: IpAddr, holder: &ForeignHol
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::northbound::memory::MemoryNb;
+    use crate::ovn::memory::MemoryNb;
     use portkeeper_engine::{SubnetSpec, parse::parse_ip_address};
 
     fn engine() -> Engine {

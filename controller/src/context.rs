@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Rejection;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
-use crate::northbound::Northbound;
+use crate::ovn::{Measured, Northbound};
 use crate::stores::Stores;
 
 /// The field manager of every write portkeeper makes.
@@ -29,8 +29,8 @@ pub struct Context<N> {
     pub config: Config,
     /// The address engine, rebuilt before any reconcile runs.
     pub engine: Engine,
-    /// OVN Northbound.
-    pub nb: Arc<N>,
+    /// OVN Northbound, every write measured.
+    pub nb: Measured<N>,
     /// Watched caches.
     pub stores: Stores,
     /// Metrics.

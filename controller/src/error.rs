@@ -1,8 +1,10 @@
 //! The controller's one error type, and the user-facing rejection a bad request becomes.
 
 use portkeeper_api::request::AnnotationError;
-use portkeeper_engine::EngineError;
+use portkeeper_engine::{EngineError, ErrorKind};
 use thiserror::Error;
+
+use crate::ovn::NbError;
 
 /// The Event reason a rejected pod gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +24,15 @@ impl RejectReason {
             RejectReason::InvalidAnnotation => "InvalidAnnotation",
             RejectReason::AddressConflict => "AddressConflict",
             RejectReason::AcquireAddressFailed => "AcquireAddressFailed",
+        }
+    }
+
+    /// The reason an engine refusal gets: a conflict with another holder is `AddressConflict`,
+    /// everything else `AcquireAddressFailed`.
+    pub fn of(error: &EngineError) -> Self {
+        match error.kind() {
+            ErrorKind::AddressConflict => RejectReason::AddressConflict,
+            _ => RejectReason::AcquireAddressFailed,
         }
     }
 }
@@ -48,15 +59,9 @@ impl From<AnnotationError> for Rejection {
 
 impl From<EngineError> for Rejection {
     fn from(e: EngineError) -> Self {
-        let kind = e.reason();
-        let reason = if kind == RejectReason::AddressConflict.as_str() {
-            RejectReason::AddressConflict
-        } else {
-            RejectReason::AcquireAddressFailed
-        };
         Rejection {
-            reason,
-            message: format!("{kind}: {e}"),
+            reason: RejectReason::of(&e),
+            message: format!("{}: {e}", e.reason()),
         }
     }
 }
@@ -70,9 +75,9 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// An OVN Northbound operation failed.
+    /// An OVN Northbound write failed.
     #[error("OVN northbound: {0}")]
-    Northbound(String),
+    Northbound(#[from] NbError),
     /// The engine refused a Subnet or IPPool spec.
     #[error(transparent)]
     Engine(#[from] EngineError),

@@ -3,7 +3,8 @@
 //! logical switch port, and publishes it on the pod with Kube-OVN's annotations.
 //!
 //! Reconcilers are functions from observed state to actions ([`plan`] holds the pure
-//! decisions); [`northbound::Northbound`] is the seam to OVN.
+//! decisions); [`ovn::Northbound`] is the seam to OVN. The module map, from a pod to its port,
+//! is in `docs/architecture.md`.
 
 pub mod addressing;
 pub mod admission;
@@ -18,7 +19,7 @@ pub mod metrics;
 pub mod migration;
 #[cfg(test)]
 mod mock_api;
-pub mod northbound;
+pub mod nic;
 pub mod ovn;
 pub mod plan;
 pub mod pod;

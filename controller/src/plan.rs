@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use portkeeper_api::annotations::{DEFAULT_PROVIDER, NetworkKeys};
+use portkeeper_api::allocation::Allocation;
+use portkeeper_api::annotations::DEFAULT_PROVIDER;
 use portkeeper_api::request::{AddressRequest, NetworkRequest};
 use portkeeper_api::{IPPool, IPSpec, Subnet};
 use portkeeper_engine::parse::{CidrBlock, parse_cidr_block, parse_ip_address};
@@ -324,18 +325,6 @@ impl SubnetNetwork {
         Ok(Self { block, gateway })
     }
 
-    /// `cidr` annotation value: `v4cidr[,v6cidr]`.
-    pub fn cidr_annotation(&self) -> String {
-        let v4 = self.block.v4.map(|n| n.to_string());
-        let v6 = self.block.v6.map(|n| n.to_string());
-        join([v4, v6])
-    }
-
-    /// `gateway` annotation value: `v4gw[,v6gw]`.
-    pub fn gateway_annotation(&self) -> String {
-        join(self.gateway.addresses().map(|a| Some(a.to_string())))
-    }
-
     /// Router-port networks: each gateway with its subnet's prefix length.
     pub fn router_networks(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -349,15 +338,6 @@ impl SubnetNetwork {
     }
 }
 
-fn join(parts: impl IntoIterator<Item = Option<String>>) -> String {
-    parts.into_iter().flatten().collect::<Vec<_>>().join(",")
-}
-
-/// The addresses of a lease as Kube-OVN writes them: v4 first, comma separated.
-pub fn ip_address_value(lease: &Lease) -> String {
-    join(lease.addresses().addresses().map(|a| Some(a.to_string())))
-}
-
 /// The port's `addresses` entry: `"MAC IP [IP]"`.
 pub fn port_addresses(lease: &Lease) -> String {
     let mut parts: Vec<String> = lease.mac.iter().map(ToString::to_string).collect();
@@ -365,33 +345,32 @@ pub fn port_addresses(lease: &Lease) -> String {
     parts.join(" ")
 }
 
-/// The annotations written once the port and the IP resource exist; `allocated` is among them
-/// and the whole set goes out in one merge patch. A launcher pod also gets `virtualmachine`,
-/// which tells the CNI daemon that its interface is the VM's port.
-pub fn allocated_annotations(
-    keys: &NetworkKeys,
+/// The allocation published on the pod once the port and the IP resource exist (written in one
+/// merge patch, `allocated` among it). A launcher pod also names its VM, which tells the CNI
+/// daemon that its interface is the VM's port. A lease without a MAC cannot be published: the
+/// CNI daemon could not wire it.
+pub fn allocation(
     lease: &Lease,
     network: &SubnetNetwork,
     routed: bool,
     virtual_machine: Option<&str>,
-) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::from([
-        (keys.allocated.clone(), "true".to_owned()),
-        (keys.ip_address.clone(), ip_address_value(lease)),
-        (keys.cidr.clone(), network.cidr_annotation()),
-        (keys.gateway.clone(), network.gateway_annotation()),
-        (keys.logical_switch.clone(), lease.subnet.clone()),
-    ]);
-    if let Some(mac) = lease.mac {
-        out.insert(keys.mac_address.clone(), mac.to_string());
-    }
-    if routed {
-        out.insert(keys.routed.clone(), "true".to_owned());
-    }
-    if let Some(vm) = virtual_machine {
-        out.insert(keys.virtual_machine.clone(), vm.to_owned());
-    }
-    out
+) -> Result<Allocation, Rejection> {
+    let mac = lease.mac.ok_or_else(|| Rejection {
+        reason: RejectReason::AcquireAddressFailed,
+        message: format!(
+            "AcquireAddressFailed: {} was granted no MAC in subnet {}",
+            lease.key, lease.subnet
+        ),
+    })?;
+    Ok(Allocation {
+        subnet: lease.subnet.clone(),
+        addresses: lease.addresses(),
+        cidr: network.block,
+        gateway: network.gateway,
+        mac,
+        routed,
+        virtual_machine: virtual_machine.map(str::to_owned),
+    })
 }
 
 /// The IP resource spec for a nic: `pod_name` is the nic's name part (the VM for launcher
@@ -409,7 +388,7 @@ pub fn ip_spec(
         namespace: namespace.to_owned(),
         subnet: lease.subnet.clone(),
         node_name: node.unwrap_or_default().to_owned(),
-        ip_address: ip_address_value(lease),
+        ip_address: addresses.to_string(),
         v4_ip_address: addresses.v4.map(|a| a.to_string()).unwrap_or_default(),
         v6_ip_address: addresses.v6.map(|a| a.to_string()).unwrap_or_default(),
         mac_address: lease.mac.map(|m| m.to_string()).unwrap_or_default(),
@@ -418,14 +397,10 @@ pub fn ip_spec(
     }
 }
 
-/// Whether an engine error is a conflict with another holder (reason `AddressConflict`).
-pub fn is_conflict(error: &EngineError) -> bool {
-    error.reason() == RejectReason::AddressConflict.as_str()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portkeeper_api::annotations::NetworkKeys;
     use portkeeper_api::{IPPoolSpec, SubnetSpec};
 
     fn subnet(name: &str, cidr: &str, namespaces: &[&str], default: bool) -> Arc<Subnet> {
@@ -626,8 +601,8 @@ mod tests {
     fn network_values() {
         let s = subnet("d", "fd00:10:16::/64,10.16.0.0/16", &[], false);
         let n = SubnetNetwork::of(&s).unwrap();
-        assert_eq!(n.cidr_annotation(), "10.16.0.0/16,fd00:10:16::/64");
-        assert_eq!(n.gateway_annotation(), "10.16.0.1,fd00:10:16::1");
+        assert_eq!(n.block.to_string(), "10.16.0.0/16,fd00:10:16::/64");
+        assert_eq!(n.gateway.to_string(), "10.16.0.1,fd00:10:16::1");
         assert_eq!(
             n.router_networks(),
             vec!["10.16.0.1/16".to_owned(), "fd00:10:16::1/64".to_owned()]
@@ -635,7 +610,7 @@ mod tests {
         let mut s = (*s).clone();
         s.spec.gateway = "10.16.0.254".into();
         assert_eq!(
-            SubnetNetwork::of(&s).unwrap().gateway_annotation(),
+            SubnetNetwork::of(&s).unwrap().gateway.to_string(),
             "10.16.0.254,fd00:10:16::1"
         );
         s.spec.cidr_block = "10.16.0.0/33".into();
@@ -658,13 +633,10 @@ mod tests {
             "0a:58:0a:10:00:02 10.16.0.2 fd00::2"
         );
         let s = subnet("ovn-default", "10.16.0.0/16,fd00::/64", &[], true);
-        let a = allocated_annotations(
-            &NetworkKeys::primary(),
-            &lease,
-            &SubnetNetwork::of(&s).unwrap(),
-            false,
-            Some("vm1"),
-        );
+        let network = SubnetNetwork::of(&s).unwrap();
+        let a = allocation(&lease, &network, false, Some("vm1"))
+            .unwrap()
+            .to_annotations(&NetworkKeys::primary());
         assert_eq!(a["ovn.kubernetes.io/allocated"], "true");
         assert_eq!(a["ovn.kubernetes.io/ip_address"], "10.16.0.2,fd00::2");
         assert_eq!(a["ovn.kubernetes.io/mac_address"], "0a:58:0a:10:00:02");
@@ -673,5 +645,9 @@ mod tests {
         assert_eq!(a["ovn.kubernetes.io/logical_switch"], "ovn-default");
         assert!(!a.contains_key("ovn.kubernetes.io/routed"));
         assert_eq!(a["ovn.kubernetes.io/virtualmachine"], "vm1");
+        let unwirable = Lease { mac: None, ..lease };
+        let r = allocation(&unwirable, &network, false, None).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert!(r.message.contains("no MAC"), "{}", r.message);
     }
 }

@@ -1,5 +1,5 @@
 //! The pod reconciler: observed pod → port, IP resource, annotations (in that order), and the
-//! release of a deleted pod's nic.
+//! settling of a deleted pod's nic.
 //!
 //! Crash safety comes from the order and from idempotency by name: the port and the IP resource
 //! are named after the nic, so a retry after a crash rewrites the same objects, and `allocated`
@@ -7,37 +7,31 @@
 //! port and IP resource exist.
 //!
 //! StatefulSet pods and virt-launcher pods carry an identity owned by their workload
-//! ([`identity`]); it is reclaimed by the workload's next pod and decided by
+//! ([`crate::nic::holder`]); it is reclaimed by the workload's next pod and decided by
 //! [`crate::retention`] when no pod holds it.
 
-pub mod identity;
-
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
+use portkeeper_api::annotations::NetworkKeys;
 use portkeeper_api::request::NetworkRequest;
-use portkeeper_api::{IP, IPPool, Subnet, annotations};
-use portkeeper_engine::{IpRequest, Lease, NicKey};
+use portkeeper_engine::{Engine, IpRequest, Lease, NicKey};
 use serde_json::json;
 
-use crate::allocate::{FOREIGN_PORT_OWNER, claim_checked};
+use crate::allocate::claim_checked;
 use crate::context::{Context, FIELD_MANAGER};
-use crate::error::Error;
-use crate::northbound::{Northbound, port_spec};
-use crate::plan::{self, Catalog, Ordinal, PodFacts, SubnetNetwork, Target};
-use crate::retention::{Decision, OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind};
-
-/// Annotation on IP resources recording the UID of the pod that last wrote it, so that a
-/// restart can tell a recreated pod from the one that held the address.
-pub const POD_UID: &str = "portkeeper.io/pod-uid";
-/// `external_ids` key on ports recording the owning pod's UID.
-pub const PORT_POD_UID: &str = "pod_uid";
+use crate::error::{Error, RejectReason, Rejection};
+use crate::nic::holder::{self, live_holder};
+use crate::nic::target::{self, Addressing};
+use crate::nic::{self, NicRecord, Owner};
+use crate::ovn::Northbound;
+use crate::plan::{self, PodFacts, SubnetNetwork, Target};
+use crate::retention::{self, Decision};
 
 /// Allocates a pod's primary nic, or confirms it is in place.
 pub async fn reconcile<N: Northbound>(
@@ -64,57 +58,8 @@ pub fn error_policy<N: Northbound>(pod: Arc<Pod>, error: &Error, ctx: Arc<Contex
     Action::requeue(ctx.backoff(&pod.uid().unwrap_or_default()))
 }
 
-/// Whether a pod needs (or keeps) addresses: not host-network, not finished, not terminating.
-pub fn wants_address(pod: &Pod) -> bool {
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// The nic key of a pod's primary network: `<pod>.<ns>`, or `<vm>.<ns>` for a virt-launcher
-/// pod, so every launcher pod of a VM shares one port, IP resource and MAC. The one place a
-/// key is computed.
-pub fn nic_key(pod: &Pod) -> NicKey {
-    NicKey::new(
-        &identity::nic_name(pod),
-        &pod.namespace().unwrap_or_default(),
-        None,
-    )
-}
-
-/// What the port and the IP resource record about a nic's holder.
-struct NicRecord<'a> {
-    /// The nic's name part: the pod, or the VM.
-    name: &'a str,
-    /// The pod's namespace.
-    namespace: &'a str,
-    /// The writing pod's UID.
-    pod_uid: &'a str,
-    /// The workload owning the identity, if it outlives the pod.
-    owner: Option<&'a Owner>,
-}
-
-impl NicRecord<'_> {
-    /// Kube-OVN's IP resource `podType`.
-    fn pod_type(&self) -> &'static str {
-        match self.owner.map(|o| o.kind) {
-            Some(OwnerKind::StatefulSet) => "StatefulSet",
-            Some(OwnerKind::VirtualMachine) => "VirtualMachine",
-            None => "",
-        }
-    }
-}
-
 async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
-    if !wants_address(pod) {
+    if !nic::wants_address(pod) {
         return Ok(());
     }
     let (name, namespace, uid) = (
@@ -122,10 +67,10 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         pod.namespace().unwrap_or_default(),
         pod.uid().unwrap_or_default(),
     );
-    let key = nic_key(pod);
-    let owner = identity::owner_of(pod, &ctx.stores);
-    let holder = identity::holder_uid(pod, owner.as_ref());
-    let nic_name = identity::nic_name(pod);
+    let key = nic::key(pod);
+    let owner = holder::owner_of(pod, &ctx.stores);
+    let holder = holder::holder_uid(pod, owner.as_ref());
+    let nic_name = nic::name(pod);
     let record = NicRecord {
         name: &nic_name,
         namespace: &namespace,
@@ -144,7 +89,9 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         && ctx.nb.port(key.as_str()).is_some()
     {
         if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
-            apply_ip(&ctx.client, &record, &lease, node.as_deref()).await?;
+            record
+                .apply_ip(&ctx.client, &lease, node.as_deref())
+                .await?;
             patch_annotations(
                 &ctx.client,
                 pod,
@@ -165,7 +112,7 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
             return Err(rejected(r));
         }
     };
-    let addressing = Addressing::of(ctx);
+    let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
     let written_order = ctx.stores.namespace_subnets(&namespace, keys);
     let facts = PodFacts {
@@ -173,10 +120,12 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         namespace: &namespace,
         uid: &holder,
         annotations,
-        ordinal: statefulset_ordinal(pod, ctx),
+        ordinal: holder::statefulset_ordinal(pod, &ctx.stores),
         namespace_subnets: written_order.as_deref(),
     };
-    let target = match plan::choose_target(&request, &facts, &catalog, |s| has_room(ctx, s)) {
+    let target = match plan::choose_target(&request, &facts, &catalog, |s| {
+        target::has_room(&ctx.engine, s)
+    }) {
         Ok(t) => t,
         Err(r) => {
             ctx.warn(&reference, "Allocate", &r).await;
@@ -194,16 +143,11 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     let planned = Ok(plan::claim(target, key.clone(), &request, &holder))
         .and_then(|claim| {
             let statics = !matches!(claim.ip, IpRequest::Dynamic | IpRequest::Pools(_));
-            claim_checked(
-                &ctx.engine,
-                ctx.nb.as_ref(),
-                &claim,
-                |subnet, ip, except| {
-                    statics
-                        .then(|| ip_resource_holder(ctx, subnet, ip, except))
-                        .flatten()
-                },
-            )
+            claim_checked(&ctx.engine, &ctx.nb, &claim, |subnet, ip, except| {
+                statics
+                    .then(|| target::ip_resource_holder(&ctx.stores, subnet, ip, except))
+                    .flatten()
+            })
         })
         .and_then(|lease| {
             let subnet = catalog.subnet(&lease.subnet).ok_or_else(|| {
@@ -211,9 +155,12 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
                     subnet: lease.subnet.clone(),
                 }
             })?;
-            Ok((SubnetNetwork::of(subnet)?, lease))
+            let network = SubnetNetwork::of(subnet)?;
+            let routed = node.is_some();
+            let allocation = plan::allocation(&lease, &network, routed, nic::launcher_vm(pod))?;
+            Ok((allocation, lease))
         });
-    let (network, lease) = match planned {
+    let (allocation, lease) = match planned {
         Ok(v) => v,
         Err(r) => {
             ctx.warn(&reference, "Allocate", &r).await;
@@ -221,18 +168,15 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         }
     };
 
-    write_port(ctx, &lease, &record, request.port_security).await?;
-    apply_ip(&ctx.client, &record, &lease, node.as_deref()).await?;
-    let written = plan::allocated_annotations(
-        keys,
-        &lease,
-        &network,
-        node.is_some(),
-        identity::launcher_vm(pod),
-    );
-    patch_annotations(&ctx.client, pod, written).await?;
+    record
+        .write_port(ctx, &lease, request.port_security)
+        .await?;
+    record
+        .apply_ip(&ctx.client, &lease, node.as_deref())
+        .await?;
+    patch_annotations(&ctx.client, pod, allocation.to_annotations(keys)).await?;
     ctx.metrics.allocations.inc();
-    tracing::debug!(pod = %name, %namespace, addresses = %plan::ip_address_value(&lease), "allocated");
+    tracing::debug!(pod = %name, %namespace, addresses = %lease.addresses(), "allocated");
     Ok(())
 }
 
@@ -245,29 +189,28 @@ async fn take_over<N: Northbound>(
     pod: &Pod,
     key: &NicKey,
     holder: &str,
-) -> Result<Result<(), crate::error::Rejection>, Error> {
+) -> Result<Result<(), Rejection>, Error> {
     let Some(existing) = ctx.engine.lease(key).filter(|l| l.uid != holder) else {
         return Ok(Ok(()));
     };
-    let Some(recorded) = identity::recorded_owner(ctx, key).filter(|o| o.uid == existing.uid)
-    else {
+    let Some(recorded) = holder::recorded_owner(ctx, key).filter(|o| o.uid == existing.uid) else {
         return Ok(Ok(()));
     };
-    let decision = identity::decide_nic(ctx, &existing, &recorded, &pod.name_any());
+    let decision = retention::decide_nic(ctx, &existing, &recorded, &pod.name_any());
     if let Decision::Keep(why) = decision {
-        return Ok(Err(crate::error::Rejection {
-            reason: crate::error::RejectReason::AddressConflict,
+        return Ok(Err(Rejection {
+            reason: RejectReason::AddressConflict,
             message: format!(
                 "AddressConflict: {key} ({}) is kept for {} {}: {why}; pod {} has another owner and cannot take it",
-                plan::ip_address_value(&existing),
+                existing.addresses(),
                 recorded.kind.as_str(),
                 recorded.name,
                 pod.name_any(),
             ),
         }));
     }
-    release_nic(ctx, key, Some(&existing.uid)).await?;
-    identity::announce(ctx, &existing, &recorded, &decision, Some(pod)).await;
+    nic::release(ctx, key, Some(&existing.uid)).await?;
+    retention::announce(ctx, &existing, &recorded, &decision, Some(pod)).await;
     Ok(Ok(()))
 }
 
@@ -288,147 +231,21 @@ async fn follow_subnet<N: Northbound>(
     else {
         return Ok(target);
     };
-    if identity::live_holder(&ctx.stores, key, &pod.name_any()).is_some() {
+    if live_holder(&ctx.stores, key, &pod.name_any()).is_some() {
         return Ok(Target {
             subnet: existing.subnet,
             ip: IpRequest::Dynamic,
         });
     }
-    release_nic(ctx, key, Some(&existing.uid)).await?;
+    nic::release(ctx, key, Some(&existing.uid)).await?;
     let decision = Decision::Release(format!(
         "{} {} now selects subnet {}; allocating there",
         owner.kind.as_str(),
         owner.name,
         target.subnet
     ));
-    identity::announce(ctx, &existing, owner, &decision, Some(pod)).await;
+    retention::announce(ctx, &existing, owner, &decision, Some(pod)).await;
     Ok(target)
-}
-
-/// The Subnets and IPPools as the caches hold them now, for one subnet choice.
-struct Addressing {
-    subnets: Vec<Arc<Subnet>>,
-    pools: Vec<Arc<IPPool>>,
-}
-
-impl Addressing {
-    fn of<N>(ctx: &Context<N>) -> Self {
-        Addressing {
-            subnets: ctx.stores.subnets.state(),
-            pools: ctx.stores.pools.state(),
-        }
-    }
-
-    fn catalog<'a>(&'a self, default_subnet: &'a str) -> Catalog<'a> {
-        Catalog {
-            subnets: &self.subnets,
-            pools: &self.pools,
-            default_subnet,
-        }
-    }
-}
-
-fn has_room<N>(ctx: &Context<N>, subnet: &str) -> bool {
-    ctx.engine
-        .subnet_status(subnet)
-        .is_ok_and(|s| s.v4_available_ips > 0 || s.v6_available_ips > 0)
-}
-
-/// The ordinal and `spec.ordinals.start` of a StatefulSet pod.
-fn statefulset_ordinal<N>(pod: &Pod, ctx: &Context<N>) -> Option<Ordinal> {
-    let owner = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))?;
-    let ordinal = crate::retention::ordinal_of(&pod.name_any(), &owner.name)?;
-    let set = ctx.stores.statefulset(&pod.namespace()?, &owner.name);
-    Some(Ordinal {
-        ordinal,
-        start: identity::statefulset_start(set.as_deref()),
-    })
-}
-
-/// Another IP resource holding `ip` in `subnet`.
-fn ip_resource_holder<N>(
-    ctx: &Context<N>,
-    subnet: &str,
-    ip: IpAddr,
-    except: &str,
-) -> Option<String> {
-    let text = ip.to_string();
-    ctx.stores.ips.state().into_iter().find_map(|r| {
-        let name = r.name_any();
-        (name != except && r.spec.subnet == subnet && r.spec.addresses().contains(&text.as_str()))
-            .then_some(name)
-    })
-}
-
-async fn write_port<N: Northbound>(
-    ctx: &Context<N>,
-    lease: &Lease,
-    record: &NicRecord<'_>,
-    port_security: bool,
-) -> Result<(), Error> {
-    let mut spec = port_spec(
-        lease.key.as_str(),
-        &lease.subnet,
-        &format!("{}/{}", record.namespace, record.name),
-        plan::port_addresses(lease),
-        port_security,
-    );
-    spec.external_ids
-        .insert(PORT_POD_UID.to_owned(), record.pod_uid.to_owned());
-    if let Some(owner) = record.owner {
-        spec.external_ids
-            .insert(OWNER_PORT_KEY.to_owned(), owner.to_string());
-    }
-    let started = Instant::now();
-    let result = ctx.nb.upsert_port(&spec).await;
-    ctx.metrics
-        .nb_transaction("upsert_port", started.elapsed().as_secs_f64());
-    result.map_err(|e| Error::Northbound(e.to_string()))
-}
-
-/// Creates or updates the nic's IP resource by server-side apply.
-async fn apply_ip(
-    client: &kube::Client,
-    record: &NicRecord<'_>,
-    lease: &Lease,
-    node: Option<&str>,
-) -> Result<(), Error> {
-    let mut labels = BTreeMap::from([
-        (annotations::LABEL_SUBNET.to_owned(), lease.subnet.clone()),
-        (
-            annotations::LABEL_IP_RESERVED.to_owned(),
-            "false".to_owned(),
-        ),
-        (lease.subnet.clone(), String::new()),
-    ]);
-    if let Some(node) = node {
-        labels.insert(annotations::LABEL_NODE_NAME.to_owned(), node.to_owned());
-    }
-    let mut recorded = BTreeMap::from([(POD_UID, record.pod_uid.to_owned())]);
-    if let Some(owner) = record.owner {
-        recorded.insert(OWNER_ANNOTATION, owner.to_string());
-    }
-    let body = json!({
-        "apiVersion": "kubeovn.io/v1",
-        "kind": "IP",
-        "metadata": {
-            "name": lease.key.as_str(),
-            "labels": labels,
-            "annotations": recorded,
-        },
-        "spec": plan::ip_spec(record.name, record.namespace, lease, node, record.pod_type()),
-    });
-    Api::<IP>::all(client.clone())
-        .patch(
-            lease.key.as_str(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Writes `values` into the pod's annotations with one merge patch.
@@ -448,114 +265,94 @@ async fn patch_annotations(
     Ok(())
 }
 
-/// Whether a live pod or a workload keeps a nic that garbage collection found without its pod.
-pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
-    identity::keeps_identity(ctx, lease)
-}
-
 /// Settles a deleted pod's nic: compare-and-swap on the holder, so a late delete of an old
 /// incarnation never frees what a new pod of the same name holds. A plain pod's nic is
-/// released; a workload-owned one is decided by [`crate::retention::decide`] (kept while the
+/// released; a workload-owned one is decided by [`retention::decide`] (kept while the
 /// workload still needs it, with an Event either way); a launcher pod's nic stays while another
 /// launcher pod of the VM runs.
 pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
-    let key = nic_key(pod);
+    let key = nic::key(pod);
     let uid = pod.uid().unwrap_or_default();
     let _guard = ctx.locks.lock(key.as_str()).await;
     let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let Some(lease) = ctx.engine.lease(&key) else {
         return Ok(());
     };
-    let owner = identity::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid);
+    let owner = holder::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid);
     if let Some(current) = ctx.stores.pod(&namespace, &name)
         && current.uid().as_deref() != Some(uid.as_str())
     {
         if let Some(owner) = owner {
             let decision = Decision::Keep(format!("pod {name} was recreated and takes it over"));
-            identity::announce(ctx, &lease, &owner, &decision, Some(&current)).await;
+            retention::announce(ctx, &lease, &owner, &decision, Some(&current)).await;
         }
         return Ok(());
     }
     if let Some(owner) = owner {
-        identity::settle(ctx, &lease, &owner, &name, None).await?;
+        retention::settle(ctx, &lease, &owner, &name, None).await?;
         return Ok(());
     }
-    if identity::launcher_vm(pod).is_some() {
-        if identity::live_holder(&ctx.stores, &key, &name).is_none() {
-            release_nic(ctx, &key, Some(&lease.uid)).await?;
+    if nic::launcher_vm(pod).is_some() {
+        if live_holder(&ctx.stores, &key, &name).is_none() {
+            nic::release(ctx, &key, Some(&lease.uid)).await?;
         }
         return Ok(());
     }
-    let holder = identity::holder_uid(pod, identity::owner_of(pod, &ctx.stores).as_ref());
-    release_nic(ctx, &key, Some(&holder)).await
+    let holder = holder::holder_uid(pod, holder::owner_of(pod, &ctx.stores).as_ref());
+    nic::release(ctx, &key, Some(&holder)).await
 }
 
-/// Deletes a nic's port (if portkeeper made it for this owner) and IP resource, then frees the
-/// engine binding. `uid` limits the release to that owner; `None` releases whoever holds it
-/// (garbage collection of a nic whose pod is gone). Callers hold the nic's lock.
-pub async fn release_nic<N: Northbound>(
-    ctx: &Context<N>,
-    key: &NicKey,
-    uid: Option<&str>,
-) -> Result<(), Error> {
-    let lease = ctx.engine.lease(key);
-    if let (Some(l), Some(uid)) = (&lease, uid)
-        && l.uid != uid
-    {
-        return Ok(());
-    }
-    if lease.as_ref().is_some_and(|l| l.uid == FOREIGN_PORT_OWNER) {
-        return Ok(());
-    }
-    if let Some(port) = ctx.nb.port(key.as_str())
-        && port.is_ours()
-        && uid.is_none_or(|u| identity::port_holder(&port.external_ids).is_none_or(|p| p == u))
-    {
-        let started = Instant::now();
-        let result = ctx.nb.delete_port(key.as_str()).await;
-        ctx.metrics
-            .nb_transaction("delete_port", started.elapsed().as_secs_f64());
-        result.map_err(|e| Error::Northbound(e.to_string()))?;
-    }
-    let ips: Api<IP> = Api::all(ctx.client.clone());
-    if let Some(ip) = ips.get_opt(key.as_str()).await?
-        && uid.is_none_or(|u| identity::recorded_holder(ip.annotations()).is_none_or(|p| p == u))
-    {
-        match ips.delete(key.as_str(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+/// Allocated pods whose nic the engine holds but whose port is missing from Northbound (someone
+/// ran `ovn-nbctl lsp-del`), with the lease their port must be rebuilt from.
+pub fn vanished_ports<N: Northbound>(
+    pods: &[Arc<Pod>],
+    engine: &Engine,
+    nb: &N,
+    keys: &NetworkKeys,
+) -> Vec<(Arc<Pod>, Lease)> {
+    pods.iter()
+        .filter(|p| p.annotations().get(&keys.allocated).map(String::as_str) == Some("true"))
+        .filter(|p| nic::wants_address(p))
+        .filter_map(|p| {
+            let lease = engine.lease(&nic::key(p))?;
+            nb.port(lease.key.as_str())
+                .is_none()
+                .then(|| (p.clone(), lease))
+        })
+        .collect()
+}
+
+/// Gives every pod of [`vanished_ports`] its port back with the addresses the engine holds for
+/// it (the pod's reconcile rewrites the port; the claim returns the binding it already has),
+/// with a `PortRestored` Event on the pod. Runs after every garbage collection, at start too.
+pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usize {
+    let vanished = vanished_ports(&ctx.stores.pods.state(), &ctx.engine, &ctx.nb, &ctx.keys);
+    let count = vanished.len();
+    for (p, lease) in vanished {
+        let note = format!(
+            "port {} was missing from OVN Northbound; recreated with its addresses {} in subnet {}",
+            lease.key,
+            plan::port_addresses(&lease),
+            lease.subnet
+        );
+        tracing::warn!(nic = %lease.key, "{note}");
+        ctx.note(&p.object_ref(&()), "PortRestored", "Restore", note)
+            .await;
+        if let Err(e) = reconcile(p, ctx.clone()).await {
+            tracing::warn!(nic = %lease.key, error = %e, "restoring a vanished port failed; retried at the next collection");
         }
     }
-    if let Some(lease) = lease
-        && ctx.engine.release(key, &lease.owner()).is_ok()
-    {
-        ctx.metrics.releases.inc();
-    }
-    Ok(())
+    count
 }
 
-/// The exact requests portkeeper sends, pinned with a mock API server: the URL, the field
-/// manager, the content type and the body. Behaviour is tested against a real API server in
+/// The exact annotation patch portkeeper sends, pinned with a mock API server: the URL, the
+/// field manager, the content type and the body. Behaviour is tested against a real API server in
 /// `kind-e2e/tests/controller_addressing.rs`.
 #[cfg(test)]
 mod request_shape_tests {
     use super::*;
     use crate::mock_api;
     use http::Method;
-    use portkeeper_engine::MacAddress;
-
-    fn lease() -> Lease {
-        Lease {
-            subnet: "ovn-default".into(),
-            key: NicKey::new("web", "shop", None),
-            uid: "u-1".into(),
-            generation: 1,
-            v4: Some("10.16.0.2".parse().unwrap()),
-            v6: None,
-            mac: Some(MacAddress::parse("0a:58:0a:10:00:02").unwrap()),
-        }
-    }
 
     #[tokio::test]
     async fn annotations_are_one_merge_patch_with_our_field_manager() {
@@ -595,61 +392,57 @@ mod request_shape_tests {
             } } })
         );
     }
+}
 
-    #[tokio::test]
-    async fn ip_resource_is_server_side_applied_with_force() {
-        let (client, mut handle) = mock_api::client();
-        let record = NicRecord {
-            name: "web",
-            namespace: "shop",
-            pod_uid: "u-1",
-            owner: None,
-        };
-        let reply = json!({
-            "apiVersion": "kubeovn.io/v1", "kind": "IP",
-            "metadata": { "name": "web.shop" }, "spec": {}
-        });
-        let lease = lease();
-        let (sent, server) = tokio::join!(
-            apply_ip(&client, &record, &lease, Some("node1")),
-            mock_api::answer(&mut handle, |_| reply)
-        );
-        sent.unwrap();
-        let (parts, body) = server;
-        assert_eq!(parts.method, Method::PATCH);
-        assert_eq!(
-            parts.uri.to_string(),
-            "/apis/kubeovn.io/v1/ips/web.shop?&force=true&fieldManager=portkeeper-controller"
-        );
-        assert_eq!(
-            parts.headers["content-type"],
-            "application/apply-patch+yaml"
-        );
-        assert_eq!(
-            body,
-            json!({
-                "apiVersion": "kubeovn.io/v1",
-                "kind": "IP",
-                "metadata": {
-                    "name": "web.shop",
-                    "labels": {
-                        "ovn.kubernetes.io/subnet": "ovn-default",
-                        "ovn.kubernetes.io/ip_reserved": "false",
-                        "ovn.kubernetes.io/node-name": "node1",
-                        "ovn-default": "",
-                    },
-                    "annotations": { "portkeeper.io/pod-uid": "u-1" },
-                },
-                "spec": {
-                    "podName": "web",
-                    "namespace": "shop",
-                    "subnet": "ovn-default",
-                    "nodeName": "node1",
-                    "ipAddress": "10.16.0.2",
-                    "v4IpAddress": "10.16.0.2",
-                    "macAddress": "0a:58:0a:10:00:02",
-                },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allocated_pod_whose_port_vanished_is_found_with_its_lease() {
+        use crate::ovn::memory::MemoryNb;
+        use portkeeper_engine::Claim;
+        let engine = Engine::new();
+        engine
+            .upsert_subnet(&portkeeper_engine::SubnetSpec {
+                name: "net1".into(),
+                cidr_block: "10.0.0.0/24".into(),
+                ..Default::default()
             })
-        );
+            .unwrap();
+        let pod = |name: &str, allocated: bool| -> Arc<Pod> {
+            let mut annotations = serde_json::Map::new();
+            if allocated {
+                annotations.insert("ovn.kubernetes.io/allocated".into(), "true".into());
+            }
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": name, "namespace": "ns", "uid": format!("{name}-uid"),
+                        "annotations": annotations },
+                }))
+                .unwrap(),
+            )
+        };
+        let pods = [
+            pod("kept", true),
+            pod("vanished", true),
+            pod("pending", false),
+        ];
+        let nb = MemoryNb::default();
+        for p in &pods {
+            let key = nic::key(p);
+            let lease = engine
+                .claim(&Claim::dynamic("net1", key, &p.uid().unwrap()))
+                .unwrap();
+            if p.name_any() == "kept" {
+                nb.add_foreign(lease.key.as_str(), "net1", &plan::port_addresses(&lease));
+            }
+        }
+        let found = vanished_ports(&pods, &engine, &nb, &NetworkKeys::primary());
+        assert_eq!(found.len(), 1, "only the allocated pod without a port");
+        let (p, lease) = &found[0];
+        assert_eq!(p.name_any(), "vanished");
+        assert_eq!(lease.key.as_str(), "vanished.ns");
+        assert_eq!(Some(lease.clone()), engine.lease(&lease.key));
     }
 }

@@ -9,7 +9,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::IP;
 use portkeeper_api::annotations::NetworkKeys;
@@ -22,9 +21,9 @@ use crate::addressing::{engine_pool, engine_subnet, router_port_name};
 use crate::allocate::FOREIGN_PORT_OWNER;
 use crate::context::Context;
 use crate::error::Error;
-use crate::northbound::{Northbound, ObservedPort};
+use crate::nic::{self, POD_UID, holder};
+use crate::ovn::{Northbound, ObservedPort, ids};
 use crate::plan::SubnetNetwork;
-use crate::pod::{self, POD_UID};
 use crate::stores::Stores;
 
 /// Builds the engine from the synced caches and Northbound.
@@ -62,7 +61,7 @@ pub fn rebuild<N: Northbound>(
         let Some(lease) = lease(
             &ip.spec.subnet,
             NicKey::from(ip.name_any().as_str()),
-            pod::identity::recorded_holder(ip.annotations())
+            holder::recorded_holder(ip.annotations())
                 .unwrap_or_else(|| pod_uid(&ip.spec.namespace, &ip.spec.pod_name)),
             &addresses,
             &ip.spec.mac_address,
@@ -76,7 +75,7 @@ pub fn rebuild<N: Northbound>(
     }
     for p in stores.pods.state() {
         let a = p.annotations();
-        if a.get(&keys.allocated).map(String::as_str) != Some("true") || !pod::wants_address(&p) {
+        if a.get(&keys.allocated).map(String::as_str) != Some("true") || !nic::wants_address(&p) {
             continue;
         }
         let (Some(subnet), Some(addresses)) =
@@ -87,8 +86,8 @@ pub fn rebuild<N: Northbound>(
         let mac = a.get(&keys.mac_address).cloned().unwrap_or_default();
         if let Some(lease) = lease(
             subnet,
-            pod::nic_key(&p),
-            pod::identity::holder_uid(&p, pod::identity::owner_of(&p, stores).as_ref()),
+            nic::key(&p),
+            holder::holder_uid(&p, holder::owner_of(&p, stores).as_ref()),
             addresses,
             &mac,
         ) {
@@ -123,8 +122,8 @@ fn port_lease(port: &ObservedPort, pod_uid: &impl Fn(&str, &str) -> String) -> O
         .collect::<Vec<_>>()
         .join(",");
     let uid = if port.is_ours() {
-        pod::identity::port_holder(&port.external_ids).unwrap_or_else(|| {
-            let owner = port.external_ids.get(crate::northbound::ids::POD);
+        holder::port_holder(&port.external_ids).unwrap_or_else(|| {
+            let owner = port.external_ids.get(ids::POD);
             owner
                 .and_then(|o| o.split_once('/'))
                 .map(|(ns, name)| pod_uid(ns, name))
@@ -181,10 +180,10 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
         if !orphaned || ctx.engine.lease(&lease.key) != Some(lease.clone()) {
             continue;
         }
-        if pod::keeps_identity(ctx, &lease) {
+        if holder::keeps_identity(ctx, &lease) {
             continue;
         }
-        pod::release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
+        nic::release(ctx, &lease.key, Some(&lease.uid)).await?;
         released += 1;
         ctx.metrics
             .garbage_collected
@@ -194,59 +193,7 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
             .inc();
     }
     released += collect_unheld(ctx).await?;
-    let restored = restore_vanished_ports(ctx).await;
-    if restored > 0 {
-        tracing::info!(restored, "ports restored");
-    }
     Ok(released)
-}
-
-/// Allocated pods whose nic the engine holds but whose port is missing from Northbound (someone
-/// ran `ovn-nbctl lsp-del`), with the lease their port must be rebuilt from.
-pub fn vanished_ports<N: Northbound>(
-    pods: &[Arc<Pod>],
-    engine: &Engine,
-    nb: &N,
-    keys: &NetworkKeys,
-) -> Vec<(Arc<Pod>, Lease)> {
-    pods.iter()
-        .filter(|p| p.annotations().get(&keys.allocated).map(String::as_str) == Some("true"))
-        .filter(|p| pod::wants_address(p))
-        .filter_map(|p| {
-            let lease = engine.lease(&pod::nic_key(p))?;
-            nb.port(lease.key.as_str())
-                .is_none()
-                .then(|| (p.clone(), lease))
-        })
-        .collect()
-}
-
-/// Gives every pod of [`vanished_ports`] its port back with the addresses the engine holds for
-/// it (the pod's reconcile rewrites the port; the claim returns the binding it already has),
-/// with a `PortRestored` Event on the pod. Runs at start and with every garbage collection.
-pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usize {
-    let vanished = vanished_ports(
-        &ctx.stores.pods.state(),
-        &ctx.engine,
-        ctx.nb.as_ref(),
-        &ctx.keys,
-    );
-    let count = vanished.len();
-    for (p, lease) in vanished {
-        let note = format!(
-            "port {} was missing from OVN Northbound; recreated with its addresses {} in subnet {}",
-            lease.key,
-            crate::plan::port_addresses(&lease),
-            lease.subnet
-        );
-        tracing::warn!(nic = %lease.key, "{note}");
-        ctx.note(&p.object_ref(&()), "PortRestored", "Restore", note)
-            .await;
-        if let Err(e) = pod::reconcile(p, ctx.clone()).await {
-            tracing::warn!(nic = %lease.key, error = %e, "restoring a vanished port failed; retried at the next collection");
-        }
-    }
-    count
 }
 
 /// Ports and IP resources of portkeeper that the engine does not hold (their nic was released
@@ -267,12 +214,9 @@ async fn collect_unheld<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usize, E
         {
             continue;
         }
-        if owner_gone(port.external_ids.get(crate::northbound::ids::POD)) {
+        if owner_gone(port.external_ids.get(ids::POD)) {
             let _guard = ctx.locks.lock(&port.name).await;
-            ctx.nb
-                .delete_port(&port.name)
-                .await
-                .map_err(|e| Error::Northbound(e.to_string()))?;
+            ctx.nb.delete_port(&port.name).await?;
             removed += 1;
         }
     }
@@ -367,7 +311,7 @@ pub async fn announce_conflicts<N: Northbound>(ctx: &Context<N>, report: &Rebuil
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::northbound::{ObservedPort, port_spec};
+    use crate::ovn::port_spec;
 
     fn no_pods(_: &str, _: &str) -> String {
         String::new()
@@ -383,7 +327,7 @@ mod tests {
             false,
         );
         spec.external_ids
-            .insert(crate::pod::PORT_POD_UID.into(), "u-1".into());
+            .insert(nic::PORT_POD_UID.into(), "u-1".into());
         let port = ObservedPort {
             name: spec.name.clone(),
             switch: spec.switch.clone(),
@@ -442,58 +386,6 @@ mod tests {
     }
 
     #[test]
-    fn an_allocated_pod_whose_port_vanished_is_found_with_its_lease() {
-        use crate::northbound::memory::MemoryNb;
-        use portkeeper_engine::Claim;
-        let engine = Engine::new();
-        engine
-            .upsert_subnet(&portkeeper_engine::SubnetSpec {
-                name: "net1".into(),
-                cidr_block: "10.0.0.0/24".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        let pod = |name: &str, allocated: bool| -> Arc<Pod> {
-            let mut annotations = serde_json::Map::new();
-            if allocated {
-                annotations.insert("ovn.kubernetes.io/allocated".into(), "true".into());
-            }
-            Arc::new(
-                serde_json::from_value(serde_json::json!({
-                    "metadata": { "name": name, "namespace": "ns", "uid": format!("{name}-uid"),
-                        "annotations": annotations },
-                }))
-                .unwrap(),
-            )
-        };
-        let pods = [
-            pod("kept", true),
-            pod("vanished", true),
-            pod("pending", false),
-        ];
-        let nb = MemoryNb::default();
-        for p in &pods {
-            let key = pod::nic_key(p);
-            let lease = engine
-                .claim(&Claim::dynamic("net1", key, &p.uid().unwrap()))
-                .unwrap();
-            if p.name_any() == "kept" {
-                nb.add_foreign(
-                    lease.key.as_str(),
-                    "net1",
-                    &crate::plan::port_addresses(&lease),
-                );
-            }
-        }
-        let found = vanished_ports(&pods, &engine, &nb, &NetworkKeys::primary());
-        assert_eq!(found.len(), 1, "only the allocated pod without a port");
-        let (p, lease) = &found[0];
-        assert_eq!(p.name_any(), "vanished");
-        assert_eq!(lease.key.as_str(), "vanished.ns");
-        assert_eq!(Some(lease.clone()), engine.lease(&lease.key));
-    }
-
-    #[test]
     fn a_rebuild_conflict_tells_both_pods() {
         let record = |key: &str, source| Record {
             lease: lease(
@@ -529,5 +421,5 @@ mod tests {
         assert!(notices[1].2.contains("lost it"));
     }
 
-    const VENDOR_ID: &str = crate::northbound::VENDOR;
+    const VENDOR_ID: &str = crate::ovn::VENDOR;
 }

@@ -28,9 +28,10 @@ use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::migration;
-use crate::northbound::Northbound;
+use crate::ovn::{Measured, Northbound};
 use crate::pod;
 use crate::rebuild;
+use crate::retention;
 use crate::stores;
 use crate::webhook;
 
@@ -92,7 +93,7 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         client,
         config: config.clone(),
         engine,
-        nb,
+        nb: Measured::new(nb, metrics.clone()),
         stores: stores.clone(),
         metrics: metrics.clone(),
         events,
@@ -102,9 +103,9 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
     });
     rebuild::announce_conflicts(&ctx, &report).await;
     addressing::sync(&ctx, &addressing::Applied::default()).await;
-    let collected = rebuild::collect_garbage(&ctx).await?;
+    let collected = collect_garbage(&ctx).await?;
     tracing::info!(collected, "start-up garbage collection done");
-    let released = pod::identity::sweep(&ctx).await?;
+    let released = retention::sweep(&ctx).await?;
     tracing::info!(released, "start-up retention sweep done");
 
     tasks.spawn(addressing::run(ctx.clone(), triggers.addressing));
@@ -167,7 +168,7 @@ async fn retention_worker<N: Northbound>(
         tokio::select! {
             ip = deleted_ips.next() => {
                 let Some(ip) = ip else { return };
-                if let Err(e) = pod::identity::ip_deleted(&ctx, &ip).await {
+                if let Err(e) = retention::ip_deleted(&ctx, &ip).await {
                     tracing::warn!(error = %e, "releasing a deleted IP resource's nic failed");
                 }
                 continue;
@@ -176,7 +177,7 @@ async fn retention_worker<N: Northbound>(
             _ = tick.tick() => {}
         }
         while workloads.try_recv().is_ok() {}
-        if let Err(e) = pod::identity::sweep(&ctx).await {
+        if let Err(e) = retention::sweep(&ctx).await {
             tracing::warn!(error = %e, "retention sweep failed");
         }
     }
@@ -187,9 +188,19 @@ async fn periodic_gc<N: Northbound>(ctx: Arc<Context<N>>, period: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        match rebuild::collect_garbage(&ctx).await {
+        match collect_garbage(&ctx).await {
             Ok(n) => tracing::info!(collected = n, "garbage collection done"),
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     }
+}
+
+/// Garbage collection, then the ports that vanished from Northbound are restored.
+async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usize, Error> {
+    let collected = rebuild::collect_garbage(ctx).await?;
+    let restored = pod::restore_vanished_ports(ctx).await;
+    if restored > 0 {
+        tracing::info!(restored, "ports restored");
+    }
+    Ok(collected)
 }

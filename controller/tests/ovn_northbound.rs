@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use portkeeper_controller::northbound::{Northbound, PortSpec, SwitchSpec, port_spec};
-use portkeeper_controller::ovn::OvnNorthbound;
+use portkeeper_controller::ovn::{Northbound, OvnNorthbound, PortSpec, SwitchSpec, port_spec};
 use portkeeper_engine::MacAddress;
 
 struct NbServer {

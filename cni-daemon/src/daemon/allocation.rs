@@ -6,12 +6,13 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use portkeeper_api::allocation as contract;
 use portkeeper_api::annotations::NetworkKeys;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Everything the node needs to wire the pod, read from its annotations.
+/// Everything the node needs to wire the pod, from its allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
     /// Addresses with the prefix length of their subnet, v4 before v6 as annotated.
@@ -24,96 +25,30 @@ pub struct Allocation {
     pub iface_id: String,
 }
 
-/// Reads the allocation of the primary network; `Ok(None)` until `allocated` is `"true"`.
+/// Reads the allocation of the primary network (the contract in `portkeeper-api`); `Ok(None)`
+/// until `allocated` is `"true"`.
 pub fn from_annotations(
     pod: &PodRef,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<Allocation>, CniError> {
     let keys = NetworkKeys::primary();
-    if annotations.get(&keys.allocated).map(String::as_str) != Some("true") {
+    let Some(allocated) =
+        contract::Allocation::from_annotations(&keys, annotations).map_err(|e| {
+            CniError::new(
+                ErrorCode::AllocationUnavailable,
+                format!("pod {}/{} {e}", pod.namespace, pod.name),
+            )
+        })?
+    else {
         return Ok(None);
-    }
-    let get = |key: &str| {
-        annotations
-            .get(key)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| bad(pod, key, "is missing although allocated is true"))
     };
-    let ips = split_parse::<IpAddr>(pod, &keys.ip_address, get(&keys.ip_address)?)?;
-    let cidrs = split_parse::<IpNet>(pod, &keys.cidr, get(&keys.cidr)?)?;
-    let gateways = split_parse::<IpAddr>(pod, &keys.gateway, get(&keys.gateway)?)?;
-    let mac_text = get(&keys.mac_address)?;
-    let mac: macaddr::MacAddr6 = mac_text.parse().map_err(|_| {
-        bad(
-            pod,
-            &keys.mac_address,
-            &format!("{mac_text:?} is not a MAC address"),
-        )
-    })?;
-    if mac.is_multicast() || mac.is_nil() {
-        return Err(bad(
-            pod,
-            &keys.mac_address,
-            &format!("{mac_text:?} is not a unicast MAC"),
-        ));
-    }
-    let mut addresses = Vec::with_capacity(ips.len());
-    for ip in &ips {
-        let cidr = cidrs
-            .iter()
-            .find(|c| c.addr().is_ipv4() == ip.is_ipv4())
-            .ok_or_else(|| {
-                bad(
-                    pod,
-                    &keys.cidr,
-                    &format!("has no subnet of the family of {ip}"),
-                )
-            })?;
-        if !cidr.contains(ip) {
-            return Err(bad(
-                pod,
-                &keys.ip_address,
-                &format!("{ip} is outside the subnet {cidr}"),
-            ));
-        }
-        addresses.push(
-            IpNet::new(*ip, cidr.prefix_len()).expect("prefix length taken from a valid network"),
-        );
-    }
-    let mut gateways_by_family = Vec::new();
-    for ip in &ips {
-        let gateway = gateways
-            .iter()
-            .find(|g| g.is_ipv4() == ip.is_ipv4())
-            .ok_or_else(|| {
-                bad(
-                    pod,
-                    &keys.gateway,
-                    &format!("has no gateway of the family of {ip}"),
-                )
-            })?;
-        if !gateways_by_family.contains(gateway) {
-            gateways_by_family.push(*gateway);
-        }
-    }
-    if ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
-        || ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
-    {
-        return Err(bad(
-            pod,
-            &keys.ip_address,
-            "holds more than one address of a family",
-        ));
-    }
-    let owner = annotations
-        .get(&keys.virtual_machine)
-        .filter(|v| !v.is_empty())
-        .unwrap_or(&pod.name);
     Ok(Some(Allocation {
-        addresses,
-        gateways: gateways_by_family,
-        mac: mac.into_array(),
-        iface_id: format!("{owner}.{}", pod.namespace),
+        addresses: allocated.networks(),
+        gateways: allocated.gateways(),
+        mac: macaddr::MacAddr6::from(allocated.mac).into_array(),
+        iface_id: allocated
+            .port_name(&keys, &pod.name, &pod.namespace)
+            .to_string(),
     }))
 }
 
@@ -166,32 +101,6 @@ pub async fn wait(client: Client, pod: &PodRef, timeout: Duration) -> Result<All
             ),
         ))
     })
-}
-
-fn split_parse<T: std::str::FromStr>(
-    pod: &PodRef,
-    key: &str,
-    value: &str,
-) -> Result<Vec<T>, CniError> {
-    value
-        .split(',')
-        .map(|part| {
-            part.trim().parse::<T>().map_err(|_| {
-                bad(
-                    pod,
-                    key,
-                    &format!("entry {part:?} of {value:?} does not parse"),
-                )
-            })
-        })
-        .collect()
-}
-
-fn bad(pod: &PodRef, key: &str, why: &str) -> CniError {
-    CniError::new(
-        ErrorCode::AllocationUnavailable,
-        format!("pod {}/{} annotation {key} {why}", pod.namespace, pod.name),
-    )
 }
 
 #[cfg(test)]
@@ -257,17 +166,6 @@ mod tests {
     }
 
     #[test]
-    fn single_stack_v6_from_dual_subnet_uses_only_its_family() {
-        let mut pairs = dual();
-        pairs[1] = ("ip_address", "fd00:10:16::f");
-        let a = from_annotations(&pod(), &annotations(&pairs))
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.addresses.len(), 1);
-        assert_eq!(a.gateways, vec!["fd00:10:16::1".parse::<IpAddr>().unwrap()]);
-    }
-
-    #[test]
     fn vm_pods_use_the_vm_name() {
         let mut pairs = dual();
         pairs.push(("virtualmachine", "vm1"));
@@ -281,25 +179,15 @@ mod tests {
     }
 
     #[test]
-    fn malformed_allocations_name_the_key() {
-        let cases: Vec<(&str, &str, &str)> = vec![
-            ("ip_address", "10.16.0.300", "ip_address"),
-            ("ip_address", "", "ip_address"),
-            ("ip_address", "10.17.0.1", "ip_address"),
-            ("ip_address", "10.16.0.2,10.16.0.3", "ip_address"),
-            ("mac_address", "zz:00:00:00:00:00", "mac_address"),
-            ("mac_address", "01:00:5e:00:00:01", "mac_address"),
-            ("cidr", "10.16.0.0/16", "cidr"),
-            ("cidr", "10.16.0.0/99,fd00:10:16::/64", "cidr"),
-            ("gateway", "10.16.0.1", "gateway"),
-        ];
-        for (key, value, named) in cases {
-            let mut pairs = dual();
-            pairs.retain(|(k, _)| *k != key);
-            pairs.push((key, value));
-            let err = from_annotations(&pod(), &annotations(&pairs)).unwrap_err();
-            assert_eq!(err.code, ErrorCode::AllocationUnavailable);
-            assert!(err.msg.contains(named), "{key}={value}: {}", err.msg);
-        }
+    fn a_malformed_allocation_is_unavailable_and_names_pod_and_key() {
+        let mut pairs = dual();
+        pairs[2] = ("mac_address", "01:00:5e:00:00:01");
+        let err = from_annotations(&pod(), &annotations(&pairs)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::AllocationUnavailable);
+        assert!(
+            err.msg.contains("default/web-0") && err.msg.contains("ovn.kubernetes.io/mac_address"),
+            "{}",
+            err.msg
+        );
     }
 }

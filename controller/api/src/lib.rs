@@ -1,9 +1,11 @@
 //! Kubernetes-facing vocabulary of portkeeper: the `kubeovn.io/v1` addressing CRDs (Subnet, IP,
-//! IPPool), the subset of KubeVirt it reads, Kube-OVN's annotation keys, and the typed reading of
-//! a pod's addressing request from those annotations.
+//! IPPool), the subset of KubeVirt it reads, Kube-OVN's annotation keys, the typed reading of
+//! a pod's addressing request from those annotations, and the allocation written back (the
+//! contract between the controller and the CNI daemon).
 //!
 //! The Rust types here are the source of truth for the CRD YAML in `yamls/`; see [`crdgen`].
 
+pub mod allocation;
 pub mod annotations;
 pub mod crdgen;
 pub mod ip;

@@ -330,33 +330,85 @@ pub enum EngineError {
     },
 }
 
+/// Kube-OVN's name for a kind of failure, which users grep for in `AcquireAddressFailed`
+/// events and which decides the Event reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// `CIDRInvalid`: a bad CIDR or gateway.
+    CidrInvalid,
+    /// `InvalidIPPool`.
+    InvalidIpPool,
+    /// `NotFound`: no such subnet or pool.
+    NotFound,
+    /// `SubnetInUse`.
+    SubnetInUse,
+    /// `IPFamilyMismatch`.
+    IpFamilyMismatch,
+    /// `AddressConflict`: another holder has it.
+    AddressConflict,
+    /// `AddressOutOfRange`.
+    AddressOutOfRange,
+    /// `NoAvailableAddress`.
+    NoAvailableAddress,
+    /// `NotHeld`.
+    NotHeld,
+    /// `StaleRelease`.
+    StaleRelease,
+}
+
+impl ErrorKind {
+    /// The Kube-OVN spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::CidrInvalid => "CIDRInvalid",
+            ErrorKind::InvalidIpPool => "InvalidIPPool",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::SubnetInUse => "SubnetInUse",
+            ErrorKind::IpFamilyMismatch => "IPFamilyMismatch",
+            ErrorKind::AddressConflict => "AddressConflict",
+            ErrorKind::AddressOutOfRange => "AddressOutOfRange",
+            ErrorKind::NoAvailableAddress => "NoAvailableAddress",
+            ErrorKind::NotHeld => "NotHeld",
+            ErrorKind::StaleRelease => "StaleRelease",
+        }
+    }
+}
+
 impl EngineError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use EngineError::*;
+        match self {
+            InvalidSubnet { .. } | GatewayOutsideSubnet { .. } | GatewayFamily { .. } => {
+                ErrorKind::CidrInvalid
+            }
+            InvalidPool { .. } | PoolOverlap { .. } | PoolSubnetChanged { .. } => {
+                ErrorKind::InvalidIpPool
+            }
+            UnknownSubnet { .. } | UnknownPool { .. } | PoolInOtherSubnet { .. } => {
+                ErrorKind::NotFound
+            }
+            SubnetInUse { .. } => ErrorKind::SubnetInUse,
+            FamilyMismatch { .. } | StaticFamilyMismatch { .. } => ErrorKind::IpFamilyMismatch,
+            AddressOutOfRange { .. } => ErrorKind::AddressOutOfRange,
+            GatewayMacConflict { .. }
+            | GatewayConflict { .. }
+            | AddressConflict { .. }
+            | MacConflict { .. }
+            | KeyInOtherSubnet { .. } => ErrorKind::AddressConflict,
+            NoAvailableAddress { .. }
+            | PoolExhausted { .. }
+            | ListExhausted { .. }
+            | OrdinalOutsideList { .. } => ErrorKind::NoAvailableAddress,
+            NotHeld { .. } => ErrorKind::NotHeld,
+            StaleUid { .. } | StaleGeneration { .. } => ErrorKind::StaleRelease,
+        }
+    }
+
     /// The Kube-OVN error name (`AddressConflict`, `NoAvailableAddress`,
     /// `AddressOutOfRange`, …) that users grep for in `AcquireAddressFailed`
     /// events.
     pub fn reason(&self) -> &'static str {
-        use EngineError::*;
-        match self {
-            InvalidSubnet { .. } | GatewayOutsideSubnet { .. } | GatewayFamily { .. } => {
-                "CIDRInvalid"
-            }
-            InvalidPool { .. } | PoolOverlap { .. } => "InvalidIPPool",
-            PoolSubnetChanged { .. } => "InvalidIPPool",
-            UnknownSubnet { .. } | UnknownPool { .. } | PoolInOtherSubnet { .. } => "NotFound",
-            SubnetInUse { .. } => "SubnetInUse",
-            FamilyMismatch { .. } | StaticFamilyMismatch { .. } => "IPFamilyMismatch",
-            GatewayMacConflict { .. } => "AddressConflict",
-            AddressOutOfRange { .. } => "AddressOutOfRange",
-            GatewayConflict { .. }
-            | AddressConflict { .. }
-            | MacConflict { .. }
-            | KeyInOtherSubnet { .. } => "AddressConflict",
-            NoAvailableAddress { .. }
-            | PoolExhausted { .. }
-            | ListExhausted { .. }
-            | OrdinalOutsideList { .. } => "NoAvailableAddress",
-            NotHeld { .. } => "NotHeld",
-            StaleUid { .. } | StaleGeneration { .. } => "StaleRelease",
-        }
+        self.kind().as_str()
     }
 }

@@ -66,7 +66,7 @@ mod request;
 mod subnet;
 
 pub use engine::{ConflictOn, Engine, RebuildReport, RecordConflict, Snapshot};
-pub use error::{EngineError, Holding, MacHolder};
+pub use error::{EngineError, ErrorKind, Holding, MacHolder};
 pub use family::Family;
 pub use mac::{MacAddress, MacError};
 pub use parse::{DualAddress, IpPoolAnnotation, ParseError};

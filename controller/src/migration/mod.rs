@@ -33,7 +33,8 @@ use portkeeper_engine::NicKey;
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::northbound::{Northbound, ids};
+use crate::nic;
+use crate::ovn::{Northbound, ids};
 use crate::stores::watch;
 use plan::{LauncherPod, Migration, Observed, Phase, PortOptions, Vmi};
 
@@ -430,7 +431,7 @@ async fn reconcile<N: Northbound>(
     // are all gone.
     let ports: BTreeSet<String> = pods
         .iter()
-        .map(|p| crate::pod::nic_key(p).as_str().to_owned())
+        .map(|p| nic::key(p).as_str().to_owned())
         .chain([NicKey::new(&key.name, &key.namespace, None)
             .as_str()
             .to_owned()])
@@ -443,14 +444,9 @@ async fn reconcile<N: Northbound>(
         if changes.is_empty() {
             continue;
         }
-        let started = std::time::Instant::now();
-        let result = ctx
-            .nb
+        ctx.nb
             .update_port_options(&name, &changes.set, &changes.remove)
-            .await;
-        ctx.metrics
-            .nb_transaction("update_port_options", started.elapsed().as_secs_f64());
-        result.map_err(|e| Error::Northbound(e.to_string()))?;
+            .await?;
         ctx.metrics.migration_options_written(stage.reason());
         let note = format!("port {name}: {}; {}", render(&desired), stage.describe());
         tracing::info!(vmi = %key.name, namespace = %key.namespace, "{note}");

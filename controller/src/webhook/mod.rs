@@ -31,7 +31,7 @@ pub use tls::TlsFiles;
 
 use crate::admission;
 use crate::context::Context;
-use crate::northbound::Northbound;
+use crate::ovn::Northbound;
 
 /// The path the webhook configuration calls.
 pub const PATH: &str = "/validate";

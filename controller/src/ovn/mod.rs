@@ -1,6 +1,19 @@
-//! What the controller needs from the OVN Northbound database, as a small trait: the reconcilers
-//! are written (and unit-tested) against it, and [`crate::ovn`] implements it with the
-//! `ovsdb-client` crate.
+//! OVN Northbound, the one seam between the controller and OVN.
+//!
+//! The reconcilers read and write through the small [`Northbound`] trait and the desired-state
+//! types here; [`OvnNorthbound`] implements it over `ovsdb-client` (reads from a monitored
+//! replica, [`index`] keeps it indexed), and [`Measured`] is how the reconcilers hold it: every
+//! write timed into `nb_transaction_seconds` under its [`NbOp`], every failure a typed
+//! [`NbError`].
+
+mod index;
+mod measured;
+#[cfg(test)]
+pub mod memory;
+mod ovsdb;
+
+pub use measured::Measured;
+pub use ovsdb::OvnNorthbound;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -103,14 +116,70 @@ pub struct SwitchSpec {
     pub networks: Vec<String>,
 }
 
-/// A Northbound failure, with the operation that failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{op}: {detail}")]
+/// A Northbound write, named as the `nb_transaction_seconds` metric and errors name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NbOp {
+    /// [`Northbound::ensure_switch`].
+    EnsureSwitch,
+    /// [`Northbound::upsert_port`].
+    UpsertPort,
+    /// [`Northbound::delete_port`].
+    DeletePort,
+    /// [`Northbound::delete_switch`].
+    DeleteSwitch,
+    /// [`Northbound::update_port_options`].
+    UpdatePortOptions,
+}
+
+impl NbOp {
+    /// The metric label and the name in error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NbOp::EnsureSwitch => "ensure_switch",
+            NbOp::UpsertPort => "upsert_port",
+            NbOp::DeletePort => "delete_port",
+            NbOp::DeleteSwitch => "delete_switch",
+            NbOp::UpdatePortOptions => "update_port_options",
+        }
+    }
+}
+
+impl std::fmt::Display for NbOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a Northbound write failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NbFailure {
+    /// The OVSDB session or the server refused (see the client error for whether to retry).
+    #[error(transparent)]
+    Ovsdb(#[from] ovsdb_client::error::Error),
+    /// The port's logical switch is not in Northbound (its Subnet is not applied yet).
+    #[error("logical switch {0} does not exist")]
+    NoSwitch(String),
+}
+
+/// A Northbound write that failed: the operation, and why.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{op}: {source}")]
 pub struct NbError {
     /// What was attempted.
-    pub op: String,
+    pub op: NbOp,
     /// Why it failed.
-    pub detail: String,
+    #[source]
+    pub source: NbFailure,
+}
+
+impl NbError {
+    /// `op` failed for `source`.
+    pub fn new(op: NbOp, source: impl Into<NbFailure>) -> Self {
+        NbError {
+            op,
+            source: source.into(),
+        }
+    }
 }
 
 /// The controller's view of OVN Northbound: reads from a monitored cache, writes as transactions
@@ -196,106 +265,6 @@ pub fn port_spec(
             (ids::POD.to_owned(), pod_key.to_owned()),
             (ids::LS.to_owned(), switch.to_owned()),
         ]),
-    }
-}
-
-/// An in-memory Northbound for unit tests: a map of ports, with the same idempotency rules.
-#[cfg(test)]
-pub mod memory {
-    use super::*;
-    use parking_lot::Mutex;
-
-    /// Ports and router ports, in memory.
-    #[derive(Default)]
-    pub struct MemoryNb {
-        /// Ports by name.
-        pub ports: Mutex<BTreeMap<String, ObservedPort>>,
-        /// Switches ensured.
-        pub switches: Mutex<BTreeMap<String, SwitchSpec>>,
-    }
-
-    impl MemoryNb {
-        /// Adds a port as another system (no vendor id) would.
-        pub fn add_foreign(&self, name: &str, switch: &str, addresses: &str) {
-            self.ports.lock().insert(
-                name.to_owned(),
-                ObservedPort {
-                    name: name.to_owned(),
-                    switch: switch.to_owned(),
-                    addresses: vec![addresses.to_owned()],
-                    ..Default::default()
-                },
-            );
-        }
-    }
-
-    impl Northbound for MemoryNb {
-        fn ready(&self) -> bool {
-            true
-        }
-        fn ports(&self) -> Vec<ObservedPort> {
-            self.ports.lock().values().cloned().collect()
-        }
-        fn port(&self, name: &str) -> Option<ObservedPort> {
-            self.ports.lock().get(name).cloned()
-        }
-        fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort> {
-            let ports = self.ports.lock();
-            ports
-                .values()
-                .filter(|p| p.switch == switch)
-                .cloned()
-                .collect()
-        }
-        fn subnet_switches(&self) -> Vec<String> {
-            self.switches.lock().keys().cloned().collect()
-        }
-        fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
-            let switches = self.switches.lock();
-            switches
-                .values()
-                .find(|s| s.router_port == name)
-                .map(|s| s.router_port_mac)
-        }
-        async fn ensure_switch(&self, spec: &SwitchSpec) -> Result<(), NbError> {
-            self.switches.lock().insert(spec.name.clone(), spec.clone());
-            Ok(())
-        }
-        async fn upsert_port(&self, spec: &PortSpec) -> Result<(), NbError> {
-            let mut ports = self.ports.lock();
-            let port = ports.entry(spec.name.clone()).or_default();
-            port.name = spec.name.clone();
-            port.switch = spec.switch.clone();
-            port.addresses = vec![spec.addresses.clone()];
-            port.external_ids = spec.external_ids.clone();
-            Ok(())
-        }
-        async fn delete_port(&self, name: &str) -> Result<(), NbError> {
-            self.ports.lock().remove(name);
-            Ok(())
-        }
-        async fn delete_switch(
-            &self,
-            name: &str,
-            _router: &str,
-            _router_port: &str,
-        ) -> Result<(), NbError> {
-            self.switches.lock().remove(name);
-            self.ports.lock().retain(|_, p| p.switch != name);
-            Ok(())
-        }
-        async fn update_port_options(
-            &self,
-            name: &str,
-            set: &BTreeMap<String, String>,
-            remove: &[String],
-        ) -> Result<(), NbError> {
-            if let Some(port) = self.ports.lock().get_mut(name) {
-                port.options.retain(|k, _| !remove.contains(k));
-                port.options.extend(set.clone());
-            }
-            Ok(())
-        }
     }
 }
 

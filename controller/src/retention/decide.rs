@@ -1,77 +1,9 @@
-//! Which network identities outlive their pod: the pure decision, and the owner record it reads.
-//!
-//! A StatefulSet pod's nic and every launcher pod of a KubeVirt VM are owned by the workload, not
-//! by the pod: the engine holds the nic under the workload's UID, and the IP resource and port
-//! record the workload as `Kind/name/uid`. When no live pod holds such a nic, [`decide`] says
-//! whether it is kept for the next pod or released, from what is observed now (never from the
-//! pod's delete event alone), so a scale-down or a workload deleted while the controller was
-//! down is settled by the next sweep.
+//! The pure decision: whether a workload-owned nic that no live pod holds is kept for the
+//! workload's next pod or released, from what is observed now (never from the pod's delete
+//! event alone), so a scale-down or a workload deleted while the controller was down is settled
+//! by the next sweep.
 
-use std::fmt;
-
-/// IP resource annotation recording the workload that owns a retained identity.
-pub const OWNER_ANNOTATION: &str = "portkeeper.io/owner";
-/// Port `external_ids` key recording the same.
-pub const OWNER_PORT_KEY: &str = "owner";
-
-/// The kinds of workload whose pods keep their identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OwnerKind {
-    /// `apps/v1` StatefulSet: one identity per ordinal.
-    StatefulSet,
-    /// `kubevirt.io/v1` VirtualMachine: one identity shared by all its launcher pods.
-    VirtualMachine,
-}
-
-impl OwnerKind {
-    /// The Kubernetes kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OwnerKind::StatefulSet => "StatefulSet",
-            OwnerKind::VirtualMachine => "VirtualMachine",
-        }
-    }
-
-    /// The `apiVersion` of the kind.
-    pub fn api_version(self) -> &'static str {
-        match self {
-            OwnerKind::StatefulSet => "apps/v1",
-            OwnerKind::VirtualMachine => "kubevirt.io/v1",
-        }
-    }
-}
-
-/// The workload a nic belongs to, as recorded on its IP resource and port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Owner {
-    /// Its kind.
-    pub kind: OwnerKind,
-    /// Its name (in the nic's namespace).
-    pub name: String,
-    /// Its UID: a recreated workload of the same name is another owner.
-    pub uid: String,
-}
-
-impl Owner {
-    /// Reads the recorded form `Kind/name/uid`.
-    pub fn parse(value: &str) -> Option<Owner> {
-        let mut parts = value.splitn(3, '/');
-        let kind = match parts.next()? {
-            "StatefulSet" => OwnerKind::StatefulSet,
-            "VirtualMachine" => OwnerKind::VirtualMachine,
-            _ => return None,
-        };
-        let name = parts.next().filter(|n| !n.is_empty())?.to_owned();
-        let uid = parts.next().filter(|u| !u.is_empty())?.to_owned();
-        Some(Owner { kind, name, uid })
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind.as_str(), self.name, self.uid)
-    }
-}
+use crate::nic::{Owner, OwnerKind};
 
 /// The owner's current state, as the caches show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,11 +122,6 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     }
 }
 
-/// The ordinal of a StatefulSet pod name `<set>-<n>`.
-pub fn ordinal_of(pod_name: &str, set: &str) -> Option<u64> {
-    pod_name.strip_prefix(set)?.strip_prefix('-')?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,22 +144,6 @@ mod tests {
             observed,
             fit: SubnetFit::Fits,
             live_pod: None,
-        }
-    }
-
-    #[test]
-    fn owner_record_round_trips_and_rejects_junk() {
-        let o = owner(OwnerKind::VirtualMachine);
-        assert_eq!(o.to_string(), "VirtualMachine/web/u1");
-        assert_eq!(Owner::parse(&o.to_string()), Some(o));
-        for bad in [
-            "",
-            "Pod/a/b",
-            "StatefulSet/a",
-            "StatefulSet//u",
-            "StatefulSet/a/",
-        ] {
-            assert_eq!(Owner::parse(bad), None, "{bad}");
         }
     }
 
@@ -277,14 +188,6 @@ mod tests {
             decide(&unreadable).keeps(),
             "a VM that cannot be read keeps its identity, whatever its unreadable template says"
         );
-    }
-
-    #[test]
-    fn ordinals_parse_only_after_the_set_name() {
-        assert_eq!(ordinal_of("web-12", "web"), Some(12));
-        assert_eq!(ordinal_of("web-x", "web"), None);
-        assert_eq!(ordinal_of("webby-1", "web"), None);
-        assert_eq!(ordinal_of("my-web-1", "my-web"), Some(1));
     }
 
     /// What a user does to a StatefulSet with an `ip_pool` list.

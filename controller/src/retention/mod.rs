@@ -1,150 +1,38 @@
-//! Whose network identity a pod carries, and the I/O around [`crate::retention::decide`]:
-//! gathering its facts from the caches, releasing what it does not keep, and the Events.
+//! Which network identities outlive their pod, and acting on it.
 //!
-//! A virt-launcher pod is keyed by its VM, so every launcher pod of one VM (a migration's source
-//! and target included) shares one port, one IP resource and one MAC, held in the engine under
-//! the VM's UID. A StatefulSet pod is held under its StatefulSet's UID. Any other pod is held
-//! under its own UID and releases with it.
+//! A StatefulSet pod's nic and every launcher pod of a KubeVirt VM are owned by the workload, not
+//! by the pod (see [`crate::nic::holder`]). When no live pod holds such a nic, [`decide`] (pure)
+//! says whether it is kept for the next pod or released; this module gathers its facts from the
+//! caches, releases what is not kept and publishes the Events. It runs when a pod departs, when
+//! a pod asks for an identity another holder keeps, on every StatefulSet or VM change, and
+//! periodically ([`sweep`]), so it never depends on a pod's delete event alone.
+
+mod decide;
+
+pub use decide::{Decision, Facts, Observed, SubnetFit, decide};
 
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
+use portkeeper_api::IP;
 use portkeeper_api::request::NetworkRequest;
-use portkeeper_api::{IP, kubevirt};
 use portkeeper_engine::{Lease, NicKey};
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::northbound::Northbound;
+use crate::nic::holder::{live_holder, ordinal_of, statefulset_start};
+use crate::nic::target::{self, Addressing};
+use crate::nic::{self, OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind};
+use crate::ovn::Northbound;
 use crate::plan::{self, Ordinal, PodFacts};
-use crate::retention::{
-    Decision, Facts, OWNER_ANNOTATION, OWNER_PORT_KEY, Observed, Owner, OwnerKind, SubnetFit,
-    decide, ordinal_of,
-};
 use crate::stores::Stores;
-
-use super::{POD_UID, PORT_POD_UID, release_nic, wants_address};
 
 /// Event reason when a departed pod's identity is kept for its workload's next pod.
 pub const REASON_KEPT: &str = "NetworkIdentityKept";
 /// Event reason when a workload's identity is released.
 pub const REASON_RELEASED: &str = "NetworkIdentityReleased";
-
-/// The VM a virt-launcher pod runs, from KubeVirt's labels.
-pub fn launcher_vm(pod: &Pod) -> Option<&str> {
-    let labels = pod.labels();
-    if labels.get(kubevirt::LABEL_APP).map(String::as_str) != Some(kubevirt::LAUNCHER_APP) {
-        return None;
-    }
-    labels
-        .get(kubevirt::LABEL_VM_NAME)
-        .map(String::as_str)
-        .filter(|n| !n.is_empty())
-}
-
-/// The name part of a pod's nic key, port and IP resource: the VM for launcher pods, else the
-/// pod.
-pub fn nic_name(pod: &Pod) -> String {
-    launcher_vm(pod).map_or_else(|| pod.name_any(), str::to_owned)
-}
-
-/// The workload that owns a pod's identity, when the identity outlives the pod. A launcher pod
-/// whose VM is not (yet) in the cache has none: its identity then lives as long as its pods.
-pub fn owner_of(pod: &Pod, stores: &Stores) -> Option<Owner> {
-    let namespace = pod.namespace().unwrap_or_default();
-    if let Some(vm) = launcher_vm(pod) {
-        let uid = stores.virtual_machine(&namespace, vm)?.uid()?;
-        return Some(Owner {
-            kind: OwnerKind::VirtualMachine,
-            name: vm.to_owned(),
-            uid,
-        });
-    }
-    let set = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))?;
-    ordinal_of(&pod.name_any(), &set.name)?;
-    Some(Owner {
-        kind: OwnerKind::StatefulSet,
-        name: set.name.clone(),
-        uid: set.uid.clone(),
-    })
-}
-
-/// The UID the engine holds a pod's nic under: its workload's, else (launcher pods of a VMI
-/// without a VM) the VMI's, else the pod's own.
-pub fn holder_uid(pod: &Pod, owner: Option<&Owner>) -> String {
-    if let Some(owner) = owner {
-        return owner.uid.clone();
-    }
-    launcher_vm(pod)
-        .and_then(|_| {
-            pod.owner_references()
-                .iter()
-                .find(|o| o.kind == "VirtualMachineInstance")
-                .map(|o| o.uid.clone())
-        })
-        .or_else(|| pod.uid())
-        .unwrap_or_default()
-}
-
-/// The holder an IP resource records: its owner's UID, else its pod's.
-pub fn recorded_holder(annotations: &BTreeMap<String, String>) -> Option<String> {
-    holder_in(annotations, OWNER_ANNOTATION, POD_UID)
-}
-
-/// The holder a port records in its `external_ids`: its owner's UID, else its pod's.
-pub fn port_holder(external_ids: &BTreeMap<String, String>) -> Option<String> {
-    holder_in(external_ids, OWNER_PORT_KEY, PORT_POD_UID)
-}
-
-fn holder_in(record: &BTreeMap<String, String>, owner: &str, pod_uid: &str) -> Option<String> {
-    record
-        .get(owner)
-        .and_then(|o| Owner::parse(o))
-        .map(|o| o.uid)
-        .or_else(|| record.get(pod_uid).cloned())
-}
-
-/// The workload a nic's IP resource (or, without one, its port) records.
-pub fn recorded_owner<N: Northbound>(ctx: &Context<N>, key: &NicKey) -> Option<Owner> {
-    let from_ip = ctx
-        .stores
-        .ips
-        .get(&kube::runtime::reflector::ObjectRef::new(key.as_str()))
-        .and_then(|ip| ip.annotations().get(OWNER_ANNOTATION).cloned());
-    let from_port = || {
-        ctx.nb
-            .port(key.as_str())
-            .filter(|p| p.is_ours())
-            .and_then(|p| p.external_ids.get(OWNER_PORT_KEY).cloned())
-    };
-    Owner::parse(&from_ip.or_else(from_port)?)
-}
-
-/// Whether something still keeps `lease`: a workload recorded as its owner (the retention sweep
-/// decides those) or a live pod of its key. Garbage collection leaves such nics alone.
-pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
-    recorded_owner(ctx, &lease.key).is_some_and(|o| o.uid == lease.uid)
-        || live_holder(&ctx.stores, &lease.key, "").is_some()
-}
-
-/// A live pod (other than `except`) whose nic is `key`: the pod of that name, or a launcher pod
-/// of the VM of that name.
-pub fn live_holder(stores: &Stores, key: &NicKey, except: &str) -> Option<String> {
-    let (name, namespace) = key.as_str().rsplit_once('.')?;
-    let live = |p: &Pod| p.name_any() != except && wants_address(p) && super::nic_key(p) == *key;
-    if let Some(p) = stores.pod(namespace, name) {
-        return live(&p).then(|| p.name_any());
-    }
-    stores
-        .pods_where(namespace, |p| launcher_vm(p) == Some(name) && live(p))
-        .first()
-        .map(|p| p.name_any())
-}
 
 /// What the caches say of `owner` now.
 fn observe(stores: &Stores, namespace: &str, owner: &Owner) -> Observed {
@@ -172,12 +60,6 @@ fn observe(stores: &Stores, namespace: &str, owner: &Owner) -> Observed {
             Some(vm) => seen(&vm.metadata).unwrap_or(Observed::VirtualMachine),
         },
     }
-}
-
-/// `spec.ordinals.start` of a StatefulSet (0 when unset or unknown).
-pub fn statefulset_start(set: Option<&k8s_openapi::api::apps::v1::StatefulSet>) -> u64 {
-    set.and_then(|s| s.spec.as_ref()?.ordinals.as_ref()?.start)
-        .map_or(0, |s| s.max(0) as u64)
 }
 
 /// The annotations the owner's next pod will carry: the StatefulSet's pod template or the VM's
@@ -240,8 +122,8 @@ fn fit<N: Northbound>(
         ordinal: ordinal.map(|ordinal| Ordinal { ordinal, start }),
         namespace_subnets: written_order.as_deref(),
     };
-    let room = |s: &str| s == lease.subnet || super::has_room(ctx, s);
-    let addressing = super::Addressing::of(ctx);
+    let room = |s: &str| s == lease.subnet || target::has_room(&ctx.engine, s);
+    let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
     match plan::choose_target(&request, &facts, &catalog, room) {
         Err(_) => SubnetFit::Fits,
@@ -312,7 +194,7 @@ pub async fn announce<N: Northbound>(
     let addresses = format!(
         "{} ({}, MAC {})",
         lease.key,
-        plan::ip_address_value(lease),
+        lease.addresses(),
         lease.mac.map(|m| m.to_string()).unwrap_or_default()
     );
     let (reason, note) = match decision {
@@ -334,7 +216,7 @@ pub async fn settle<N: Northbound>(
 ) -> Result<(), Error> {
     let decision = decide_nic(ctx, lease, owner, except);
     if !decision.keeps() {
-        release_nic(ctx, &lease.key, Some(&lease.uid)).await?;
+        nic::release(ctx, &lease.key, Some(&lease.uid)).await?;
     }
     announce(ctx, lease, owner, &decision, pod).await;
     Ok(())
@@ -369,8 +251,8 @@ pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
         .pods
         .state()
         .iter()
-        .filter(|p| wants_address(p))
-        .map(|p| super::nic_key(p))
+        .filter(|p| nic::wants_address(p))
+        .map(|p| nic::key(p))
         .collect();
     let mut released = 0;
     for (name, owner) in owned {
@@ -386,7 +268,7 @@ pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
         if decision.keeps() {
             continue;
         }
-        release_nic(ctx, &key, Some(&lease.uid)).await?;
+        nic::release(ctx, &key, Some(&lease.uid)).await?;
         let (pod_name, namespace) = name.rsplit_once('.').unwrap_or_default();
         let pod = ctx.stores.pod(namespace, pod_name);
         announce(ctx, &lease, &owner, &decision, pod.as_deref()).await;
@@ -417,7 +299,7 @@ pub async fn ip_deleted<N: Northbound>(ctx: &Context<N>, ip: &IP) -> Result<(), 
     if api.get_opt(key.as_str()).await?.is_some() {
         return Ok(());
     }
-    release_nic(ctx, &key, Some(&lease.uid)).await?;
+    nic::release(ctx, &key, Some(&lease.uid)).await?;
     let decision = Decision::Release(format!(
         "its IP resource was deleted while no pod of {} {} ran",
         owner.kind.as_str(),

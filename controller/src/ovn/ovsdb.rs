@@ -23,11 +23,10 @@ use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
 use tokio::time::Instant;
 
-mod index;
-
-use index::{FollowedIndex, PortIndex};
-
-use crate::northbound::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids};
+use super::index::{FollowedIndex, PortIndex};
+use super::{
+    NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
+};
 
 /// How long one write may take, retries included.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
@@ -83,13 +82,6 @@ fn router_by_name(view: &CacheView<'_>, name: &str) -> Option<LogicalRouter> {
         .find(|s| s.name == name)
 }
 
-fn nb_error(op: &str, e: impl std::fmt::Display) -> NbError {
-    NbError {
-        op: op.to_owned(),
-        detail: e.to_string(),
-    }
-}
-
 /// The update of `columns` of the row `uuid` to their values in `wanted`.
 fn update_columns(table: &str, uuid: Uuid, wanted: &Row, columns: &[&str]) -> Operation {
     let mut row = Row::new();
@@ -108,19 +100,20 @@ const PORT_COLUMNS: [&str; 4] = ["addresses", "port_security", "external_ids", "
 impl OvnNorthbound {
     async fn write(
         &self,
-        op: &str,
+        op: NbOp,
         build: impl FnMut(&CacheView<'_>) -> Vec<Operation>,
     ) -> Result<(), NbError> {
         self.client
             .transact_with_retry(Instant::now() + WRITE_DEADLINE, build)
             .await
             .map(drop)
-            .map_err(|e| nb_error(op, e))
+            .map_err(|e| NbError::new(op, e))
     }
 
     /// Creates the named root row (switch or router) if absent.
     async fn ensure_named_root(
         &self,
+        op: NbOp,
         table: &'static str,
         row: Row,
         name: &str,
@@ -128,7 +121,7 @@ impl OvnNorthbound {
         if by_name_scan(&self.client.cache().read(), table, name) {
             return Ok(());
         }
-        self.write("create", |view| {
+        self.write(op, |view| {
             if by_name_scan(view, table, name) {
                 return Vec::new();
             }
@@ -143,6 +136,7 @@ impl OvnNorthbound {
     /// Creates or updates a switch port (never its `options`).
     async fn ensure_switch_port(
         &self,
+        op: NbOp,
         switch: &str,
         wanted: LogicalSwitchPort,
     ) -> Result<(), NbError> {
@@ -163,10 +157,7 @@ impl OvnNorthbound {
         let (target, stale) = {
             let view = self.client.cache().read();
             let Some(target) = self.indexed(&view, |index| index.switch_uuid(switch)) else {
-                return Err(nb_error(
-                    "upsert_port",
-                    format!("logical switch {switch} does not exist"),
-                ));
+                return Err(NbError::new(op, NbFailure::NoSwitch(switch.to_owned())));
             };
             match located(&view) {
                 Some((_, port, Some(holder))) if holder == target && same(&port) => {
@@ -179,10 +170,10 @@ impl OvnNorthbound {
             }
         };
         if let Some((holder, port)) = stale {
-            self.write("move_port", |_| remove_switch_port(holder, port, None))
+            self.write(op, |_| remove_switch_port(holder, port, None))
                 .await?;
         }
-        self.write("upsert_port", |view| match located(view) {
+        self.write(op, |view| match located(view) {
             Some((row, port, Some(_))) => {
                 let mut ops: Vec<Operation> =
                     wait_unchanged(LogicalSwitchPort::TABLE, &row, &PORT_COLUMNS)
@@ -270,15 +261,25 @@ impl Northbound for OvnNorthbound {
             external_ids: vendor_ids(&[]),
             ..Default::default()
         };
-        self.ensure_named_root(LogicalRouter::TABLE, router.to_row(), &spec.router)
-            .await?;
+        self.ensure_named_root(
+            NbOp::EnsureSwitch,
+            LogicalRouter::TABLE,
+            router.to_row(),
+            &spec.router,
+        )
+        .await?;
         let switch = LogicalSwitch {
             name: spec.name.clone(),
             external_ids: vendor_ids(&[(ids::SUBNET, &spec.name)]),
             ..Default::default()
         };
-        self.ensure_named_root(LogicalSwitch::TABLE, switch.to_row(), &spec.name)
-            .await?;
+        self.ensure_named_root(
+            NbOp::EnsureSwitch,
+            LogicalSwitch::TABLE,
+            switch.to_row(),
+            &spec.name,
+        )
+        .await?;
 
         let lrp = LogicalRouterPort {
             name: spec.router_port.clone(),
@@ -289,7 +290,7 @@ impl Northbound for OvnNorthbound {
         };
         let lrp_row = lrp.to_row();
         let columns = ["mac", "networks"];
-        self.write("ensure_router_port", |view| {
+        self.write(NbOp::EnsureSwitch, |view| {
             let Some(router) = router_by_name(view, &spec.router) else {
                 return Vec::new();
             };
@@ -333,7 +334,8 @@ impl Northbound for OvnNorthbound {
             external_ids: vendor_ids(&[(ids::LS, &spec.name)]),
             ..Default::default()
         };
-        self.ensure_switch_port(&spec.name, router_side).await
+        self.ensure_switch_port(NbOp::EnsureSwitch, &spec.name, router_side)
+            .await
     }
 
     async fn upsert_port(&self, spec: &PortSpec) -> Result<(), NbError> {
@@ -344,11 +346,12 @@ impl Northbound for OvnNorthbound {
             external_ids: spec.external_ids.clone(),
             ..Default::default()
         };
-        self.ensure_switch_port(&spec.switch, port).await
+        self.ensure_switch_port(NbOp::UpsertPort, &spec.switch, port)
+            .await
     }
 
     async fn delete_port(&self, name: &str) -> Result<(), NbError> {
-        self.write("delete_port", |view| {
+        self.write(NbOp::DeletePort, |view| {
             let located = self.indexed(view, |index| {
                 let port = index.port_uuid(name)?;
                 Some((index.switch_of(port)?, port))
@@ -368,7 +371,7 @@ impl Northbound for OvnNorthbound {
         router_port: &str,
     ) -> Result<(), NbError> {
         let ours = |row: &Row| external_id(row, ids::VENDOR) == Some(VENDOR);
-        self.write("delete_router_port", |view| {
+        self.write(NbOp::DeleteSwitch, |view| {
             let Some(router) = router_by_name(view, router) else {
                 return Vec::new();
             };
@@ -381,7 +384,7 @@ impl Northbound for OvnNorthbound {
             }
         })
         .await?;
-        self.write("delete_switch", |view| {
+        self.write(NbOp::DeleteSwitch, |view| {
             let Some(uuid) = self.indexed(view, |index| index.switch_uuid(name)) else {
                 return Vec::new();
             };
@@ -416,7 +419,7 @@ impl Northbound for OvnNorthbound {
                 Value::map(set.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             ))
             .into();
-        self.write("update_port_options", |_| vec![op.clone()])
+        self.write(NbOp::UpdatePortOptions, |_| vec![op.clone()])
             .await
     }
 }

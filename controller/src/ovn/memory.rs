@@ -1,0 +1,101 @@
+//! An in-memory Northbound for unit tests: a map of ports, with the same idempotency rules.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+use portkeeper_engine::MacAddress;
+
+use super::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec};
+
+/// Ports and router ports, in memory.
+#[derive(Default)]
+pub struct MemoryNb {
+    /// Ports by name.
+    pub ports: Mutex<BTreeMap<String, ObservedPort>>,
+    /// Switches ensured.
+    pub switches: Mutex<BTreeMap<String, SwitchSpec>>,
+}
+
+impl MemoryNb {
+    /// Adds a port as another system (no vendor id) would.
+    pub fn add_foreign(&self, name: &str, switch: &str, addresses: &str) {
+        self.ports.lock().insert(
+            name.to_owned(),
+            ObservedPort {
+                name: name.to_owned(),
+                switch: switch.to_owned(),
+                addresses: vec![addresses.to_owned()],
+                ..Default::default()
+            },
+        );
+    }
+}
+
+impl Northbound for MemoryNb {
+    fn ready(&self) -> bool {
+        true
+    }
+    fn ports(&self) -> Vec<ObservedPort> {
+        self.ports.lock().values().cloned().collect()
+    }
+    fn port(&self, name: &str) -> Option<ObservedPort> {
+        self.ports.lock().get(name).cloned()
+    }
+    fn ports_on_switch(&self, switch: &str) -> Vec<ObservedPort> {
+        let ports = self.ports.lock();
+        ports
+            .values()
+            .filter(|p| p.switch == switch)
+            .cloned()
+            .collect()
+    }
+    fn subnet_switches(&self) -> Vec<String> {
+        self.switches.lock().keys().cloned().collect()
+    }
+    fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
+        let switches = self.switches.lock();
+        switches
+            .values()
+            .find(|s| s.router_port == name)
+            .map(|s| s.router_port_mac)
+    }
+    async fn ensure_switch(&self, spec: &SwitchSpec) -> Result<(), NbError> {
+        self.switches.lock().insert(spec.name.clone(), spec.clone());
+        Ok(())
+    }
+    async fn upsert_port(&self, spec: &PortSpec) -> Result<(), NbError> {
+        let mut ports = self.ports.lock();
+        let port = ports.entry(spec.name.clone()).or_default();
+        port.name = spec.name.clone();
+        port.switch = spec.switch.clone();
+        port.addresses = vec![spec.addresses.clone()];
+        port.external_ids = spec.external_ids.clone();
+        Ok(())
+    }
+    async fn delete_port(&self, name: &str) -> Result<(), NbError> {
+        self.ports.lock().remove(name);
+        Ok(())
+    }
+    async fn delete_switch(
+        &self,
+        name: &str,
+        _router: &str,
+        _router_port: &str,
+    ) -> Result<(), NbError> {
+        self.switches.lock().remove(name);
+        self.ports.lock().retain(|_, p| p.switch != name);
+        Ok(())
+    }
+    async fn update_port_options(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), NbError> {
+        if let Some(port) = self.ports.lock().get_mut(name) {
+            port.options.retain(|k, _| !remove.contains(k));
+            port.options.extend(set.clone());
+        }
+        Ok(())
+    }
+}
