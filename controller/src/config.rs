@@ -103,8 +103,8 @@ impl Config {
     }
 
     /// Where and with which certificate to serve the webhook, if it is on.
-    pub fn webhook(&self) -> Option<(SocketAddr, crate::webhook::TlsFiles)> {
-        let files = crate::webhook::TlsFiles {
+    pub fn webhook(&self) -> Option<(SocketAddr, crate::webhook::tls::TlsFiles)> {
+        let files = crate::webhook::tls::TlsFiles {
             cert: self.webhook_cert_file.clone()?,
             key: self.webhook_key_file.clone()?,
         };

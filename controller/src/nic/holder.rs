@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use portkeeper_engine::{Lease, NicKey};
 
+use super::naming::{self, launcher_vm, wants_address};
 use crate::context::Context;
 use crate::ovn::Northbound;
 use crate::plan::Ordinal;
@@ -100,7 +101,7 @@ pub fn ordinal_of(pod_name: &str, set: &str) -> Option<u64> {
 /// whose VM is not (yet) in the cache has none: its identity then lives as long as its pods.
 pub fn owner_of(pod: &Pod, stores: &Stores) -> Option<Owner> {
     let namespace = pod.namespace().unwrap_or_default();
-    if let Some(vm) = super::launcher_vm(pod) {
+    if let Some(vm) = launcher_vm(pod) {
         let uid = stores.virtual_machine(&namespace, vm)?.uid()?;
         return Some(Owner {
             kind: OwnerKind::VirtualMachine,
@@ -148,7 +149,7 @@ pub fn holder_uid(pod: &Pod, owner: Option<&Owner>) -> String {
     if let Some(owner) = owner {
         return owner.uid.clone();
     }
-    super::launcher_vm(pod)
+    launcher_vm(pod)
         .and_then(|_| {
             pod.owner_references()
                 .iter()
@@ -204,14 +205,12 @@ pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
 /// of the VM of that name.
 pub fn live_holder(stores: &Stores, key: &NicKey, except: &str) -> Option<String> {
     let (name, namespace) = key.as_str().rsplit_once('.')?;
-    let live = |p: &Pod| p.name_any() != except && super::wants_address(p) && super::key(p) == *key;
+    let live = |p: &Pod| p.name_any() != except && wants_address(p) && naming::key(p) == *key;
     if let Some(p) = stores.pod(namespace, name) {
         return live(&p).then(|| p.name_any());
     }
     stores
-        .pods_where(namespace, |p| {
-            super::launcher_vm(p) == Some(name) && live(p)
-        })
+        .pods_where(namespace, |p| launcher_vm(p) == Some(name) && live(p))
         .first()
         .map(|p| p.name_any())
 }

@@ -3,63 +3,16 @@
 //! under its holder's UID ([`holder`]), a Logical_Switch_Port and an IP resource of that name
 //! ([`objects`]), and the Subnet its addresses come from ([`target`]).
 //!
-//! Everything above (the pod reconciler, retention, the start-up rebuild and garbage
-//! collection, live migration) reaches a nic through this module and never through each other.
+//! Everything that acts on a nic goes through this module: retention, the pod reconciler, the
+//! start-up rebuild and garbage collection, live migration. Of those, only the pod reconciler
+//! calls another: it asks [`crate::retention`] before it takes over or releases an identity a
+//! workload owns.
 
 pub mod holder;
+mod naming;
 pub mod objects;
 pub mod target;
 
 pub use holder::{OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind, POD_UID, PORT_POD_UID};
+pub use naming::{key, launcher_vm, name, wants_address};
 pub use objects::{NicRecord, release};
-
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use portkeeper_api::allocation::port_name;
-use portkeeper_api::annotations::DEFAULT_PROVIDER;
-use portkeeper_api::kubevirt;
-use portkeeper_engine::NicKey;
-
-/// Whether a pod needs (or keeps) addresses: not host-network, not finished, not terminating.
-pub fn wants_address(pod: &Pod) -> bool {
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// The nic key of a pod's primary network: `<pod>.<ns>`, or `<vm>.<ns>` for a virt-launcher
-/// pod, so every launcher pod of a VM shares one port, IP resource and MAC. The one place the
-/// controller computes a key, by the contract's port-name rule.
-pub fn key(pod: &Pod) -> NicKey {
-    port_name(
-        &name(pod),
-        &pod.namespace().unwrap_or_default(),
-        DEFAULT_PROVIDER,
-    )
-}
-
-/// The name part of a pod's nic key, port and IP resource: the VM for launcher pods, else the
-/// pod.
-pub fn name(pod: &Pod) -> String {
-    launcher_vm(pod).map_or_else(|| pod.name_any(), str::to_owned)
-}
-
-/// The VM a virt-launcher pod runs, from KubeVirt's labels.
-pub fn launcher_vm(pod: &Pod) -> Option<&str> {
-    let labels = pod.labels();
-    if labels.get(kubevirt::LABEL_APP).map(String::as_str) != Some(kubevirt::LAUNCHER_APP) {
-        return None;
-    }
-    labels
-        .get(kubevirt::LABEL_VM_NAME)
-        .map(String::as_str)
-        .filter(|n| !n.is_empty())
-}

@@ -9,8 +9,9 @@ use portkeeper_api::{IP, annotations};
 use portkeeper_engine::{Lease, NicKey};
 use serde_json::json;
 
-use super::holder::{self, OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind};
-use super::{POD_UID, PORT_POD_UID};
+use super::holder::{
+    self, OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind, POD_UID, PORT_POD_UID,
+};
 use crate::allocate::FOREIGN_PORT_OWNER;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;

@@ -19,7 +19,7 @@ use ovsdb_client::runtime::cache::{CacheView, Event, EventStream};
 use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort};
 use portkeeper_engine::MacAddress;
 
-use super::ObservedPort;
+use super::northbound::ObservedPort;
 
 /// The index and the event stream that keeps it current.
 pub(super) struct FollowedIndex {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use portkeeper_engine::MacAddress;
 
-use super::{NbError, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec};
+use super::northbound::{NbError, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec};
 use crate::metrics::Metrics;
 
 /// A [`Northbound`] whose writes are measured.

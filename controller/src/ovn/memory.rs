@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
 
-use super::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec};
+use super::northbound::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec};
 
 /// Ports and router ports, in memory.
 #[derive(Default)]

@@ -24,7 +24,7 @@ use portkeeper_engine::MacAddress;
 use tokio::time::Instant;
 
 use super::index::{FollowedIndex, PortIndex};
-use super::{
+use super::northbound::{
     NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
 };
 
