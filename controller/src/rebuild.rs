@@ -17,7 +17,7 @@ use portkeeper_engine::{
     DualAddress, Engine, Lease, MacAddress, NicKey, RebuildReport, Record, RecordSource, Snapshot,
 };
 
-use crate::addressing::{engine_pool, engine_subnet, router_port_name};
+use crate::addressing::plan::{engine_pool, engine_subnet, router_port_name};
 use crate::allocate::FOREIGN_PORT_OWNER;
 use crate::context::Context;
 use crate::error::Error;

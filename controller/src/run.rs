@@ -102,13 +102,17 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         failures: Default::default(),
     });
     rebuild::announce_conflicts(&ctx, &report).await;
-    addressing::sync(&ctx, &addressing::Applied::default()).await;
+    let addressing = Arc::new(addressing::Addressing {
+        ctx: ctx.clone(),
+        applied: addressing::Applied::default(),
+    });
+    addressing::apply_all(&addressing).await;
     let collected = collect_garbage(&ctx).await?;
     tracing::info!(collected, "start-up garbage collection done");
     let released = retention::sweep(&ctx).await?;
     tracing::info!(released, "start-up retention sweep done");
 
-    tasks.spawn(addressing::run(ctx.clone(), triggers.addressing));
+    tasks.spawn(addressing::run(addressing, triggers.addressing));
     tasks.spawn(release_worker(ctx.clone(), triggers.deleted_pods));
     tasks.spawn(migration::run(ctx.clone()));
     tasks.spawn(retention_worker(

@@ -1,9 +1,10 @@
 //! The watched caches (reflectors) and the triggers they feed.
 //!
 //! Each resource is watched once. Pod events are split: applied pods trigger the pod
-//! controller, deleted pods go to the release worker; Subnet and IPPool events trigger the
-//! addressing loop; StatefulSet and VirtualMachine events trigger the retention sweep, and
-//! deleted IP resources go to the retention worker. Nothing is acted on until every cache
+//! controller, deleted pods go to the release worker; applied Subnets, IPPools and namespaces
+//! trigger their controllers, any Subnet or IPPool change re-annotates every namespace, and a
+//! deleted one is removed; StatefulSet and VirtualMachine events trigger the retention sweep,
+//! and deleted IP resources go to the retention worker. Nothing is acted on until every cache
 //! reports synced.
 //!
 //! KubeVirt is optional: VirtualMachines are watched once the `kubevirt.io/v1` API is served,
@@ -55,12 +56,26 @@ pub struct Triggers {
     pub applied_pods: UnboundedReceiver<Pod>,
     /// Pods deleted.
     pub deleted_pods: UnboundedReceiver<Pod>,
-    /// Subnet or IPPool changed.
-    pub addressing: UnboundedReceiver<()>,
+    /// What the Subnet, IPPool and namespace controllers act on.
+    pub addressing: AddressingTriggers,
     /// A StatefulSet or VirtualMachine changed or was deleted.
     pub workloads: UnboundedReceiver<()>,
     /// IP resources deleted.
     pub deleted_ips: UnboundedReceiver<IP>,
+}
+
+/// What drives the Subnet, IPPool and namespace controllers.
+pub struct AddressingTriggers {
+    /// Subnets created or changed.
+    pub subnets: UnboundedReceiver<Subnet>,
+    /// IPPools created or changed.
+    pub pools: UnboundedReceiver<IPPool>,
+    /// Namespaces created or changed.
+    pub namespaces: UnboundedReceiver<Namespace>,
+    /// Any Subnet or IPPool change: every namespace is looked at again.
+    pub changed: UnboundedReceiver<()>,
+    /// A Subnet or IPPool was deleted.
+    pub deleted: UnboundedReceiver<()>,
 }
 
 /// The running watches.
@@ -71,7 +86,11 @@ pub type Watches = Vec<BoxFuture<'static, ()>>;
 pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     let (applied_tx, applied_pods) = unbounded();
     let (deleted_tx, deleted_pods) = unbounded();
-    let (addressing_tx, addressing) = unbounded();
+    let (subnets_tx, applied_subnets) = unbounded();
+    let (pools_tx, applied_pools) = unbounded();
+    let (namespaces_tx, applied_namespaces) = unbounded();
+    let (changed_tx, changed) = unbounded();
+    let (removed_tx, removed) = unbounded();
     let (workloads_tx, workloads) = unbounded();
     let (deleted_ip_tx, deleted_ips) = unbounded();
     let mut watches = Watches::new();
@@ -94,19 +113,23 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         Api::<Subnet>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        notify(addressing_tx.clone()),
+        addressing_event(subnets_tx, changed_tx.clone(), removed_tx.clone()),
     );
     let pools = watch(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        notify(addressing_tx),
+        addressing_event(pools_tx, changed_tx, removed_tx),
     );
     let namespaces = watch(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        |_| {},
+        move |event| {
+            if let watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) = event {
+                let _ = namespaces_tx.unbounded_send(ns.clone());
+            }
+        },
     );
     let ips = watch(
         Api::<IP>::all(client.clone()),
@@ -157,7 +180,13 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         Triggers {
             applied_pods,
             deleted_pods,
-            addressing,
+            addressing: AddressingTriggers {
+                subnets: applied_subnets,
+                pools: applied_pools,
+                namespaces: applied_namespaces,
+                changed,
+                deleted: removed,
+            },
             workloads,
             deleted_ips,
         },
@@ -219,6 +248,27 @@ async fn kubevirt_served(client: &Client, warn_forbidden: bool) -> bool {
             false
         }
         Ok(_) | Err(_) => true,
+    }
+}
+
+/// A Subnet or IPPool watch callback: an applied object goes to its controller, every change
+/// pings `changed`, and a deletion pings `removed`.
+fn addressing_event<K: Clone + Send + 'static>(
+    applied: UnboundedSender<K>,
+    changed: UnboundedSender<()>,
+    removed: UnboundedSender<()>,
+) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |event| {
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let _ = applied.unbounded_send(object.clone());
+            }
+            watcher::Event::Delete(_) => {
+                let _ = removed.unbounded_send(());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        }
+        let _ = changed.unbounded_send(());
     }
 }
 

@@ -3,10 +3,12 @@
 //! with the VM's VirtualMachineInstanceMigrations.
 //!
 //! [`plan`] decides from the objects as they are now; this module watches them, maps nodes to
-//! chassis, and writes only the keys that differ. Every trigger (a VMI, a VMIM, a launcher pod,
-//! a node's chassis) re-plans the whole VM, so the order and the loss of events do not matter:
-//! a target pod bound late, a restart mid-migration, a stale `migrationState` or the deletion of
-//! an old launcher pod all end in the options the current objects call for.
+//! chassis, and writes only the keys that differ. A kube-runtime controller over VMIs plans a VM
+//! whenever its VMI, one of its VMIMs or launcher pods, or a node's chassis changes, so the order
+//! and the loss of events do not matter: a target pod bound late, a restart mid-migration, a
+//! stale `migrationState` or the deletion of an old launcher pod all end in the options the
+//! current objects call for. A VM whose VMI is gone (which no controller over VMIs sees) is
+//! planned by the orphan pass, on every deletion and periodically.
 //!
 //! KubeVirt is optional: until its API is served the module waits quietly (one log line), and
 //! nothing else in the controller depends on it.
@@ -22,14 +24,17 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use portkeeper_api::allocation::port_name;
+use portkeeper_api::annotations::DEFAULT_PROVIDER;
 use portkeeper_api::kubevirt::{
     ANNOTATION_DOMAIN, LABEL_APP, LABEL_MIGRATION_JOB_UID, LABEL_VM_NAME, LAUNCHER_APP,
     VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
-use portkeeper_engine::NicKey;
 
 use crate::context::Context;
 use crate::error::Error;
@@ -44,6 +49,8 @@ pub use portkeeper_api::annotations::NODE_CHASSIS as NODE_CHASSIS_ANNOTATION;
 const KUBEVIRT_POLL: Duration = Duration::from_secs(10);
 /// Every VM is re-planned this often, which also repairs options changed behind our back.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon the orphan pass tries again after a failed write.
+const ORPHAN_RETRY: Duration = Duration::from_secs(1);
 
 /// A node's OVN chassis name: the [`NODE_CHASSIS_ANNOTATION`] when the node has it, else the
 /// node name. The fallback is Kube-OVN's convention (system-id = node name), and OVN also
@@ -66,19 +73,11 @@ pub fn vmi_of(pod: &Pod) -> Option<String> {
         .or_else(|| pod.labels().get(LABEL_VM_NAME).cloned())
 }
 
-/// One VMI (by namespace and name): the unit that is planned and written.
+/// One VM (by namespace and the name of its VMI): the unit that is planned and written.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct VmKey {
     namespace: String,
     name: String,
-}
-
-/// What the watches ask the worker to do.
-enum Trigger {
-    /// Re-plan one VM.
-    Vm(VmKey),
-    /// Re-plan every VM (a node's chassis changed, or the periodic resync).
-    All,
 }
 
 /// The caches the planner reads.
@@ -90,13 +89,30 @@ struct Watched {
     nodes: Option<Store<Node>>,
 }
 
+/// What the watches hand to the VMI controller and the orphan pass.
+struct Triggers {
+    /// VMIs created or changed.
+    vmis: UnboundedReceiver<VirtualMachineInstance>,
+    /// The VMI of a VMIM or launcher pod that changed.
+    related: UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
+    /// A node's chassis changed: every VM is planned again.
+    chassis: UnboundedReceiver<()>,
+    /// A VMI, VMIM or launcher pod was deleted: a VM without a VMI may need its options cleared.
+    deleted: UnboundedReceiver<()>,
+}
+
+/// What the VMI controller and the orphan pass share.
+struct Migrations<N> {
+    ctx: Arc<Context<N>>,
+    watched: Watched,
+}
+
 /// Runs live-migration support until the task is dropped. Only the leader runs it (it is
 /// started after the lease is held).
 pub async fn run<N: Northbound>(ctx: Arc<Context<N>>) {
     wait_for_kubevirt(&ctx.client).await;
-    let (tx, rx) = unbounded();
     let nodes_readable = nodes_readable(&ctx.client).await;
-    let (watched, watches) = start_watches(&ctx.client, &tx, nodes_readable);
+    let (watched, triggers, watches) = start_watches(&ctx.client, nodes_readable);
     let mut tasks = tokio::task::JoinSet::new();
     for w in watches {
         tasks.spawn(w);
@@ -114,18 +130,13 @@ pub async fn run<N: Northbound>(ctx: Arc<Context<N>>) {
     }
     ctx.metrics.synced("kubevirt");
     tracing::info!("live-migration support started");
-    let resync = tx.clone();
-    tasks.spawn(async move {
-        // The first tick fires at once: it also covers ports whose VMI is already gone.
-        let mut tick = tokio::time::interval(RESYNC);
-        loop {
-            tick.tick().await;
-            if resync.unbounded_send(Trigger::All).is_err() {
-                return;
-            }
-        }
-    });
-    work(&ctx, &watched, rx, tx).await;
+    let state = Arc::new(Migrations { ctx, watched });
+    let vmis = Controller::for_stream(triggers.vmis.map(Ok), state.watched.vmis.clone())
+        .reconcile_on(triggers.related)
+        .reconcile_all_on(triggers.chassis)
+        .run(reconcile_vmi, retry, state.clone())
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(vmis, orphans(&state, triggers.deleted));
 }
 
 /// Waits until the API server serves VMIs and VMIMs, logging the absence once.
@@ -175,55 +186,65 @@ async fn nodes_readable(client: &Client) -> bool {
 
 fn start_watches(
     client: &Client,
-    tx: &UnboundedSender<Trigger>,
     watch_nodes: bool,
-) -> (Watched, Vec<BoxFuture<'static, ()>>) {
+) -> (Watched, Triggers, Vec<BoxFuture<'static, ()>>) {
+    let (vmis_tx, vmis_rx) = unbounded();
+    let (related_tx, related) = unbounded();
+    let (chassis_tx, chassis) = unbounded();
+    let (deleted_tx, deleted) = unbounded();
     let mut watches = Vec::new();
-    let send = |tx: &UnboundedSender<Trigger>, key: Option<VmKey>| {
-        if let Some(key) = key {
-            let _ = tx.unbounded_send(Trigger::Vm(key));
-        }
-    };
-    let t = tx.clone();
+    let d = deleted_tx.clone();
     let vmis = watch(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        touched(move |vmi: &VirtualMachineInstance| send(&t, key_of(vmi, vmi.name_any()))),
+        move |event| match event {
+            watcher::Event::Apply(vmi) | watcher::Event::InitApply(vmi) => {
+                let _ = vmis_tx.unbounded_send(vmi.clone());
+            }
+            watcher::Event::Delete(_) => {
+                let _ = d.unbounded_send(());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        },
     );
-    let t = tx.clone();
+    let (t, d) = (related_tx.clone(), deleted_tx.clone());
     let migrations = watch(
         Api::<VirtualMachineInstanceMigration>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        touched(move |m: &VirtualMachineInstanceMigration| {
-            send(&t, key_of(m, m.spec.vmi_name.clone()))
+        touched(d, move |m: &VirtualMachineInstanceMigration| {
+            send_vmi(&t, key_of(m, m.spec.vmi_name.clone()))
         }),
     );
-    let t = tx.clone();
+    let t = related_tx;
     let pods = watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(&format!("{LABEL_APP}={LAUNCHER_APP}")),
         &mut watches,
-        touched(move |pod: &Pod| send(&t, vmi_of(pod).and_then(|name| key_of(pod, name)))),
+        touched(deleted_tx, move |pod: &Pod| {
+            send_vmi(&t, vmi_of(pod).and_then(|name| key_of(pod, name)))
+        }),
     );
-    let t = tx.clone();
     let mut known: HashMap<String, String> = HashMap::new();
     let nodes = watch_nodes.then(|| {
         watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             &mut watches,
-            touched(move |node: &Node| {
+            move |event: &watcher::Event<Node>| {
+                let (watcher::Event::Apply(node) | watcher::Event::InitApply(node)) = event else {
+                    return;
+                };
                 let name = node.name_any();
                 let chassis = chassis_of(&name, Some(node));
                 if known
                     .insert(name, chassis.clone())
                     .is_some_and(|c| c != chassis)
                 {
-                    let _ = t.unbounded_send(Trigger::All);
+                    let _ = chassis_tx.unbounded_send(());
                 }
-            }),
+            },
         )
     });
     (
@@ -233,8 +254,125 @@ fn start_watches(
             pods,
             nodes,
         },
+        Triggers {
+            vmis: vmis_rx,
+            related,
+            chassis,
+            deleted,
+        },
         watches,
     )
+}
+
+fn send_vmi(tx: &UnboundedSender<ObjectRef<VirtualMachineInstance>>, key: Option<VmKey>) {
+    if let Some(key) = key {
+        let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+    }
+}
+
+/// Calls `on_object` with every object a watch event applies or deletes, and pings `deleted`
+/// on a deletion.
+fn touched<K>(
+    deleted: UnboundedSender<()>,
+    mut on_object: impl FnMut(&K) + Send + 'static,
+) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |event| match event {
+        watcher::Event::Apply(object) | watcher::Event::InitApply(object) => on_object(object),
+        watcher::Event::Delete(object) => {
+            on_object(object);
+            let _ = deleted.unbounded_send(());
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
+/// Plans a VM whose VMI exists and writes its port options; planned again every [`RESYNC`],
+/// which also repairs options changed behind our back.
+async fn reconcile_vmi<N: Northbound>(
+    vmi: Arc<VirtualMachineInstance>,
+    state: Arc<Migrations<N>>,
+) -> Result<Action, Error> {
+    let key = VmKey {
+        namespace: vmi.namespace().unwrap_or_default(),
+        name: vmi.name_any(),
+    };
+    reconcile(&state, &key).await?;
+    state.ctx.succeeded(&vmi.uid().unwrap_or_default());
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Retries a VM whose options were not written, with the per-object backoff.
+fn retry<N: Northbound>(
+    vmi: Arc<VirtualMachineInstance>,
+    error: &Error,
+    state: Arc<Migrations<N>>,
+) -> Action {
+    state.ctx.metrics.failed(error.metric_label());
+    let delay = state.ctx.backoff(&vmi.uid().unwrap_or_default());
+    tracing::warn!(vmi = %vmi.name_any(), namespace = ?vmi.namespace(), %error, retry_in = ?delay, "migration options not written");
+    Action::requeue(delay)
+}
+
+/// VMs without a VMI (stopped, deleted) whose port may still carry options: planned on every
+/// deletion and every [`RESYNC`] (at once at start); a failure is tried again after
+/// [`ORPHAN_RETRY`].
+async fn orphans<N: Northbound>(state: &Migrations<N>, mut deleted: UnboundedReceiver<()>) {
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            d = deleted.next() => if d.is_none() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+        while deleted.try_recv().is_ok() {}
+        let mut failed = false;
+        for key in orphan_keys(state) {
+            if let Err(e) = reconcile(state, &key).await {
+                state.ctx.metrics.failed(e.metric_label());
+                tracing::warn!(vmi = %key.name, namespace = %key.namespace, error = %e, "migration options not written");
+                failed = true;
+            }
+        }
+        wait = if failed { ORPHAN_RETRY } else { RESYNC };
+    }
+}
+
+/// Every VM without a VMI that a VMIM, a launcher pod or one of our ports with a managed option
+/// still names.
+fn orphan_keys<N: Northbound>(state: &Migrations<N>) -> BTreeSet<VmKey> {
+    let watched = &state.watched;
+    let from_migrations = watched
+        .migrations
+        .state()
+        .into_iter()
+        .filter_map(|m| key_of(m.as_ref(), m.spec.vmi_name.clone()));
+    let from_pods = watched
+        .pods
+        .state()
+        .into_iter()
+        .filter_map(|p| vmi_of(&p).and_then(|name| key_of(p.as_ref(), name)));
+    let from_ports = state
+        .ctx
+        .nb
+        .ports()
+        .into_iter()
+        .filter(|p| p.is_ours() && has_managed_option(&p.options))
+        .filter_map(|p| {
+            let (namespace, name) = p.external_ids.get(ids::POD)?.split_once('/')?;
+            Some(VmKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        });
+    from_migrations
+        .chain(from_pods)
+        .chain(from_ports)
+        .filter(|key| {
+            watched
+                .vmis
+                .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                .is_none()
+        })
+        .collect()
 }
 
 fn key_of(object: &impl ResourceExt, name: String) -> Option<VmKey> {
@@ -244,122 +382,6 @@ fn key_of(object: &impl ResourceExt, name: String) -> Option<VmKey> {
     })
 }
 
-/// Calls `on_object` with every object a watch event applies or deletes.
-fn touched<K>(
-    mut on_object: impl FnMut(&K) + Send + 'static,
-) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
-    move |event| match event {
-        watcher::Event::Apply(object)
-        | watcher::Event::Delete(object)
-        | watcher::Event::InitApply(object) => on_object(object),
-        watcher::Event::Init | watcher::Event::InitDone => {}
-    }
-}
-
-/// Plans and writes VMs one at a time as triggers arrive (migrations are rare, and one writer
-/// per port keeps the writes ordered); a failure is retried with a per-VM backoff.
-async fn work<N: Northbound>(
-    ctx: &Context<N>,
-    watched: &Watched,
-    mut rx: UnboundedReceiver<Trigger>,
-    tx: UnboundedSender<Trigger>,
-) {
-    let mut failures: HashMap<VmKey, u32> = HashMap::new();
-    while let Some(first) = rx.next().await {
-        let (mut pending, mut everything) = (BTreeSet::new(), false);
-        let mut next = Some(first);
-        while let Some(trigger) = next {
-            match trigger {
-                Trigger::Vm(key) => {
-                    pending.insert(key);
-                }
-                Trigger::All => everything = true,
-            }
-            next = rx.try_recv().ok();
-        }
-        // Indexed after the triggers are taken: each was sent after its cache was updated.
-        let by_vm = ByVm::index(watched);
-        if everything {
-            pending.extend(all_keys(ctx, watched, &by_vm));
-        }
-        for key in pending {
-            match reconcile(ctx, watched, &by_vm, &key).await {
-                Ok(()) => {
-                    failures.remove(&key);
-                }
-                Err(e) => {
-                    ctx.metrics.failed(e.metric_label());
-                    let n = failures.entry(key.clone()).or_default();
-                    *n = n.saturating_add(1);
-                    let delay = Duration::from_millis(500 << (*n - 1).min(6));
-                    tracing::warn!(vmi = %key.name, namespace = %key.namespace, error = %e, retry_in = ?delay, "migration options not written");
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = tx.unbounded_send(Trigger::Vm(key));
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Every VM that might need its options changed: each VMI, each VM named by a VMIM or a launcher
-/// pod, and each of our ports that carries a managed option (its VMI may be gone).
-fn all_keys<N: Northbound>(ctx: &Context<N>, watched: &Watched, by_vm: &ByVm) -> BTreeSet<VmKey> {
-    let mut keys: BTreeSet<VmKey> = by_vm
-        .migrations
-        .keys()
-        .chain(by_vm.pods.keys())
-        .cloned()
-        .collect();
-    keys.extend(
-        watched
-            .vmis
-            .state()
-            .iter()
-            .filter_map(|v| key_of(v.as_ref(), v.name_any())),
-    );
-    keys.extend(
-        ctx.nb
-            .ports()
-            .into_iter()
-            .filter(|p| p.is_ours() && has_managed_option(&p.options))
-            .filter_map(|p| {
-                let (namespace, name) = p.external_ids.get(ids::POD)?.split_once('/')?;
-                Some(VmKey {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })
-            }),
-    );
-    keys
-}
-
-/// The VMIMs and launcher pods of each VM, indexed once per batch of triggers.
-#[derive(Default)]
-struct ByVm {
-    migrations: HashMap<VmKey, Vec<Arc<VirtualMachineInstanceMigration>>>,
-    pods: HashMap<VmKey, Vec<Arc<Pod>>>,
-}
-
-impl ByVm {
-    fn index(watched: &Watched) -> Self {
-        let mut by_vm = ByVm::default();
-        for m in watched.migrations.state() {
-            if let Some(key) = key_of(m.as_ref(), m.spec.vmi_name.clone()) {
-                by_vm.migrations.entry(key).or_default().push(m);
-            }
-        }
-        for p in watched.pods.state() {
-            if let Some(key) = vmi_of(&p).and_then(|name| key_of(p.as_ref(), name)) {
-                by_vm.pods.entry(key).or_default().push(p);
-            }
-        }
-        by_vm
-    }
-}
-
 fn has_managed_option(options: &BTreeMap<String, String>) -> bool {
     options.contains_key(plan::REQUESTED_CHASSIS) || options.contains_key(plan::ACTIVATION_STRATEGY)
 }
@@ -367,17 +389,16 @@ fn has_managed_option(options: &BTreeMap<String, String>) -> bool {
 /// What the caches say about one VM, in the planner's terms.
 fn observe(
     watched: &Watched,
-    by_vm: &ByVm,
     key: &VmKey,
 ) -> (Option<Arc<VirtualMachineInstance>>, Vec<Arc<Pod>>, Observed) {
     let vmi = watched
         .vmis
         .get(&ObjectRef::new(&key.name).within(&key.namespace));
-    let migrations = by_vm
+    let migrations = watched
         .migrations
-        .get(key)
+        .state()
         .into_iter()
-        .flatten()
+        .filter(|m| key_of(m.as_ref(), m.spec.vmi_name.clone()).as_ref() == Some(key))
         .map(|m| Migration {
             name: m.name_any(),
             uid: m.uid().unwrap_or_default(),
@@ -389,7 +410,12 @@ fn observe(
                 .map_or(0, |t| t.0.as_second()),
         })
         .collect();
-    let pods = by_vm.pods.get(key).cloned().unwrap_or_default();
+    let pods: Vec<Arc<Pod>> = watched
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| vmi_of(p).and_then(|name| key_of(p.as_ref(), name)).as_ref() == Some(key))
+        .collect();
     let observed = Observed {
         vmi: vmi.as_ref().map(|v| {
             let status = v.status.clone().unwrap_or_default();
@@ -412,13 +438,9 @@ fn observe(
 }
 
 /// Plans one VM and writes the options of its port(s) that differ.
-async fn reconcile<N: Northbound>(
-    ctx: &Context<N>,
-    watched: &Watched,
-    by_vm: &ByVm,
-    key: &VmKey,
-) -> Result<(), Error> {
-    let (vmi, pods, observed) = observe(watched, by_vm, key);
+async fn reconcile<N: Northbound>(state: &Migrations<N>, key: &VmKey) -> Result<(), Error> {
+    let (ctx, watched) = (&state.ctx, &state.watched);
+    let (vmi, pods, observed) = observe(watched, key);
     let stage = plan::plan(&observed, |node| {
         let known = watched
             .nodes
@@ -432,7 +454,7 @@ async fn reconcile<N: Northbound>(
     let ports: BTreeSet<String> = pods
         .iter()
         .map(|p| nic::key(p).as_str().to_owned())
-        .chain([NicKey::new(&key.name, &key.namespace, None)
+        .chain([port_name(&key.name, &key.namespace, DEFAULT_PROVIDER)
             .as_str()
             .to_owned()])
         .collect();

@@ -1,0 +1,167 @@
+//! One status publisher for the resources whose status carries the engine's address counters
+//! and a Ready condition: Subnet and IPPool (the same fields under different JSON spellings).
+
+use std::fmt::Debug;
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use portkeeper_api::{Condition, IPPool, IPPoolStatus, Subnet, SubnetStatus};
+use portkeeper_engine::AddressStatus;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::plan::{UNSUPPORTED, conditions, status_body};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::Error;
+
+/// A resource whose status counts its addresses.
+pub trait Counted:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// Its status type.
+    type Status: Serialize + Clone + PartialEq + Default;
+    /// The JSON names of the four range fields: an emptied one is sent as `null`, which removes
+    /// it (empty strings are not serialised).
+    const RANGES: [&'static str; 4];
+    /// The status as the cache has it.
+    fn status(&self) -> Option<&Self::Status>;
+    /// The spec fields set that portkeeper keeps but does not implement.
+    fn unsupported(&self, cluster_router: &str) -> Vec<&'static str>;
+    /// The status' conditions.
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    /// Copies the engine's counters into the status.
+    fn count(status: &mut Self::Status, counters: &AddressStatus);
+}
+
+fn count(n: u128) -> f64 {
+    n as f64
+}
+
+/// Copies the engine's counters into a Subnet or IPPool status: both carry the same fields,
+/// under different JSON spellings.
+macro_rules! copy_counters {
+    ($status:ident, $c:ident) => {
+        $status.v4_available_ips = count($c.v4_available_ips);
+        $status.v4_using_ips = count($c.v4_using_ips);
+        $status.v6_available_ips = count($c.v6_available_ips);
+        $status.v6_using_ips = count($c.v6_using_ips);
+        $status.v4_available_ip_range = $c.v4_available_ip_range.clone();
+        $status.v4_using_ip_range = $c.v4_using_ip_range.clone();
+        $status.v6_available_ip_range = $c.v6_available_ip_range.clone();
+        $status.v6_using_ip_range = $c.v6_using_ip_range.clone();
+    };
+}
+
+impl Counted for Subnet {
+    type Status = SubnetStatus;
+    const RANGES: [&'static str; 4] = [
+        "v4availableIPrange",
+        "v4usingIPrange",
+        "v6availableIPrange",
+        "v6usingIPrange",
+    ];
+    fn status(&self) -> Option<&SubnetStatus> {
+        self.status.as_ref()
+    }
+    fn unsupported(&self, cluster_router: &str) -> Vec<&'static str> {
+        self.spec.unsupported_fields(cluster_router)
+    }
+    fn conditions(status: &mut SubnetStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn count(status: &mut SubnetStatus, c: &AddressStatus) {
+        copy_counters!(status, c);
+    }
+}
+
+impl Counted for IPPool {
+    type Status = IPPoolStatus;
+    const RANGES: [&'static str; 4] = [
+        "v4AvailableIPRange",
+        "v4UsingIPRange",
+        "v6AvailableIPRange",
+        "v6UsingIPRange",
+    ];
+    fn status(&self) -> Option<&IPPoolStatus> {
+        self.status.as_ref()
+    }
+    fn unsupported(&self, _: &str) -> Vec<&'static str> {
+        self.spec.unsupported_fields()
+    }
+    fn conditions(status: &mut IPPoolStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn count(status: &mut IPPoolStatus, c: &AddressStatus) {
+        copy_counters!(status, c);
+    }
+}
+
+/// Writes the object's status after a pass: the conditions (`Ready`, with `error` when the pass
+/// failed; `Unsupported` while the spec sets fields portkeeper does not implement, announced
+/// once by a Warning Event) and the engine's `counters` when there are any. Nothing is written
+/// when nothing changed; a failed write is logged and retried with the next pass.
+pub async fn publish<N, K: Counted>(
+    ctx: &Context<N>,
+    object: &K,
+    counters: Option<AddressStatus>,
+    error: Option<&Error>,
+) {
+    let old = object.status().cloned().unwrap_or_default();
+    let mut status = old.clone();
+    let unsupported = object.unsupported(&ctx.config.cluster_router);
+    let previous = K::conditions(&mut status).clone();
+    *K::conditions(&mut status) = conditions(&previous, error, &unsupported);
+    announce_unsupported(ctx, object, &previous, K::conditions(&mut status)).await;
+    if let Some(c) = counters {
+        K::count(&mut status, &c);
+    }
+    if status == old {
+        return;
+    }
+    let (kind, name) = (K::kind(&()), object.name_any());
+    if let Some(e) = error {
+        tracing::warn!(%kind, %name, error = %e, "not ready");
+    }
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let body = status_body(&status, &K::RANGES);
+    let api: Api<K> = Api::all(ctx.client.clone());
+    if let Err(e) = api.patch_status(&name, &params, &Patch::Merge(body)).await {
+        tracing::warn!(%kind, %name, error = %e, "status update failed");
+    }
+}
+
+/// One Warning Event when the `Unsupported` condition appears or names other fields; none
+/// while it is unchanged (also across restarts: the condition lives in the status).
+async fn announce_unsupported<N, K>(
+    ctx: &Context<N>,
+    object: &K,
+    old: &[Condition],
+    new: &[Condition],
+) where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let find = |list: &[Condition]| {
+        list.iter()
+            .find(|c| c.type_ == UNSUPPORTED)
+            .map(|c| c.message.clone())
+    };
+    let Some(message) = find(new) else { return };
+    if find(old).as_ref() == Some(&message) {
+        return;
+    }
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: UNSUPPORTED.into(),
+        note: Some(message),
+        action: "Apply".into(),
+        secondary: None,
+    };
+    // The API server takes an Event about a custom resource only when the Event's namespace
+    // matches the object's, so one about a cluster-scoped object names `default` for both.
+    let mut reference = object.object_ref(&());
+    reference.namespace.get_or_insert_with(|| "default".into());
+    ctx.events.publish(&reference, event).await;
+}
