@@ -1,6 +1,9 @@
 //! A mock Kubernetes API server for tests that pin the exact requests portkeeper sends.
 
-use http::{Request, Response};
+use std::fmt::Debug;
+use std::future::Future;
+
+use http::{Method, Request, Response};
 use kube::client::Body;
 
 /// The server side of a mock client.
@@ -29,4 +32,30 @@ pub async fn answer(
     let reply = serde_json::to_vec(&reply(&body)).unwrap();
     send.send_response(Response::new(Body::from(reply)));
     (parts, body)
+}
+
+/// What a PATCH carried: its URI, its content type and its JSON body.
+pub struct Patched {
+    /// Path and query.
+    pub uri: String,
+    /// The `content-type` header: the patch strategy.
+    pub content_type: String,
+    /// The body.
+    pub body: serde_json::Value,
+}
+
+/// Sends `request`, answers it with `reply`, and returns what it sent, which must be a PATCH.
+pub async fn patched<T, E: Debug>(
+    handle: &mut Handle,
+    request: impl Future<Output = Result<T, E>>,
+    reply: serde_json::Value,
+) -> Patched {
+    let (sent, (parts, body)) = tokio::join!(request, answer(handle, |_| reply));
+    sent.unwrap();
+    assert_eq!(parts.method, Method::PATCH);
+    Patched {
+        uri: parts.uri.to_string(),
+        content_type: parts.headers["content-type"].to_str().unwrap().to_owned(),
+        body,
+    }
 }

@@ -352,7 +352,6 @@ pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usi
 mod request_shape_tests {
     use super::*;
     use crate::mock_api;
-    use http::Method;
 
     #[tokio::test]
     async fn annotations_are_one_merge_patch_with_our_field_manager() {
@@ -369,23 +368,15 @@ mod request_shape_tests {
             ),
         ]);
         let reply = serde_json::to_value(&pod).unwrap();
-        let (sent, server) = tokio::join!(
-            patch_annotations(&client, &pod, values),
-            mock_api::answer(&mut handle, |_| reply)
-        );
-        sent.unwrap();
-        let (parts, body) = server;
-        assert_eq!(parts.method, Method::PATCH);
+        let sent =
+            mock_api::patched(&mut handle, patch_annotations(&client, &pod, values), reply).await;
         assert_eq!(
-            parts.uri.to_string(),
+            sent.uri,
             "/api/v1/namespaces/shop/pods/web?&fieldManager=portkeeper-controller"
         );
+        assert_eq!(sent.content_type, "application/merge-patch+json");
         assert_eq!(
-            parts.headers["content-type"],
-            "application/merge-patch+json"
-        );
-        assert_eq!(
-            body,
+            sent.body,
             json!({ "metadata": { "annotations": {
                 "ovn.kubernetes.io/allocated": "true",
                 "ovn.kubernetes.io/ip_address": "10.16.0.2",

@@ -150,11 +150,7 @@ async fn reconcile_subnet<N: Northbound>(
 ) -> Result<Action, Error> {
     let ctx = &state.ctx;
     let result = apply_subnet(ctx, &state.applied, &subnet).await;
-    let counters = match &result {
-        Ok(()) => ctx.engine.subnet_status(&subnet.name_any()).ok(),
-        Err(_) => None,
-    };
-    status::publish(ctx, subnet.as_ref(), counters, result.as_ref().err()).await;
+    status::outcome(ctx, subnet.as_ref(), &result).await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
 }
 
@@ -185,11 +181,7 @@ async fn reconcile_pool<N: Northbound>(
                 applied.pools.lock().insert(spec.name.clone(), spec.clone());
             })
     };
-    let counters = match &result {
-        Ok(()) => ctx.engine.pool_status(&spec.name).ok(),
-        Err(_) => None,
-    };
-    status::publish(ctx, pool.as_ref(), counters, result.as_ref().err()).await;
+    status::outcome(ctx, pool.as_ref(), &result).await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::{Condition, IPPool, IPPoolStatus, Subnet, SubnetStatus};
-use portkeeper_engine::AddressStatus;
+use portkeeper_engine::{AddressStatus, Engine};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,6 +29,8 @@ pub trait Counted:
     fn unsupported(&self, cluster_router: &str) -> Vec<&'static str>;
     /// The status' conditions.
     fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    /// The engine's counters of the object named `name`, once it is applied.
+    fn counters(engine: &Engine, name: &str) -> Option<AddressStatus>;
     /// Copies the engine's counters into the status.
     fn count(status: &mut Self::Status, counters: &AddressStatus);
 }
@@ -37,70 +39,82 @@ fn count(n: u128) -> f64 {
     n as f64
 }
 
-/// Copies the engine's counters into a Subnet or IPPool status: both carry the same fields,
-/// under different JSON spellings.
-macro_rules! copy_counters {
-    ($status:ident, $c:ident) => {
-        $status.v4_available_ips = count($c.v4_available_ips);
-        $status.v4_using_ips = count($c.v4_using_ips);
-        $status.v6_available_ips = count($c.v6_available_ips);
-        $status.v6_using_ips = count($c.v6_using_ips);
-        $status.v4_available_ip_range = $c.v4_available_ip_range.clone();
-        $status.v4_using_ip_range = $c.v4_using_ip_range.clone();
-        $status.v6_available_ip_range = $c.v6_available_ip_range.clone();
-        $status.v6_using_ip_range = $c.v6_using_ip_range.clone();
+/// Implements [`Counted`] for a kind whose status carries the counters under its own JSON
+/// spelling of the range fields, with the engine's counters read by `$counters` and the
+/// unimplemented spec fields listed by `$unsupported`.
+macro_rules! counted {
+    ($kind:ty, $status:ty, $ranges:expr, $counters:ident, |$object:ident, $router:ident| $unsupported:expr) => {
+        impl Counted for $kind {
+            type Status = $status;
+            const RANGES: [&'static str; 4] = $ranges;
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn unsupported(&self, cluster_router: &str) -> Vec<&'static str> {
+                let ($object, $router) = (self, cluster_router);
+                $unsupported
+            }
+            fn counters(engine: &Engine, name: &str) -> Option<AddressStatus> {
+                engine.$counters(name).ok()
+            }
+            fn conditions(status: &mut $status) -> &mut Vec<Condition> {
+                &mut status.conditions
+            }
+            fn count(status: &mut $status, c: &AddressStatus) {
+                status.v4_available_ips = count(c.v4_available_ips);
+                status.v4_using_ips = count(c.v4_using_ips);
+                status.v6_available_ips = count(c.v6_available_ips);
+                status.v6_using_ips = count(c.v6_using_ips);
+                status.v4_available_ip_range = c.v4_available_ip_range.clone();
+                status.v4_using_ip_range = c.v4_using_ip_range.clone();
+                status.v6_available_ip_range = c.v6_available_ip_range.clone();
+                status.v6_using_ip_range = c.v6_using_ip_range.clone();
+            }
+        }
     };
 }
 
-impl Counted for Subnet {
-    type Status = SubnetStatus;
-    const RANGES: [&'static str; 4] = [
+counted!(
+    Subnet,
+    SubnetStatus,
+    [
         "v4availableIPrange",
         "v4usingIPrange",
         "v6availableIPrange",
         "v6usingIPrange",
-    ];
-    fn status(&self) -> Option<&SubnetStatus> {
-        self.status.as_ref()
-    }
-    fn unsupported(&self, cluster_router: &str) -> Vec<&'static str> {
-        self.spec.unsupported_fields(cluster_router)
-    }
-    fn conditions(status: &mut SubnetStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
-    fn count(status: &mut SubnetStatus, c: &AddressStatus) {
-        copy_counters!(status, c);
-    }
-}
+    ],
+    subnet_status,
+    |subnet, router| subnet.spec.unsupported_fields(router)
+);
 
-impl Counted for IPPool {
-    type Status = IPPoolStatus;
-    const RANGES: [&'static str; 4] = [
+counted!(
+    IPPool,
+    IPPoolStatus,
+    [
         "v4AvailableIPRange",
         "v4UsingIPRange",
         "v6AvailableIPRange",
         "v6UsingIPRange",
-    ];
-    fn status(&self) -> Option<&IPPoolStatus> {
-        self.status.as_ref()
-    }
-    fn unsupported(&self, _: &str) -> Vec<&'static str> {
-        self.spec.unsupported_fields()
-    }
-    fn conditions(status: &mut IPPoolStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
-    fn count(status: &mut IPPoolStatus, c: &AddressStatus) {
-        copy_counters!(status, c);
-    }
+    ],
+    pool_status,
+    |pool, _router| pool.spec.unsupported_fields()
+);
+
+/// Publishes the outcome of applying `object`: on success with the engine's counters, on
+/// failure with the error in its `Ready` condition.
+pub async fn outcome<N, K: Counted>(ctx: &Context<N>, object: &K, result: &Result<(), Error>) {
+    let counters = match result {
+        Ok(()) => K::counters(&ctx.engine, &object.name_any()),
+        Err(_) => None,
+    };
+    publish(ctx, object, counters, result.as_ref().err()).await;
 }
 
 /// Writes the object's status after a pass: the conditions (`Ready`, with `error` when the pass
 /// failed; `Unsupported` while the spec sets fields portkeeper does not implement, announced
 /// once by a Warning Event) and the engine's `counters` when there are any. Nothing is written
 /// when nothing changed; a failed write is logged and retried with the next pass.
-pub async fn publish<N, K: Counted>(
+async fn publish<N, K: Counted>(
     ctx: &Context<N>,
     object: &K,
     counters: Option<AddressStatus>,

@@ -156,7 +156,6 @@ pub async fn release<N: Northbound>(
 mod request_shape_tests {
     use super::*;
     use crate::mock_api;
-    use http::Method;
     use portkeeper_engine::MacAddress;
 
     #[tokio::test]
@@ -181,23 +180,19 @@ mod request_shape_tests {
             v6: None,
             mac: Some(MacAddress::parse("0a:58:0a:10:00:02").unwrap()),
         };
-        let (sent, server) = tokio::join!(
+        let sent = mock_api::patched(
+            &mut handle,
             record.apply_ip(&client, &lease, Some("node1")),
-            mock_api::answer(&mut handle, |_| reply)
-        );
-        sent.unwrap();
-        let (parts, body) = server;
-        assert_eq!(parts.method, Method::PATCH);
+            reply,
+        )
+        .await;
         assert_eq!(
-            parts.uri.to_string(),
+            sent.uri,
             "/apis/kubeovn.io/v1/ips/web.shop?&force=true&fieldManager=portkeeper-controller"
         );
+        assert_eq!(sent.content_type, "application/apply-patch+yaml");
         assert_eq!(
-            parts.headers["content-type"],
-            "application/apply-patch+yaml"
-        );
-        assert_eq!(
-            body,
+            sent.body,
             json!({
                 "apiVersion": "kubeovn.io/v1",
                 "kind": "IP",
