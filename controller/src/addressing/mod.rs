@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use portkeeper_api::{IPPool, Subnet, SubnetSpec};
 use portkeeper_engine::{MacAddress, PoolSpec};
@@ -101,9 +101,7 @@ pub async fn apply_all<N: Northbound>(state: &Arc<Addressing<N>>) {
     }
     remove_deleted(state).await;
     for namespace in state.ctx.stores.namespaces.state() {
-        if let Err(e) = reconcile_namespace(namespace, state.clone()).await {
-            tracing::warn!(error = %e, "namespace annotation update failed");
-        }
+        let _ = reconcile_namespace(namespace, state.clone()).await;
     }
 }
 
@@ -136,9 +134,13 @@ async fn drain<T>(results: impl Stream<Item = T>) {
     results.for_each(|_| futures::future::ready(())).await;
 }
 
-/// A failed Subnet, IPPool or namespace is looked at again after [`STATUS_PERIOD`]; its status
-/// already says why.
-fn retry<K, N>(_: Arc<K>, _: &Error, _: Arc<Addressing<N>>) -> Action {
+/// A failed Subnet, IPPool or namespace is looked at again after [`STATUS_PERIOD`].
+fn retry<K: Resource<DynamicType = ()>, N>(
+    object: Arc<K>,
+    error: &Error,
+    _: Arc<Addressing<N>>,
+) -> Action {
+    tracing::debug!(kind = %K::kind(&()), name = %object.name_any(), %error, "retrying");
     Action::requeue(STATUS_PERIOD)
 }
 
@@ -155,7 +157,7 @@ async fn reconcile_subnet<N: Northbound>(
 }
 
 /// Applies an IPPool and publishes its status, like [`reconcile_subnet`]. A pool whose Subnet
-/// exists but is not applied yet waits for it instead of failing.
+/// exists but is not applied yet (nor refused) waits for it instead of failing.
 async fn reconcile_pool<N: Northbound>(
     pool: Arc<IPPool>,
     state: Arc<Addressing<N>>,
@@ -167,7 +169,7 @@ async fn reconcile_pool<N: Northbound>(
             .stores
             .subnets
             .get(&kube::runtime::reflector::ObjectRef::new(&spec.subnet))
-            .is_some();
+            .is_some_and(|subnet| !failed(&subnet));
     if subnet_pending {
         return Ok(Action::requeue(POOL_WAITS_FOR_SUBNET));
     }
@@ -183,6 +185,15 @@ async fn reconcile_pool<N: Northbound>(
     };
     status::outcome(ctx, pool.as_ref(), &result).await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
+}
+
+/// Whether a Subnet's status says its last apply failed.
+fn failed(subnet: &Subnet) -> bool {
+    subnet.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False")
+    })
 }
 
 /// Writes Kube-OVN's namespace annotations ([`plan::namespace_annotations`]) where they differ.
@@ -209,9 +220,13 @@ async fn reconcile_namespace<N: Northbound>(
         ..Default::default()
     };
     let body = json!({ "metadata": { "annotations": wanted } });
-    Api::<Namespace>::all(ctx.client.clone())
+    if let Err(e) = Api::<Namespace>::all(ctx.client.clone())
         .patch(&name, &params, &Patch::Merge(body))
-        .await?;
+        .await
+    {
+        tracing::warn!(namespace = %name, error = %e, "namespace annotation update failed");
+        return Err(e.into());
+    }
     Ok(Action::await_change())
 }
 
