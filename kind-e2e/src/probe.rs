@@ -65,12 +65,14 @@ impl Verdict {
         interval * u32::try_from(self.lost_count()).unwrap_or(u32::MAX)
     }
 
-    /// Lost probes that are not part of the run containing or adjoining `moment` (the probe
-    /// number current at the switch-over): losses the switch-over cannot explain.
-    pub fn lost_apart_from(&self, moment: u64) -> Vec<Range<u64>> {
+    /// Lost probes that are not part of the run containing `moment` (the probe number current at
+    /// the switch-over) or starting at most `slack + 1` probes after it: losses the switch-over
+    /// cannot explain. The slack absorbs the delay between the mark and the target's activation
+    /// on a loaded machine.
+    pub fn lost_apart_from(&self, moment: u64, slack: u64) -> Vec<Range<u64>> {
         self.lost
             .iter()
-            .filter(|run| !(run.start <= moment + 1 && moment <= run.end))
+            .filter(|run| !(run.start <= moment + 1 + slack && moment <= run.end))
             .cloned()
             .collect()
     }
@@ -134,10 +136,10 @@ mod tests {
         );
         assert_eq!(v.lost, vec![3..5, 11..12]);
         // The switch-over happened while probe 4 was current: 3..5 is its gap.
-        assert_eq!(v.lost_apart_from(4), vec![11..12]);
+        assert_eq!(v.lost_apart_from(4, 0), vec![11..12]);
         // A run right after the switch-over moment is its gap too.
-        assert_eq!(v.lost_apart_from(2), vec![11..12]);
-        assert_eq!(v.lost_apart_from(8), v.lost);
+        assert_eq!(v.lost_apart_from(2, 0), vec![11..12]);
+        assert_eq!(v.lost_apart_from(8, 0), v.lost);
     }
 
     #[test]

@@ -103,6 +103,10 @@ fn directions(out: &Outcome) -> [(&'static str, &Verdict); 2] {
     ]
 }
 
+/// Probes (10 ms each) the loss may start after the switch-over mark: the 50 ms gap goal.
+/// Seen in CI at load 15: the loss began 3 probes after the mark.
+const SWITCH_OVER_SLACK: u64 = 5;
+
 /// Each way: no duplicate, and every lost probe is in the one run of losses at the switch-over.
 fn only_the_switch_over_loses(out: &Outcome) {
     let mark = out.switch_over.expect("a switch-over");
@@ -120,7 +124,7 @@ fn only_the_switch_over_loses(out: &Outcome) {
         assert!(v.sent > 100, "{direction}: the probes ran ({})", v.sent);
         assert_eq!(v.duplicates, 0, "{direction} duplicates");
         assert_eq!(
-            v.lost_apart_from(next.saturating_sub(1)),
+            v.lost_apart_from(next.saturating_sub(1), SWITCH_OVER_SLACK),
             vec![],
             "{direction}: probes lost away from the switch-over (probe {next})"
         );
