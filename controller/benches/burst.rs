@@ -20,6 +20,9 @@
 //! cargo bench -p portkeeper-controller --bench burst          # N = 1000, TOTAL = 10000
 //! PORTKEEPER_BENCH_PODS=200 PORTKEEPER_BENCH_TOTAL_PODS=1000 cargo bench -p portkeeper-controller --bench burst
 //! ```
+//!
+//! `PORTKEEPER_CONTROLLER_BIN=<path>` runs another build of the controller (another commit's,
+//! built with `cargo build --profile bench`), so two versions are measured in one load.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -90,9 +93,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn start_controller(cluster: &Cluster, generation: u32, lease: &str) -> Controller {
-    let bin = Path::new(env!("CARGO_BIN_EXE_portkeeper-controller"));
+    let bin = std::env::var_os("PORTKEEPER_CONTROLLER_BIN").map_or_else(
+        || Path::new(env!("CARGO_BIN_EXE_portkeeper-controller")).to_path_buf(),
+        std::path::PathBuf::from,
+    );
     Controller::start(
-        bin,
+        &bin,
         cluster,
         CIDR,
         generation,
