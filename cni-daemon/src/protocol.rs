@@ -180,39 +180,6 @@ mod tests {
         assert!(err.msg.contains("none.sock"));
     }
 
-    #[tokio::test]
-    async fn abstract_socket_round_trip() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let name = format!("@portkeeper-cni-test-{}", std::process::id());
-        let listener = crate::daemon::server::bind(Path::new(&name)).unwrap();
-        let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut body = Vec::new();
-            stream.read_to_end(&mut body).await.unwrap();
-            let request: DaemonRequest = decode(&body, "request").unwrap();
-            assert_eq!(request.container_id, "c1");
-            stream
-                .write_all(&serde_json::to_vec(&DaemonResponse::Done).unwrap())
-                .await
-                .unwrap();
-        });
-        let req = DaemonRequest {
-            command: Command::Del,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            pod: None,
-            mtu: None,
-        };
-        let socket = PathBuf::from(name);
-        let response =
-            tokio::task::spawn_blocking(move || call(&socket, &req, Duration::from_secs(5)))
-                .await
-                .unwrap();
-        assert_eq!(response.unwrap(), DaemonResponse::Done);
-        server.await.unwrap();
-    }
-
     #[test]
     fn request_round_trips_and_oversize_is_refused() {
         let req = DaemonRequest {

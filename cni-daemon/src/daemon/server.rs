@@ -132,3 +132,44 @@ fn validated(request: DaemonRequest) -> Result<DaemonRequest, CniError> {
         .map(|()| request)
         .map_err(|why| CniError::new(ErrorCode::InvalidEnvironment, why))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::Command;
+    use crate::protocol::call;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn abstract_socket_round_trip() {
+        let name = format!("@portkeeper-cni-test-{}", std::process::id());
+        let listener = bind(Path::new(&name)).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut body = Vec::new();
+            stream.read_to_end(&mut body).await.unwrap();
+            let request: DaemonRequest = decode(&body, "request").unwrap();
+            assert_eq!(request.container_id, "c1");
+            stream
+                .write_all(&serde_json::to_vec(&DaemonResponse::Done).unwrap())
+                .await
+                .unwrap();
+        });
+        let req = DaemonRequest {
+            command: Command::Del,
+            container_id: "c1".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            pod: None,
+            mtu: None,
+        };
+        let socket = PathBuf::from(name);
+        let response =
+            tokio::task::spawn_blocking(move || call(&socket, &req, Duration::from_secs(5)))
+                .await
+                .unwrap();
+        assert_eq!(response.unwrap(), DaemonResponse::Done);
+        server.await.unwrap();
+    }
+}

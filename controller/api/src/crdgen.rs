@@ -8,8 +8,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
+use crate::ip::IP;
+use crate::ippool::IPPool;
 use crate::kubevirt::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
-use crate::{IP, IPPool, Subnet};
+use crate::subnet::Subnet;
 
 /// Path (relative to the repository root) of the kubeovn.io CRDs portkeeper serves.
 pub const KUBEOVN_CRDS_PATH: &str = "yamls/crds.yaml";

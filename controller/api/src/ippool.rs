@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Condition;
+use crate::condition::Condition;
 
 /// The pool's addresses and the namespaces confined to it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -41,7 +41,7 @@ pub struct IPPoolSpec {
 
 impl IPPoolSpec {
     /// The fields this IPPool sets that portkeeper does not implement (see
-    /// [`crate::SubnetSpec::unsupported_fields`]).
+    /// [`crate::subnet::SubnetSpec::unsupported_fields`]).
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         [("enableAddressSet", self.enable_address_set)]
             .into_iter()

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::Condition;
+use crate::condition::Condition;
 
 /// The user's description of a subnet: every field of Kube-OVN's `SubnetSpec`, so a Subnet
 /// exported from Kube-OVN applies unchanged and keeps every field. What portkeeper does with each
