@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use portkeeper_controller::Config;
+use portkeeper_controller::leader::{self, Term};
 use portkeeper_controller::ovn::OvnNorthbound;
 use tracing_subscriber::EnvFilter;
 
@@ -15,8 +16,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let config = Config::parse();
-    let client = kube::Client::try_default().await?;
+    let mut kube_config = kube::Config::infer().await?;
+    // Names the replica in the API server's audit log.
+    let agent = format!(
+        "portkeeper-controller/{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        config.identity()
+    );
+    kube_config
+        .headers
+        .push((http::header::USER_AGENT, agent.parse()?));
+    let term = Term::default();
+    let client = leader::fenced_client(kube_config.clone(), term.clone())?;
+    let lease_client = kube::Client::try_from(kube_config)?;
     let nb = Arc::new(OvnNorthbound::start(&config.ovn_nb_db)?);
-    portkeeper_controller::run::run(config, client, nb).await?;
+    portkeeper_controller::run::run(config, client, lease_client, term, nb).await?;
     Ok(())
 }

@@ -35,8 +35,16 @@ use crate::retention;
 use crate::stores;
 use crate::webhook;
 
-/// Runs the controller until leadership is lost or a fatal error occurs.
-pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> Result<(), Error> {
+/// Runs the controller until leadership is lost or a fatal error occurs. Every write goes
+/// through `client` only within `term` (see [`leader`]); the Lease is written through
+/// `lease_client`.
+pub async fn run<N: Northbound>(
+    config: Config,
+    client: Client,
+    lease_client: Client,
+    term: leader::Term,
+    nb: Arc<N>,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -59,15 +67,16 @@ pub async fn run<N: Northbound>(config: Config, client: Client, nb: Arc<N>) -> R
         webhook::mark_role(&client, &config.lease_namespace, &identity, false).await;
     }
     let leadership = leader::acquire(
-        client.clone(),
+        lease_client,
         LeaseConfig {
             name: config.lease_name.clone(),
             namespace: config.lease_namespace.clone(),
             identity: identity.clone(),
             duration: config.lease_duration(),
         },
+        term,
     )
-    .await?;
+    .await;
     ready.store(false, Ordering::Release);
     let (lost_tx, lost) = tokio::sync::oneshot::channel();
     tasks.spawn(async move {

@@ -100,6 +100,34 @@ pub struct Cluster {
 
 static CLUSTERS_STARTED: AtomicUsize = AtomicUsize::new(0);
 
+/// The variable with which a developer without root lets tests that need it skip instead of fail.
+pub const ALLOW_SKIP_VAR: &str = "PORTKEEPER_ALLOW_SKIP";
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// Whether tests that need `what` (root, for the local cluster) may run: true as root. Without
+/// root the test fails here with the reason, unless [`ALLOW_SKIP_VAR`]`=1` is set, which makes
+/// this print that the test is skipped and return false. Never skipping by default keeps a CI
+/// run without root from passing with nothing tested.
+pub fn privileged(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var(ALLOW_SKIP_VAR).as_deref() == Ok("1") {
+        eprintln!("{what} needs root: skipped ({ALLOW_SKIP_VAR}=1)");
+        return false;
+    }
+    panic!(
+        "{what} needs root (network namespaces, OVS); run it as root, or set {ALLOW_SKIP_VAR}=1 to skip it"
+    );
+}
+
 /// The folder holding the local-cluster scripts.
 pub fn local_scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("local")

@@ -13,8 +13,12 @@
 //! - [`kubevirt`] plays KubeVirt's virt-controller.
 //! - [`migration`] plays a live migration end to end: [`vm`] a VM's network through it, with
 //!   probes [`probe`] judges.
+//! - [`consistency`] checks that every address is held once and nothing leaked (also the
+//!   `portkeeper-check` command).
+//! - [`writers`] reads who wrote when from the API server's audit log and Northbound's log.
 
 pub mod cni;
+pub mod consistency;
 pub mod dataplane;
 pub mod demo;
 pub mod examples;
@@ -27,6 +31,7 @@ pub mod portkeeper;
 pub mod probe;
 pub mod sandbox;
 pub mod vm;
+pub mod writers;
 
 pub use harness::{Cluster, ClusterOptions, HarnessError, Provider, Shared};
 

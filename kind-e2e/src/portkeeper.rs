@@ -12,7 +12,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use crate::{Cluster, ClusterOptions};
+use crate::{Cluster, ClusterOptions, Provider, consistency};
 
 /// How long a wait in the e2e suite may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -59,10 +59,30 @@ pub struct Controller {
 
 impl Controller {
     /// Starts generation `generation` of the controller, logging to
-    /// `<run_dir>/controller-<generation>.log` (see [`print_controller_logs`]).
+    /// `<run_dir>/controller-<generation>.log` (see [`print_controller_logs`]). Its identity in
+    /// the Lease is `e2e-<generation>`.
     pub fn start(
         bin: &Path,
         cluster: &Cluster,
+        default_cidr: &str,
+        generation: u32,
+        extra_args: &[&str],
+    ) -> Self {
+        Self::start_with(
+            bin,
+            cluster,
+            cluster.kubeconfig(),
+            default_cidr,
+            generation,
+            extra_args,
+        )
+    }
+
+    /// [`Controller::start`] with the API server reached through `kubeconfig`.
+    pub fn start_with(
+        bin: &Path,
+        cluster: &Cluster,
+        kubeconfig: &Path,
         default_cidr: &str,
         generation: u32,
         extra_args: &[&str],
@@ -74,8 +94,9 @@ impl Controller {
             .unwrap()
             .port();
         let child = Command::new(bin)
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .args(["--ovn-nb-db", cluster.nb_remote()])
             .args(["--default-cidr", default_cidr])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
@@ -106,6 +127,29 @@ impl Controller {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the controller process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.child.id());
+    }
+
+    /// Waits up to `within` for the process to exit on its own; its status if it did.
+    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the controller") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -138,14 +182,19 @@ pub fn print_controller_logs(cluster: &Cluster, generations: u32) {
 }
 
 /// Brings up a local cluster of `nodes` nodes whose kubelet is the node agent `agent`, without
-/// its own controller (`cases` start theirs, [`Controller::start`]), runs `cases` on it, prints
-/// the last `generations` controller logs if they panic, and tears the cluster down in every case.
-pub fn run_on_cluster(
+/// its own controller (`cases` start theirs, [`Controller::start`]), runs `cases` on it, then
+/// [`assert_consistent`] while what `cases` returned (its controller) still runs; prints the last
+/// `generations` controller logs if either panics, and tears the cluster down in every case.
+pub fn run_on_cluster<T>(
     nodes: usize,
     agent: PathBuf,
     generations: u32,
-    cases: impl AsyncFnOnce(&Cluster),
+    cases: impl AsyncFnOnce(&Cluster) -> T,
 ) {
+    let local = matches!(Provider::from_env(), Ok(Provider::Local));
+    if local && !crate::harness::privileged("the local cluster e2e") {
+        return;
+    }
     let cluster = Cluster::up(ClusterOptions {
         nodes,
         node_agent: Some(agent),
@@ -155,7 +204,11 @@ pub fn run_on_cluster(
     .expect("local cluster up");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(cases(&cluster))
+        runtime.block_on(async {
+            let running = cases(&cluster).await;
+            assert_consistent(&cluster).await;
+            drop(running);
+        })
     }));
     drop(runtime);
     if result.is_err() {
@@ -165,6 +218,40 @@ pub fn run_on_cluster(
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// How long [`assert_consistent`] lets changes in flight settle.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Fails the test unless [`consistency::check`] finds nothing within [`SETTLE`]: every address
+/// held once, no leaked port or IP resource, Subnet counters right. Prints the summary line.
+pub async fn assert_consistent(cluster: &Cluster) {
+    let client = cluster.client().await.expect("kube client");
+    assert_consistent_through(&client, cluster.nb_remote()).await;
+}
+
+/// [`assert_consistent`] through a kube client and the Northbound remote(s).
+pub async fn assert_consistent_through(client: &Client, nb_remote: &str) {
+    let report = consistency_report(client, nb_remote, SETTLE).await;
+    assert!(
+        report.is_consistent(),
+        "consistency check failed:\n{report}"
+    );
+    println!("consistency: {report}");
+}
+
+/// The [`consistency`] report once the cluster is consistent, or after `patience`.
+pub async fn consistency_report(
+    client: &Client,
+    nb_remote: &str,
+    patience: Duration,
+) -> consistency::Report {
+    let nb = consistency::connect_northbound(nb_remote, None)
+        .await
+        .expect("connect to OVN Northbound");
+    consistency::settle(client, &nb, patience)
+        .await
+        .expect("read the cluster for the consistency check")
 }
 
 /// `ovn-nbctl` against the cluster's NB database; its trimmed stdout, failing the test on error.

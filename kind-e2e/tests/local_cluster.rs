@@ -3,8 +3,8 @@
 //! One cluster serves the whole binary (brought up by the first trial that needs it); trials run
 //! one at a time in the order below, and the last one tears the cluster down and checks that
 //! nothing of it is left. If a trial is filtered out or fails, the cluster is still torn down
-//! before the binary exits. Without root the trials are ignored, except under `CI=true`, where
-//! they run and fail.
+//! before the binary exits. Without root the binary fails, unless `PORTKEEPER_ALLOW_SKIP=1` makes
+//! the trials ignored.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -39,7 +39,7 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let local = Provider::from_env().unwrap_or(Provider::Local) == Provider::Local;
-    let runnable = !local || is_root() || std::env::var("CI").as_deref() == Ok("true");
+    let runnable = !local || kind_e2e::harness::privileged("the local cluster e2e");
     // Trials that use the local cluster's own machinery (its IPAM folder, restarts, tear-down).
     let local_only = |t: Trial| if local { t } else { t.with_ignored_flag(true) };
     let trials: Vec<Trial> = vec![
@@ -101,9 +101,6 @@ fn main() {
         }
     })
     .collect();
-    if !runnable {
-        eprintln!("local cluster e2e needs root (set CI=true to make that a failure): ignored");
-    }
     let conclusion = libtest_mimic::run(&args, trials);
     drop(CLUSTER.take());
     conclusion.exit();
@@ -122,15 +119,6 @@ where
             body(client).await
         })
     })
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Brings the shared cluster up (on first use) and runs `f` on it; a failed start fails every
