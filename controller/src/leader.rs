@@ -48,15 +48,16 @@ impl LeaseConfig {
         self.duration * 2 / 3
     }
 
-    /// The bound on one Lease call (a renewal is a read and a write): short enough that a
-    /// renewal started at the renew period fails and is retried well before the deadline.
+    /// The bound on one Lease call (a renewal is a read and a write): half the renew deadline,
+    /// so a renewal that hangs is given up and retried (on a new connection if need be) before
+    /// the deadline.
     pub fn call_timeout(&self) -> Duration {
-        self.duration / 5
+        self.duration / 3
     }
 
-    /// Time between renewals.
+    /// Time between renewals: often, so that a slow API server leaves room for retries.
     fn renew_period(&self) -> Duration {
-        self.duration / 3
+        self.duration / 5
     }
 
     /// Wait before retrying a failed call.
@@ -273,7 +274,7 @@ impl Leadership {
         self.term.clone()
     }
 
-    /// Renews the lease every third of its duration. Returns (with an error) when the lease is
+    /// Renews the lease every fifth of its duration. Returns (with an error) when the lease is
     /// lost: taken by another replica, or not renewed by the renew deadline. The term has ended
     /// by then: at the deadline at the latest, whatever the calls in flight are doing.
     pub async fn keep(mut self) -> Error {
@@ -407,8 +408,10 @@ mod tests {
         assert_eq!(reply(&mut handle, lease("me")).await, http::Method::GET);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(reply(&mut handle, lease("me")).await, http::Method::PUT);
-        // Renewed at 1 s (when the renewal started): valid until 1 s + 2 s.
-        tokio::time::sleep_until(started + Duration::from_millis(2900)).await;
+        // Renewed when the renewal started, at the renew period: valid until then + 2 s.
+        let renewed = started + config().renew_period();
+        tokio::time::sleep_until(renewed + config().renew_deadline() - Duration::from_millis(10))
+            .await;
         assert!(term.is_valid());
         keeper.abort();
     }

@@ -100,7 +100,7 @@ impl Controller {
             .args(["--ovn-nb-db", cluster.nb_remote()])
             .args(["--default-cidr", default_cidr])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-namespace", "default", "--lease-duration", "3"])
+            .args(["--lease-namespace", "default", "--lease-duration", "5"])
             .args(["--identity", &format!("e2e-{generation}")])
             .args(extra_args)
             .stdout(log.try_clone().unwrap())
