@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     pub nodes: usize,
     /// Run the OVN NB database as a 3-server raft cluster.
     pub raft: bool,
+    /// Let the (standalone) NB database also listen on `ssl:` ([`Cluster::nb_ssl`]).
+    pub nb_ssl: bool,
     /// The node-agent binary; `None` lets the script build it with cargo.
     /// Tests in this crate pass `env!("CARGO_BIN_EXE_node-agent")`.
     pub node_agent: Option<PathBuf>,
@@ -56,6 +58,7 @@ impl Default for ClusterOptions {
         Self {
             nodes: 2,
             raft: false,
+            nb_ssl: false,
             node_agent: None,
             run_dir: None,
             controller: true,
@@ -85,6 +88,15 @@ pub enum HarnessError {
     Unsupported(Provider, &'static str),
 }
 
+/// The `ssl:` remote of the NB database and a client's certificate files for it.
+#[derive(Clone, Debug)]
+pub struct NbSsl {
+    pub remote: String,
+    pub private_key: PathBuf,
+    pub certificate: PathBuf,
+    pub ca_cert: PathBuf,
+}
+
 /// A running cluster: Kubernetes API, OVN databases, nodes.
 #[derive(Debug)]
 pub struct Cluster {
@@ -92,6 +104,7 @@ pub struct Cluster {
     run_dir: PathBuf,
     kubeconfig: PathBuf,
     nb: String,
+    nb_ssl: Option<NbSsl>,
     sb: String,
     nodes: Vec<String>,
     netns_prefix: String,
@@ -157,6 +170,9 @@ impl Cluster {
         if opts.raft {
             cmd.arg("--raft");
         }
+        if opts.nb_ssl {
+            cmd.arg("--nb-ssl");
+        }
         if let Some(agent) = &opts.node_agent {
             cmd.arg("--agent").arg(agent);
         }
@@ -195,10 +211,20 @@ impl Cluster {
         let nodes: usize = field("PK_NODES")?
             .parse()
             .map_err(|_| HarnessError::Env("PK_NODES is not a number".into()))?;
+        let nb_ssl = match env.get("OVN_NB_SSL_DB") {
+            None => None,
+            Some(remote) => Some(NbSsl {
+                remote: remote.clone(),
+                private_key: var("OVSDB_SSL_PRIVATE_KEY")?.into(),
+                certificate: var("OVSDB_SSL_CERTIFICATE")?.into(),
+                ca_cert: var("OVSDB_SSL_CA_CERT")?.into(),
+            }),
+        };
         Ok(Self {
             provider: Provider::Local,
             kubeconfig: var("KUBECONFIG")?.into(),
             nb: var("OVN_NB_DB")?,
+            nb_ssl,
             sb: var("OVN_SB_DB")?,
             nodes: (1..=nodes).map(|i| format!("node{i}")).collect(),
             netns_prefix: field("PK_PREFIX")?.to_owned(),
@@ -221,6 +247,7 @@ impl Cluster {
             run_dir: std::env::temp_dir(),
             kubeconfig,
             nb: var("OVN_NB_DB")?,
+            nb_ssl: None,
             sb: var("OVN_SB_DB")?,
             nodes: String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
@@ -239,6 +266,7 @@ impl Cluster {
             run_dir: self.run_dir.clone(),
             kubeconfig: self.kubeconfig.clone(),
             nb: self.nb.clone(),
+            nb_ssl: self.nb_ssl.clone(),
             sb: self.sb.clone(),
             nodes: self.nodes.clone(),
             netns_prefix: self.netns_prefix.clone(),
@@ -262,6 +290,12 @@ impl Cluster {
     /// The OVN northbound database remote(s), as `OVN_NB_DB` spells them.
     pub fn nb_remote(&self) -> &str {
         &self.nb
+    }
+
+    /// The NB database's `ssl:` remote and client certificate, when brought up with
+    /// [`ClusterOptions::nb_ssl`].
+    pub fn nb_ssl(&self) -> Option<&NbSsl> {
+        self.nb_ssl.as_ref()
     }
 
     /// The OVN southbound database remote, as `OVN_SB_DB` spells it.

@@ -33,7 +33,7 @@ pub mod sandbox;
 pub mod vm;
 pub mod writers;
 
-pub use harness::{Cluster, ClusterOptions, HarnessError, Provider, Shared};
+pub use harness::{Cluster, ClusterOptions, HarnessError, NbSsl, Provider, Shared};
 
 /// Errors of the node agent.
 #[derive(Debug, thiserror::Error)]

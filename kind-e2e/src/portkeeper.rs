@@ -93,15 +93,25 @@ impl Controller {
             .local_addr()
             .unwrap()
             .port();
+        let (metrics, identity) = (format!("127.0.0.1:{port}"), format!("e2e-{generation}"));
+        let defaults = [
+            ("--ovn-nb-db", cluster.nb_remote()),
+            ("--default-cidr", default_cidr),
+            ("--metrics-addr", &metrics),
+            ("--lease-namespace", "default"),
+            ("--lease-duration", "5"),
+            ("--identity", &identity),
+        ];
+        // A flag in `extra_args` replaces its default.
+        let defaults = defaults
+            .into_iter()
+            .filter(|(flag, _)| !extra_args.contains(flag))
+            .flat_map(|(flag, value)| [flag, value]);
         let child = Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .args(["--ovn-nb-db", cluster.nb_remote()])
-            .args(["--default-cidr", default_cidr])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-namespace", "default", "--lease-duration", "5"])
-            .args(["--identity", &format!("e2e-{generation}")])
+            .args(defaults)
             .args(extra_args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -191,17 +201,26 @@ pub fn run_on_cluster<T>(
     generations: u32,
     cases: impl AsyncFnOnce(&Cluster) -> T,
 ) {
-    let local = matches!(Provider::from_env(), Ok(Provider::Local));
-    if local && !crate::harness::privileged("the local cluster e2e") {
-        return;
-    }
-    let cluster = Cluster::up(ClusterOptions {
+    let options = ClusterOptions {
         nodes,
         node_agent: Some(agent),
         controller: false,
         ..Default::default()
-    })
-    .expect("local cluster up");
+    };
+    run_on_cluster_with(options, generations, cases);
+}
+
+/// [`run_on_cluster`] on a cluster brought up with `options`.
+pub fn run_on_cluster_with<T>(
+    options: ClusterOptions,
+    generations: u32,
+    cases: impl AsyncFnOnce(&Cluster) -> T,
+) {
+    let local = matches!(Provider::from_env(), Ok(Provider::Local));
+    if local && !crate::harness::privileged("the local cluster e2e") {
+        return;
+    }
+    let cluster = Cluster::up(options).expect("local cluster up");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runtime.block_on(async {
