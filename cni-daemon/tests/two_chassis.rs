@@ -23,7 +23,7 @@ fn on_node(
     request: DaemonRequest,
 ) -> DaemonResponse {
     in_netns(node, move || async move {
-        let ovs = Ovs::connect(&remote, "br-int", Duration::from_secs(10))
+        let ovs = Ovs::connect(&remote, "br-int", Duration::from_secs(10), None)
             .await
             .expect("connect to OVS");
         let settings = Settings {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use ovsdb_client::runtime::transport::TlsArgs;
 
 /// portkeeper-controller: pod addresses as OVN logical switch ports, Kube-OVN compatible.
 #[derive(Clone, Debug, Parser)]
@@ -48,8 +49,9 @@ pub struct Config {
     #[arg(long, env = "PORTKEEPER_WORKERS", default_value_t = 16)]
     pub workers: u16,
 
-    /// Address of the metrics and health server.
-    #[arg(long, env = "PORTKEEPER_METRICS_ADDR", default_value = "0.0.0.0:10660")]
+    /// Address of the metrics and health server (plain HTTP, unauthenticated): loopback unless
+    /// set, e.g. to the node's address for the kubelet's probes (the shipped Deployment does).
+    #[arg(long, env = "PORTKEEPER_METRICS_ADDR", default_value = "127.0.0.1:10660")]
     pub metrics_addr: SocketAddr,
 
     /// Address of the validating admission webhook (HTTPS); unset, no webhook is served.
@@ -84,6 +86,10 @@ pub struct Config {
     /// Seconds a silent leader keeps the Lease.
     #[arg(long, env = "PORTKEEPER_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
+
+    /// Certificate files for an `ssl:` Northbound.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl Config {

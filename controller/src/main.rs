@@ -29,7 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let term = Term::default();
     let client = leader::fenced_client(kube_config.clone(), term.clone())?;
     let lease_client = kube::Client::try_from(kube_config)?;
-    let nb = Arc::new(OvnNorthbound::start(&config.ovn_nb_db)?);
+    let nb = Arc::new(OvnNorthbound::start(
+        &config.ovn_nb_db,
+        config.tls.config()?,
+    )?);
     portkeeper_controller::run::run(config, client, lease_client, term, nb).await?;
     Ok(())
 }

@@ -99,7 +99,7 @@ fn switch(name: &str) -> SwitchSpec {
 #[tokio::test]
 async fn switches_ports_and_foreign_ports() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
     ready(&nb).await;
 
     nb.ensure_switch(&switch("net1")).await.unwrap();
@@ -223,7 +223,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test]
 async fn address_lookups_follow_changes_made_by_others() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
     ready(&nb).await;
     nb.ensure_switch(&switch("net1")).await.unwrap();
     server.nbctl(&["ls-add", "other"]);
@@ -293,7 +293,7 @@ async fn address_lookups_follow_changes_made_by_others() {
 #[tokio::test]
 async fn a_deleted_subnet_takes_only_portkeepers_objects() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote()).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
     ready(&nb).await;
     nb.ensure_switch(&switch("net1")).await.unwrap();
     let spec = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.2", false);

@@ -244,7 +244,8 @@ fn controller_addressing() {
     run_on_cluster(1, agent, 3, cases);
 }
 
-async fn cases(cluster: &Cluster) {
+/// Returns the running controller, so the final consistency check sees its last writes.
+async fn cases(cluster: &Cluster) -> Controller {
     let bin = controller_binary();
     // The generated CRDs must be structural and accepted by the API server as they are.
     let crds = repo_root().join("yamls/crds.yaml");
@@ -1026,5 +1027,5 @@ async fn cases(cluster: &Cluster) {
         );
     }
 
-    drop(controller);
+    controller
 }

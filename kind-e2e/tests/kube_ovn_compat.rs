@@ -86,7 +86,8 @@ fn kube_ovn_compat() {
     run_on_cluster(1, agent, 2, cases);
 }
 
-async fn cases(cluster: &Cluster) {
+/// Returns the running controller, so the final consistency check sees its last writes.
+async fn cases(cluster: &Cluster) -> Controller {
     let bin = controller_binary();
     let client = prepare_cluster(cluster, NS, false).await;
     let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
@@ -106,7 +107,7 @@ async fn cases(cluster: &Cluster) {
     })
     .await;
     subnets_and_pools_refused_at_the_door(cluster, &client).await;
-    drop(controller);
+    controller
 }
 
 /// Each mistake is refused by `kubectl apply` with the webhook's message and leaves nothing

@@ -48,7 +48,10 @@ async fn cases(cluster: &Cluster) -> Controller {
     let status = refused.exited_within(Duration::from_secs(30));
     assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     let log = std::fs::read_to_string(controller_log(cluster, 0)).unwrap();
-    assert!(log.contains("ssl: remotes need a TLS configuration"), "{log}");
+    assert!(
+        log.contains("ssl: remotes need a TLS configuration"),
+        "{log}"
+    );
 
     println!("case: a pod is allocated through the ssl: session");
     let tls_args = [
@@ -64,17 +67,25 @@ async fn cases(cluster: &Cluster) -> Controller {
     let controller = Controller::start(&bin, cluster, CIDR, 1, &tls_args);
     create(&pods, "first").await;
     allocated(&pods, "first").await;
-    assert_eq!(port_names(cluster, &format!("external_ids:pod=\"{NS}/first\"")), "first.tls");
+    assert_eq!(
+        port_names(cluster, &format!("external_ids:pod=\"{NS}/first\"")),
+        "first.tls"
+    );
 
     println!("case: after an NB restart the session comes back over ssl:");
     cluster.restart("nb").unwrap();
     create(&pods, "second").await;
     allocated(&pods, "second").await;
 
-    let nb = consistency::connect_northbound(&ssl.remote, Some(TlsConfig::new(ca, cert, key).verify_hostname(false)))
+    let nb = consistency::connect_northbound(
+        &ssl.remote,
+        Some(TlsConfig::new(ca, cert, key).verify_hostname(false)),
+    )
+    .await
+    .expect("the checker connects over ssl:");
+    let report = consistency::settle(&client, &nb, Duration::from_secs(30))
         .await
-        .expect("the checker connects over ssl:");
-    let report = consistency::settle(&client, &nb, Duration::from_secs(30)).await.unwrap();
+        .unwrap();
     assert!(report.is_consistent(), "{report}");
     assert_eq!(report.pods, 2, "{report}");
     controller

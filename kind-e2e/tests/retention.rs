@@ -265,7 +265,8 @@ fn retention() {
     run_on_cluster(1, PathBuf::from(env!("CARGO_BIN_EXE_node-agent")), 2, cases);
 }
 
-async fn cases(cluster: &Cluster) {
+/// Returns the running controller, so the final consistency check sees its last writes.
+async fn cases(cluster: &Cluster) -> Controller {
     let bin = controller_binary();
     // KubeVirt comes after the controller, as when it is installed on a running cluster.
     let client = prepare_cluster(cluster, NS, false).await;
@@ -319,7 +320,7 @@ async fn cases(cluster: &Cluster) {
         unique.len(),
         "an address held twice in NB: {all:?}"
     );
-    drop(controller);
+    controller
 }
 
 async fn statefulset_cases(

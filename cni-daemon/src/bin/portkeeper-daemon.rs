@@ -1,6 +1,7 @@
 //! The node daemon: one per node (a DaemonSet), serving the CNI plugin on a root-only unix socket.
 
 use clap::Parser;
+use ovsdb_client::runtime::transport::TlsArgs;
 use portkeeper_cni::cni::config::DEFAULT_DAEMON_SOCKET;
 use portkeeper_cni::daemon::netns::Netns;
 use portkeeper_cni::daemon::ovs::Ovs;
@@ -19,9 +20,12 @@ struct Args {
     /// The unix socket the plugin talks to (its directory is made root-only).
     #[arg(long, default_value = DEFAULT_DAEMON_SOCKET)]
     socket: PathBuf,
-    /// The node's Open_vSwitch database.
+    /// The node's Open_vSwitch database (`unix:`, `tcp:` or `ssl:`).
     #[arg(long, default_value = "unix:/run/openvswitch/db.sock")]
     ovs_db: String,
+    /// Certificate files for an `ssl:` Open_vSwitch database.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The OVN integration bridge.
     #[arg(long, default_value = "br-int")]
     bridge: String,
@@ -50,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let kube = kube::Client::try_default().await?;
-    let ovs = Ovs::connect(&args.ovs_db, &args.bridge, Duration::from_secs(60)).await?;
+    let tls = args.tls.config().map_err(anyhow::Error::msg)?;
+    let ovs = Ovs::connect(&args.ovs_db, &args.bridge, Duration::from_secs(60), tls).await?;
     match ovs.system_id() {
         Some(chassis_name) => {
             tokio::spawn(chassis::publish(

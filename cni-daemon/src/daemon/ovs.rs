@@ -9,6 +9,7 @@ use ovsdb_client::protocol::operation::{Condition, Operation};
 use ovsdb_client::protocol::table::insert_row;
 use ovsdb_client::runtime::cache::Event;
 use ovsdb_client::runtime::transaction::new_row_uuid;
+use ovsdb_client::runtime::transport::TlsConfig;
 use ovsdb_client::tables::vswitch::{self, Bridge, Interface, OpenVswitch, Port};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -26,9 +27,15 @@ pub struct Ovs {
 }
 
 impl Ovs {
-    /// Connects to `remote` (e.g. `unix:/run/openvswitch/db.sock`) and loads the tables the daemon uses.
-    pub async fn connect(remote: &str, bridge: &str, timeout: Duration) -> Result<Self, CniError> {
-        let client = Client::builder(remote, vswitch::DATABASE)
+    /// Connects to `remote` (e.g. `unix:/run/openvswitch/db.sock`; an `ssl:` one needs `tls`)
+    /// and loads the tables the daemon uses.
+    pub async fn connect(
+        remote: &str,
+        bridge: &str,
+        timeout: Duration,
+        tls: Option<TlsConfig>,
+    ) -> Result<Self, CniError> {
+        let mut builder = Client::builder(remote, vswitch::DATABASE)
             .leader_only(false)
             .connect_timeout(timeout)
             .request_timeout(timeout)
@@ -36,15 +43,16 @@ impl Ovs {
             .monitor(Bridge::TABLE, &["name", "ports"])
             .monitor(Port::TABLE, &["name", "interfaces"])
             .monitor(Interface::TABLE, &["name", "external_ids"])
-            .index(Interface::TABLE, &["external_ids:iface-id"])
-            .connect()
-            .await
-            .map_err(|e| {
-                ovs_error(
-                    format!("cannot connect to the Open_vSwitch database at {remote}"),
-                    e,
-                )
-            })?;
+            .index(Interface::TABLE, &["external_ids:iface-id"]);
+        if let Some(tls) = tls {
+            builder = builder.tls(tls);
+        }
+        let client = builder.connect().await.map_err(|e| {
+            ovs_error(
+                format!("cannot connect to the Open_vSwitch database at {remote}"),
+                e,
+            )
+        })?;
         Ok(Self {
             client,
             bridge: bridge.to_owned(),

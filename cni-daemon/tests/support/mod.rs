@@ -507,7 +507,7 @@ pub struct Fixture {
 pub async fn fixture(install_timeout: Duration) -> Fixture {
     let ovn = Ovn::start("chassis-1");
     ovn.nbctl(&["ls-add", "ls1"]);
-    let ovs = Ovs::connect(&ovn.ovs_remote(), "br-int", Duration::from_secs(10))
+    let ovs = Ovs::connect(&ovn.ovs_remote(), "br-int", Duration::from_secs(10), None)
         .await
         .expect("connect to OVS");
     assert_eq!(ovs.system_id().as_deref(), Some("chassis-1"));

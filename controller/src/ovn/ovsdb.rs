@@ -15,6 +15,7 @@ use ovsdb_client::protocol::row::Row;
 use ovsdb_client::protocol::table::Table;
 use ovsdb_client::runtime::cache::CacheView;
 use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::runtime::transport::TlsConfig;
 use ovsdb_client::tables::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
     add_switch_port, remove_router_port, remove_switch_port,
@@ -38,16 +39,19 @@ pub struct OvnNorthbound {
 }
 
 impl OvnNorthbound {
-    /// Starts a session to `remotes` (comma-separated `tcp:`/`ssl:`/`unix:`) monitoring the
-    /// switch and router tables. It connects in the background; [`Northbound::ready`] says when
-    /// the replica is loaded from the leader.
-    pub fn start(remotes: &str) -> Result<Self, ovsdb_client::Error> {
-        let client = Client::builder(remotes, "OVN_Northbound")
+    /// Starts a session to `remotes` (comma-separated `tcp:`/`ssl:`/`unix:`; `ssl:` ones need
+    /// `tls`) monitoring the switch and router tables. It connects in the background;
+    /// [`Northbound::ready`] says when the replica is loaded from the leader.
+    pub fn start(remotes: &str, tls: Option<TlsConfig>) -> Result<Self, ovsdb_client::Error> {
+        let mut builder = Client::builder(remotes, "OVN_Northbound")
             .monitor(LogicalSwitch::TABLE, &[])
             .monitor(LogicalSwitchPort::TABLE, &[])
             .monitor(LogicalRouter::TABLE, &[])
-            .monitor(LogicalRouterPort::TABLE, &[])
-            .start()?;
+            .monitor(LogicalRouterPort::TABLE, &[]);
+        if let Some(tls) = tls {
+            builder = builder.tls(tls);
+        }
+        let client = builder.start()?;
         let index = Mutex::new(FollowedIndex::new(client.subscribe()));
         Ok(Self { client, index })
     }

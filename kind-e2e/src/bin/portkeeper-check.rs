@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kind_e2e::consistency;
+use ovsdb_client::runtime::transport::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,6 +19,9 @@ struct Args {
     /// OVN Northbound database: comma-separated `tcp:host:port`, `ssl:host:port` or `unix:path`.
     #[arg(long, env = "OVN_NB_DB")]
     ovn_nb_db: String,
+    /// Certificate files for an `ssl:` Northbound.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Seconds to keep checking while findings remain (changes in flight settle); 0 checks once.
     #[arg(long, default_value_t = 0)]
     settle: u64,
@@ -44,7 +48,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<consistency::Report, Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
-    let nb = consistency::connect_northbound(&args.ovn_nb_db, None).await?;
+    let nb = consistency::connect_northbound(&args.ovn_nb_db, args.tls.config()?).await?;
     let report = consistency::settle(&client, &nb, Duration::from_secs(args.settle)).await?;
     Ok(report)
 }

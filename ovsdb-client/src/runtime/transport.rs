@@ -287,6 +287,43 @@ pub enum TransportError {
     TlsNotConfigured(Remote),
 }
 
+/// The `--ssl-*` command-line flags of a program that talks to OVSDB servers over `ssl:`
+/// remotes (the `clap` feature), as OVS's own tools take them: all three files or none.
+#[cfg(feature = "clap")]
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Private key (PEM) for `ssl:` database remotes.
+    #[arg(long = "ssl-private-key", env = "OVSDB_SSL_PRIVATE_KEY")]
+    pub private_key: Option<PathBuf>,
+    /// Certificate (PEM) for that key, shown to the server.
+    #[arg(long = "ssl-certificate", env = "OVSDB_SSL_CERTIFICATE")]
+    pub certificate: Option<PathBuf>,
+    /// CA certificate (PEM) the server's certificate must chain to.
+    #[arg(long = "ssl-ca-cert", env = "OVSDB_SSL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Also require the server's certificate to name the host dialled (OVS does not check;
+    /// `ovs-pki` certificates name no host).
+    #[arg(long = "ssl-verify-hostname", env = "OVSDB_SSL_VERIFY_HOSTNAME")]
+    pub verify_hostname: bool,
+}
+
+#[cfg(feature = "clap")]
+impl TlsArgs {
+    /// The TLS configuration the flags give, `None` without any. The files are read when an
+    /// `ssl:` remote is dialled, so they may be absent while every remote is `tcp:` or `unix:`.
+    pub fn config(&self) -> Result<Option<TlsConfig>, String> {
+        match (&self.private_key, &self.certificate, &self.ca_cert) {
+            (None, None, None) => Ok(None),
+            (Some(key), Some(cert), Some(ca)) => Ok(Some(
+                TlsConfig::new(ca, cert, key).verify_hostname(self.verify_hostname),
+            )),
+            _ => {
+                Err("--ssl-private-key, --ssl-certificate and --ssl-ca-cert go together".to_owned())
+            }
+        }
+    }
+}
+
 /// An open byte stream to a server, whatever the transport.
 pub enum Stream {
     /// TCP.
@@ -471,5 +508,41 @@ mod tests {
         .err()
         .expect("fails");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn ssl_flags_come_all_three_or_not_at_all() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            tls: TlsArgs,
+        }
+        let parse = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .unwrap()
+                .tls
+                .config()
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        let tls = parse(&[
+            "--ssl-private-key=k.pem",
+            "--ssl-certificate=c.pem",
+            "--ssl-ca-cert=ca.pem",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (
+                tls.client_key,
+                tls.client_cert,
+                tls.ca_cert,
+                tls.verify_hostname
+            ),
+            ("k.pem".into(), "c.pem".into(), "ca.pem".into(), false)
+        );
+        let partial = parse(&["--ssl-private-key=k.pem"]).unwrap_err();
+        assert!(partial.contains("go together"), "{partial}");
     }
 }
