@@ -51,7 +51,11 @@ pub struct Config {
 
     /// Address of the metrics and health server (plain HTTP, unauthenticated): loopback unless
     /// set, e.g. to the node's address for the kubelet's probes (the shipped Deployment does).
-    #[arg(long, env = "PORTKEEPER_METRICS_ADDR", default_value = "127.0.0.1:10660")]
+    #[arg(
+        long,
+        env = "PORTKEEPER_METRICS_ADDR",
+        default_value = "127.0.0.1:10660"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Address of the validating admission webhook (HTTPS); unset, no webhook is served.
