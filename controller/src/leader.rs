@@ -15,7 +15,6 @@
 //!   Northbound transactions are fenced by an OVSDB lock as well (see `crate::ovn`).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -24,10 +23,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::term::{NotLeading, Term};
 
 /// Who competes for which lease, and how fast.
 #[derive(Clone, Debug)]
@@ -65,44 +64,6 @@ impl LeaseConfig {
         self.duration / 15
     }
 }
-
-/// The span in which this replica may write: from winning the Lease until the renew deadline
-/// after the start of its last successful renewal. Cloned into every writer; a standby's term
-/// has not begun, an ended one never restarts (the process exits and starts afresh).
-#[derive(Clone, Debug, Default)]
-pub struct Term(Arc<Mutex<TermState>>);
-
-#[derive(Debug, Default)]
-struct TermState {
-    valid_until: Option<Instant>,
-    ended: bool,
-}
-
-impl Term {
-    /// Whether this replica may write now.
-    pub fn is_valid(&self) -> bool {
-        let state = self.0.lock();
-        !state.ended && state.valid_until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn extend(&self, until: Instant) {
-        let mut state = self.0.lock();
-        if !state.ended {
-            state.valid_until = Some(until);
-        }
-    }
-
-    fn end(&self) {
-        let mut state = self.0.lock();
-        state.ended = true;
-        state.valid_until = None;
-    }
-}
-
-/// A write attempted outside this replica's [`Term`].
-#[derive(Debug, thiserror::Error)]
-#[error("not the leader: this replica's term has ended or not begun, so it writes nothing")]
-pub struct NotLeading;
 
 /// The API client every controller write goes through: reads always pass, writes
 /// (`POST`/`PUT`/`PATCH`/`DELETE`) only while `term` is valid. The Lease itself is written

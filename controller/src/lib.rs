@@ -27,6 +27,7 @@ pub mod rebuild;
 pub mod retention;
 pub mod run;
 pub mod stores;
+pub mod term;
 pub mod webhook;
 
 pub use config::Config;

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use portkeeper_controller::Config;
-use portkeeper_controller::leader::{self, Term};
-use portkeeper_controller::ovn::OvnNorthbound;
+use portkeeper_controller::leader;
+use portkeeper_controller::term::Term;
+use portkeeper_controller::ovn::{Fence, OvnNorthbound};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -29,10 +30,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let term = Term::default();
     let client = leader::fenced_client(kube_config.clone(), term.clone())?;
     let lease_client = kube::Client::try_from(kube_config)?;
-    let nb = Arc::new(OvnNorthbound::start(
-        &config.ovn_nb_db,
-        config.tls.config()?,
-    )?);
+    let fence = Fence::new(term.clone(), &config.identity());
+    let nb = OvnNorthbound::start(&config.ovn_nb_db, config.tls.config()?, Some(fence))?;
+    let nb = Arc::new(nb);
     portkeeper_controller::run::run(config, client, lease_client, term, nb).await?;
     Ok(())
 }

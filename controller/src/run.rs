@@ -42,7 +42,7 @@ pub async fn run<N: Northbound>(
     config: Config,
     client: Client,
     lease_client: Client,
-    term: leader::Term,
+    term: crate::term::Term,
     nb: Arc<N>,
 ) -> Result<(), Error> {
     let started = Instant::now();

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use portkeeper_controller::ovn::{Northbound, OvnNorthbound, PortSpec, SwitchSpec, port_spec};
+use portkeeper_controller::ovn::{
+    Fence, Northbound, OvnNorthbound, PortSpec, SwitchSpec, WRITER_LOCK, port_spec,
+};
+use portkeeper_controller::term::Term;
 use portkeeper_engine::MacAddress;
 
 struct NbServer {
@@ -56,6 +59,10 @@ impl NbServer {
         format!("unix:{}", self.socket.display())
     }
 
+    fn db(&self) -> PathBuf {
+        self._dir.path().join("nb.db")
+    }
+
     fn nbctl(&self, args: &[&str]) -> String {
         let out = Command::new("ovn-nbctl")
             .arg(format!("--db={}", self.remote()))
@@ -99,7 +106,7 @@ fn switch(name: &str) -> SwitchSpec {
 #[tokio::test]
 async fn switches_ports_and_foreign_ports() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None, None).unwrap();
     ready(&nb).await;
 
     nb.ensure_switch(&switch("net1")).await.unwrap();
@@ -223,7 +230,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test]
 async fn address_lookups_follow_changes_made_by_others() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None, None).unwrap();
     ready(&nb).await;
     nb.ensure_switch(&switch("net1")).await.unwrap();
     server.nbctl(&["ls-add", "other"]);
@@ -293,7 +300,7 @@ async fn address_lookups_follow_changes_made_by_others() {
 #[tokio::test]
 async fn a_deleted_subnet_takes_only_portkeepers_objects() {
     let server = NbServer::start();
-    let nb = OvnNorthbound::start(&server.remote(), None).unwrap();
+    let nb = OvnNorthbound::start(&server.remote(), None, None).unwrap();
     ready(&nb).await;
     nb.ensure_switch(&switch("net1")).await.unwrap();
     let spec = web_shop("net1", "0a:58:0a:10:00:02 10.16.0.2", false);
@@ -329,5 +336,61 @@ async fn a_deleted_subnet_takes_only_portkeepers_objects() {
         server.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch_Port"]),
         "",
         "the switch's ports went with it"
+    );
+}
+
+/// The fenced write path: a replica outside its term writes nothing; inside it, the replica's
+/// transactions assert the writer lock, so once a new leader has stolen the lock a transaction of
+/// the deposed one fails with `not owner` instead of committing; and the database log names the
+/// replica of every transaction it committed.
+#[tokio::test]
+async fn a_deposed_writer_is_fenced_by_the_writer_lock() {
+    let server = NbServer::start();
+    let standby = OvnNorthbound::start(
+        &server.remote(),
+        None,
+        Some(Fence::new(Term::default(), "standby")),
+    )
+    .unwrap();
+    ready(&standby).await;
+    let refused = standby.ensure_switch(&switch("net0")).await.unwrap_err();
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
+
+    let term = Term::default();
+    term.extend(tokio::time::Instant::now() + Duration::from_secs(600));
+    let leader =
+        OvnNorthbound::start(&server.remote(), None, Some(Fence::new(term, "old"))).unwrap();
+    ready(&leader).await;
+    leader.ensure_switch(&switch("net1")).await.unwrap();
+
+    let successor = ovsdb_client::Client::builder(&server.remote(), "OVN_Northbound")
+        .connect()
+        .await
+        .unwrap();
+    let _lock = successor.steal(WRITER_LOCK).await.unwrap();
+    let fenced = leader.ensure_switch(&switch("net2")).await.unwrap_err();
+    assert!(fenced.to_string().contains("not owner"), "{fenced}");
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"]),
+        "net1",
+        "neither the standby's nor the deposed leader's switch exists"
+    );
+
+    let log = Command::new("ovsdb-tool")
+        .arg("show-log")
+        .arg(server.db())
+        .output()
+        .expect("run ovsdb-tool show-log");
+    let log = String::from_utf8_lossy(&log.stdout);
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("portkeeper-controller"))
+        .collect();
+    assert!(
+        !named.is_empty()
+            && named
+                .iter()
+                .all(|l| l.ends_with("\"portkeeper-controller old\"")),
+        "{log}"
     );
 }

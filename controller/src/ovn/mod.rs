@@ -18,4 +18,4 @@ pub use northbound::{
     NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
     port_spec,
 };
-pub use ovsdb::OvnNorthbound;
+pub use ovsdb::{Fence, OvnNorthbound, WRITER_LOCK};

@@ -145,6 +145,9 @@ pub enum NbFailure {
     /// The port's logical switch is not in Northbound (its Subnet is not applied yet).
     #[error("logical switch {0} does not exist")]
     NoSwitch(String),
+    /// This replica is not the leader (any more): it writes nothing.
+    #[error(transparent)]
+    NotLeading(#[from] crate::term::NotLeading),
 }
 
 /// A Northbound write that failed: the operation, and why.

@@ -14,6 +14,7 @@ use ovsdb_client::protocol::operation::{
 use ovsdb_client::protocol::row::Row;
 use ovsdb_client::protocol::table::Table;
 use ovsdb_client::runtime::cache::CacheView;
+use ovsdb_client::runtime::client::Lock;
 use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
 use ovsdb_client::runtime::transport::TlsConfig;
 use ovsdb_client::tables::nb::{
@@ -28,21 +29,85 @@ use super::index::{FollowedIndex, PortIndex};
 use super::northbound::{
     NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
 };
+use crate::term::{NotLeading, Term};
 
 /// How long one write may take, retries included.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The OVSDB lock the writing replica holds; every one of its transactions asserts it (an OVSDB
+/// `<id>`: letters, digits and underscores).
+pub const WRITER_LOCK: &str = "portkeeper_controller";
 
 /// OVN Northbound through a leader-only `ovsdb-client` session.
 pub struct OvnNorthbound {
     client: Client,
     index: Mutex<FollowedIndex>,
+    fence: Option<Fence>,
+}
+
+/// What makes a Northbound write this replica's to make: its leader [`Term`], checked before
+/// every attempt, and the OVSDB lock [`WRITER_LOCK`], stolen from whoever holds it at the term's
+/// first write and asserted by every transaction. A deposed leader's transaction still in flight
+/// when the new leader steals the lock fails with `not owner` instead of committing. Every
+/// transaction also carries the comment `portkeeper-controller <identity>`, which the database's
+/// log keeps (`ovsdb-tool show-log`), so who wrote what can be read afterwards.
+///
+/// After a reconnection the client asks for the lock again with `lock` (not `steal`): it may
+/// wait behind a deposed leader's session until that one goes, and writes fail meanwhile.
+pub struct Fence {
+    term: Term,
+    comment: String,
+    lock: tokio::sync::OnceCell<Lock>,
+}
+
+impl Fence {
+    /// The fence of the replica `identity` leading in `term`.
+    pub fn new(term: Term, identity: &str) -> Self {
+        Fence {
+            term,
+            comment: format!("portkeeper-controller {identity}"),
+            lock: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The deadline of a write that may run until `deadline`: the end of the term, if sooner.
+    /// Fails outside the term; steals the lock at the term's first write.
+    async fn claim(&self, client: &Client, deadline: Instant) -> Result<Instant, NbFailure> {
+        let Some(term_end) = self.term.valid_until().filter(|_| self.term.is_valid()) else {
+            return Err(NotLeading.into());
+        };
+        self.lock
+            .get_or_try_init(|| client.steal(WRITER_LOCK))
+            .await?;
+        Ok(deadline.min(term_end))
+    }
+
+    /// `operations` asserting the lock and carrying the comment; nothing stays nothing.
+    fn wrap(&self, mut operations: Vec<Operation>) -> Vec<Operation> {
+        if !operations.is_empty() {
+            operations.insert(
+                0,
+                Operation::Assert {
+                    lock: WRITER_LOCK.to_owned(),
+                },
+            );
+            operations.push(Operation::comment(self.comment.clone()));
+        }
+        operations
+    }
 }
 
 impl OvnNorthbound {
     /// Starts a session to `remotes` (comma-separated `tcp:`/`ssl:`/`unix:`; `ssl:` ones need
     /// `tls`) monitoring the switch and router tables. It connects in the background;
-    /// [`Northbound::ready`] says when the replica is loaded from the leader.
-    pub fn start(remotes: &str, tls: Option<TlsConfig>) -> Result<Self, ovsdb_client::Error> {
+    /// [`Northbound::ready`] says when the replica is loaded from the leader. With `fence`, every
+    /// write is the writing replica's only ([`Fence`]); without, writes are unguarded (tests,
+    /// tools).
+    pub fn start(
+        remotes: &str,
+        tls: Option<TlsConfig>,
+        fence: Option<Fence>,
+    ) -> Result<Self, ovsdb_client::Error> {
         let mut builder = Client::builder(remotes, "OVN_Northbound")
             .monitor(LogicalSwitch::TABLE, &[])
             .monitor(LogicalSwitchPort::TABLE, &[])
@@ -53,7 +118,11 @@ impl OvnNorthbound {
         }
         let client = builder.start()?;
         let index = Mutex::new(FollowedIndex::new(client.subscribe()));
-        Ok(Self { client, index })
+        Ok(Self {
+            client,
+            index,
+            fence,
+        })
     }
 
     /// Runs `read` on the index brought up to date with `view`.
@@ -102,16 +171,27 @@ fn update_columns(table: &str, uuid: Uuid, wanted: &Row, columns: &[&str]) -> Op
 const PORT_COLUMNS: [&str; 4] = ["addresses", "port_security", "external_ids", "type"];
 
 impl OvnNorthbound {
+    /// The one way anything is written to Northbound: fenced (when there is a [`Fence`]) and
+    /// retried until [`WRITE_DEADLINE`] (or the end of the term).
     async fn write(
         &self,
         op: NbOp,
-        build: impl FnMut(&CacheView<'_>) -> Vec<Operation>,
+        mut build: impl FnMut(&CacheView<'_>) -> Vec<Operation>,
     ) -> Result<(), NbError> {
-        self.client
-            .transact_with_retry(Instant::now() + WRITE_DEADLINE, build)
-            .await
-            .map(drop)
-            .map_err(|e| NbError::new(op, e))
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let result = match &self.fence {
+            None => self.client.transact_with_retry(deadline, build).await,
+            Some(fence) => {
+                let deadline = fence
+                    .claim(&self.client, deadline)
+                    .await
+                    .map_err(|e| NbError::new(op, e))?;
+                self.client
+                    .transact_with_retry(deadline, |view| fence.wrap(build(view)))
+                    .await
+            }
+        };
+        result.map(drop).map_err(|e| NbError::new(op, e))
     }
 
     /// Creates the named root row (switch or router) if absent.
