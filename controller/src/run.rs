@@ -36,8 +36,8 @@ use crate::stores;
 use crate::webhook;
 
 /// Runs the controller until leadership is lost or a fatal error occurs. Every write goes
-/// through `client` only within `term` (see [`leader`]); the Lease is written through
-/// `lease_client`.
+/// through `client` only within `term` (see [`leader`]); the Lease, and a standby's role label
+/// on its own pod, are written through `lease_client`.
 pub async fn run<N: Northbound>(
     config: Config,
     client: Client,
@@ -64,7 +64,8 @@ pub async fn run<N: Northbound>(
 
     let identity = config.identity();
     if config.webhook().is_some() {
-        webhook::mark_role(&client, &config.lease_namespace, &identity, false).await;
+        // A standby's label on its own pod is written outside any term.
+        webhook::mark_role(&lease_client, &config.lease_namespace, &identity, false).await;
     }
     let leadership = leader::acquire(
         lease_client,
