@@ -5,8 +5,8 @@ use std::sync::Arc;
 use clap::Parser;
 use portkeeper_controller::Config;
 use portkeeper_controller::leader;
-use portkeeper_controller::term::Term;
 use portkeeper_controller::ovn::{Fence, OvnNorthbound};
+use portkeeper_controller::term::Term;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
