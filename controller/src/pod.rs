@@ -59,6 +59,9 @@ pub fn error_policy<N: Northbound>(pod: Arc<Pod>, error: &Error, ctx: Arc<Contex
 }
 
 async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
+    if nic::finished(pod) {
+        return release_finished(pod, ctx).await;
+    }
     if !nic::wants_address(pod) {
         return Ok(());
     }
@@ -300,6 +303,25 @@ pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Resu
     }
     let holder = holder::holder_uid(pod, holder::owner_of(pod, &ctx.stores).as_ref());
     nic::release(ctx, &key, Some(&holder)).await
+}
+
+/// A pod that finished (a Job's pod, `Succeeded` or `Failed`) never runs again: its nic is
+/// released now, as Kube-OVN does, not when the pod object is deleted, so Job-heavy namespaces do
+/// not exhaust their subnets. The engine reuses the address only after every never-used one.
+/// A StatefulSet's or VM's identity is not the pod's to give up: its workload replaces the pod,
+/// and retention decides when the pod object goes.
+async fn release_finished<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
+    if holder::owner_of(pod, &ctx.stores).is_some() || nic::launcher_vm(pod).is_some() {
+        return Ok(());
+    }
+    let key = nic::key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let _guard = ctx.locks.lock(key.as_str()).await;
+    if ctx.engine.lease(&key).is_some_and(|l| l.uid == uid) {
+        nic::release(ctx, &key, Some(&uid)).await?;
+        tracing::debug!(pod = %pod.name_any(), nic = %key, "finished pod released its addresses");
+    }
+    Ok(())
 }
 
 /// Allocated pods whose nic the engine holds but whose port is missing from Northbound (someone

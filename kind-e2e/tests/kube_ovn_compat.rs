@@ -1,8 +1,10 @@
 //! A Kube-OVN user's manifests on portkeeper: a Subnet and an IPPool exported from Kube-OVN with
 //! every field set apply under strict validation, round-trip unchanged, and have the fields
-//! portkeeper does not implement named on their status and in one Warning Event.
+//! portkeeper does not implement named on their status and in one Warning Event. Mistakes are
+//! refused by the admission webhook at `kubectl apply`. A finished pod (a Job's) gives its
+//! address back, also one that finished while the controller was down.
 //!
-//! One cluster and one controller process serve all cases, which run in order.
+//! One cluster serves all cases, which run in order; the controller is restarted between some.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,13 +14,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, allocated, annotation, controller_binary, events, kubeovn_resource,
-    prepare_cluster, repo_root, run_on_cluster, wait_for,
+    Controller, allocated, annotation, controller_binary, events, ip_resource, kubeovn_resource,
+    port_names, prepare_cluster, repo_root, run_on_cluster, wait_for,
 };
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -83,7 +86,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn kube_ovn_compat() {
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
-    run_on_cluster(1, agent, 2, cases);
+    run_on_cluster(1, agent, 4, cases);
 }
 
 /// Returns the running controller, so the final consistency check sees its last writes.
@@ -107,7 +110,143 @@ async fn cases(cluster: &Cluster) -> Controller {
     })
     .await;
     subnets_and_pools_refused_at_the_door(cluster, &client).await;
+    let job = finished_job_pod_releases(cluster, &client).await;
+
+    // Through a restart: nothing comes back for the finished pod (its address is free: a pod
+    // may ask for it), and a pod that failed while the controller was down gives its address
+    // back once it is up.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mut once = pod("fails-while-down", &[("logical_switch", "order-a")]);
+    once.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    pods.create(&PostParams::default(), &once).await.unwrap();
+    allocated(&pods, "fails-while-down").await;
+    let failed_port = format!("fails-while-down.{NS}");
+    controller.kill();
+    finish(&pods, "fails-while-down", 1).await;
+    let controller = Controller::start(&bin, cluster, CIDR, 3, &[]);
+    wait_for("restarted controller ready", async || {
+        ready(&controller).await.then_some(())
+    })
+    .await;
+    wait_for(
+        "the pod that failed while the controller was down released",
+        async || released(cluster, &client, &failed_port).await.then_some(()),
+    )
+    .await;
+    let reuse = [
+        ("logical_switch", "order-a"),
+        ("ip_address", job.ip.as_str()),
+    ];
+    pods.create(&PostParams::default(), &pod("after-restart", &reuse))
+        .await
+        .unwrap();
+    let p = allocated(&pods, "after-restart").await;
+    assert_eq!(annotation(&p, "ip_address"), Some(job.ip.as_str()));
+    assert!(released(cluster, &client, &job.port).await);
     controller
+}
+
+/// What a finished pod gave back.
+struct Released {
+    /// Its nic's port and IP resource name.
+    port: String,
+    /// The address it held.
+    ip: String,
+}
+
+/// A Job's pod that completes gives its address back while the pod object stays: its port
+/// and IP resource go, and the address is reused only after the never-used ones.
+async fn finished_job_pod_releases(cluster: &Cluster, client: &Client) -> Released {
+    println!("case: a Job's pod releases its address when it completes");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": { "name": "once", "namespace": NS },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {
+                    "labels": { "job": "once" },
+                    "annotations": { LOGICAL_SWITCH: "order-a" },
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "containers": [{ "name": "c", "image": "busybox" }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let running = wait_for("the Job's pod allocated and running", async || {
+        let list = pods
+            .list(&ListParams::default().labels("job=once"))
+            .await
+            .ok()?;
+        let p = list.items.into_iter().next()?;
+        let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+        (running && annotation(&p, "allocated") == Some("true")).then_some(p)
+    })
+    .await;
+    let name = running.name_any();
+    let port = format!("{name}.{NS}");
+    let ip = annotation(&running, "ip_address").unwrap().to_owned();
+    assert_eq!(port_names(cluster, &format!("name={port}")), port);
+
+    finish(&pods, &name, 0).await;
+    wait_for("the Job succeeded", async || {
+        let job = jobs.get("once").await.ok()?;
+        (job.status?.succeeded? == 1).then_some(())
+    })
+    .await;
+    wait_for("the finished pod's port and IP resource gone", async || {
+        released(cluster, client, &port).await.then_some(())
+    })
+    .await;
+    let finished = pods.get(&name).await.expect("the pod object stays");
+    assert_eq!(finished.status.unwrap().phase.as_deref(), Some("Succeeded"));
+
+    // Delayed reuse: the next pod gets a never-used address, not the one just released.
+    pods.create(
+        &PostParams::default(),
+        &pod("after-job", &[("logical_switch", "order-a")]),
+    )
+    .await
+    .unwrap();
+    let next = allocated(&pods, "after-job").await;
+    assert_ne!(annotation(&next, "ip_address"), Some(ip.as_str()));
+    Released { port, ip }
+}
+
+/// The pod's only container exits with `code`, and the pod's phase becomes `Succeeded` (0) or
+/// `Failed`: what kubelet reports (the local node agent plays kubelet, and a test plays the
+/// container).
+async fn finish(pods: &Api<Pod>, name: &str, code: i32) {
+    let now = "2030-01-01T00:00:00Z";
+    let (phase, reason) = if code == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    let done = json!({ "status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "terminated": {
+                "exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now,
+            } },
+        }],
+    } });
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&done))
+        .await
+        .unwrap();
+}
+
+/// Whether the nic `port` has neither a Northbound port nor an IP resource.
+async fn released(cluster: &Cluster, client: &Client, port: &str) -> bool {
+    port_names(cluster, &format!("name={port}")).is_empty()
+        && ip_resource(client, port).await.is_none()
 }
 
 /// Each mistake is refused by `kubectl apply` with the webhook's message and leaves nothing

@@ -14,5 +14,5 @@ pub mod objects;
 pub mod target;
 
 pub use holder::{OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind, POD_UID, PORT_POD_UID};
-pub use naming::{key, launcher_vm, name, wants_address};
+pub use naming::{finished, key, launcher_vm, name, wants_address};
 pub use objects::{NicRecord, release};

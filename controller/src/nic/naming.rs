@@ -14,12 +14,16 @@ pub fn wants_address(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
-    let finished = pod
-        .status
+    !host_network && !finished(pod) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether a pod reached a terminal phase (`Succeeded` or `Failed`, e.g. a Job's pod): its
+/// containers never run again, whatever its `restartPolicy`.
+pub fn finished(pod: &Pod) -> bool {
+    pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
 }
 
 /// The nic key of a pod's primary network: `<pod>.<ns>`, or `<vm>.<ns>` for a virt-launcher
