@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     /// Run portkeeper-controller as the cluster component `controller` (the default); a test that
     /// starts its own controller generations turns it off (`up --no-controller`).
     pub controller: bool,
+    /// Real nodes: a kubelet and a containerd per node, portkeeper deployed from `yamls/`
+    /// (`up --kubelet`) instead of the node agent and host processes.
+    pub kubelet: bool,
 }
 
 impl Default for ClusterOptions {
@@ -62,6 +65,7 @@ impl Default for ClusterOptions {
             node_agent: None,
             run_dir: None,
             controller: true,
+            kubelet: false,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Cluster {
         }
         if !opts.controller {
             cmd.arg("--no-controller");
+        }
+        if opts.kubelet {
+            cmd.arg("--kubelet");
         }
         let status = cmd.status()?;
         if !status.success() {

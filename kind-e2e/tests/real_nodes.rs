@@ -1,0 +1,296 @@
+//! portkeeper installed as a user installs it, on real nodes: a local cluster whose nodes run a
+//! kubelet and a containerd each (`up --kubelet`), with yamls/crds.yaml, rbac.yaml,
+//! controller.yaml and daemonset.yaml applied (the NB address substituted). The controller runs
+//! as the Deployment (2 replicas, one leader), the daemon as the DaemonSet that installs the CNI
+//! plugin and conflist on its node; every pod here is started by a kubelet through containerd and
+//! portkeeper-cni. One cluster serves the cases, in order; the last checks the NB database for an
+//! address held twice.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kind_e2e::dataplane::wait_running;
+use kind_e2e::portkeeper::{
+    allocated, annotation, kubectl, kubectl_apply, nb_addresses, nbctl, prepare_cluster, wait_for,
+};
+use kind_e2e::{Cluster, ClusterOptions};
+use kube::api::DeleteParams;
+use kube::{Api, Client, ResourceExt};
+
+const NS: &str = "real";
+/// The standby must have allocated a new pod this long after the leader's pod was deleted.
+const FAILOVER: Duration = Duration::from_secs(20);
+
+#[test]
+fn real_nodes() {
+    let cluster = Cluster::up(ClusterOptions {
+        nodes: 2,
+        kubelet: true,
+        ..ClusterOptions::default()
+    })
+    .expect("local cluster with real nodes up");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(cases(&cluster))
+    }));
+    drop(runtime);
+    if result.is_err() {
+        print_logs(&cluster);
+    }
+    cluster.down().expect("cluster down");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn cases(cluster: &Cluster) {
+    let client = prepare_cluster(cluster, NS, false).await;
+    deployed_on_every_node(cluster, &client).await;
+    static_pod_pings_across_nodes(cluster, &client).await;
+    standby_takes_over(cluster, &client).await;
+    statefulset_pod_keeps_identity(cluster, &client).await;
+    let addresses = nb_addresses(cluster);
+    let mut unique = addresses.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), addresses.len(), "an address held twice: {addresses:?}");
+}
+
+/// The Deployment and the DaemonSet are Ready, and the DaemonSet put the plugin and the conflist
+/// of its ConfigMap into each node's CNI folders (the node's own, seen from the host).
+async fn deployed_on_every_node(cluster: &Cluster, client: &Client) {
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let status = ds.get("portkeeper-cni").await.unwrap().status.unwrap();
+    assert_eq!(status.number_ready, cluster.nodes().len() as i32, "{status:?}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    let status = deployments
+        .get("portkeeper-controller")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.ready_replicas, Some(2), "{status:?}");
+
+    let config: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let conflist = config.get("portkeeper-cni-config").await.unwrap().data.unwrap()
+        ["01-portkeeper.conflist"]
+        .clone();
+    for node in cluster.nodes() {
+        let fs = cluster.node_dir(node).join("fs");
+        let installed = std::fs::read_to_string(fs.join("cni-conf/01-portkeeper.conflist"))
+            .unwrap_or_else(|e| panic!("{node}: conflist not installed: {e}"));
+        assert_eq!(installed, conflist, "{node}: conflist differs from the ConfigMap");
+        let plugin = fs.join("cni-bin/portkeeper-cni");
+        let meta = std::fs::metadata(&plugin)
+            .unwrap_or_else(|e| panic!("{node}: {} not installed: {e}", plugin.display()));
+        assert!(meta.len() > 0, "{node}: empty plugin");
+    }
+}
+
+/// A pod with a static IP and MAC, started by node2's kubelet, gets them; a pod on node1 pings it
+/// and fetches a page from it (the nginx stand-in serves port 80).
+async fn static_pod_pings_across_nodes(cluster: &Cluster, client: &Client) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    kubectl_apply(
+        cluster,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+  namespace: {NS}
+  annotations:
+    ovn.kubernetes.io/ip_address: 10.16.0.50
+    ovn.kubernetes.io/mac_address: 00:00:00:aa:bb:50
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node2}}
+  containers:
+    - name: web
+      image: docker.io/library/nginx:alpine
+"#
+        ),
+    );
+    let server = wait_running(&pods, "server", None).await;
+    let status = server.status.as_ref().unwrap();
+    assert_eq!(status.pod_ip.as_deref(), Some("10.16.0.50"));
+    assert_eq!(annotation(&server, "mac_address"), Some("00:00:00:aa:bb:50"));
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", &format!("server.{NS}")]),
+        "00:00:00:aa:bb:50 10.16.0.50"
+    );
+
+    kubectl_apply(
+        cluster,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: {NS}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node1}}
+  restartPolicy: Never
+  containers:
+    - name: ping
+      image: busybox
+      command: [sh, -c, "ping -c 3 -W 2 10.16.0.50 && wget -qO- http://10.16.0.50/ | grep -q nginx"]
+"#
+        ),
+    );
+    let phase = wait_for("client pod finished", async || {
+        let p = pods.get("client").await.ok()?;
+        let phase = p.status?.phase?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    assert_eq!(phase, "Succeeded", "the pod on node1 could not reach 10.16.0.50");
+}
+
+/// `kubectl delete pod` of the replica that holds the Lease: the other replica leads, and a pod
+/// created right after the deletion is allocated within [`FAILOVER`].
+async fn standby_takes_over(cluster: &Cluster, client: &Client) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let holder = wait_for("a leader", async || {
+        leases
+            .get("portkeeper-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let deleted = Instant::now();
+    kubectl(
+        cluster,
+        &["-n", "kube-system", "delete", "pod", &holder, "--wait=false"],
+    );
+    kubectl_apply(
+        cluster,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: after-failover
+  namespace: {NS}
+spec:
+  containers:
+    - name: sleep
+      image: busybox
+      command: [sleep, "3600"]
+"#
+        ),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    allocated(&pods, "after-failover").await;
+    let took = deleted.elapsed();
+    let new_holder = leases
+        .get("portkeeper-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    eprintln!("leader {holder} deleted; {new_holder} allocated a new pod after {took:?}");
+    assert_ne!(new_holder, holder, "the deleted replica still holds the Lease");
+    assert!(took <= FAILOVER, "new pod allocated only after {took:?}");
+    wait_running(&pods, "after-failover", None).await;
+}
+
+/// A StatefulSet pod deleted through the API is recreated by the StatefulSet controller and a
+/// kubelet, and keeps its IP, MAC and logical switch port.
+async fn statefulset_pod_keeps_identity(cluster: &Cluster, client: &Client) {
+    kubectl_apply(
+        cluster,
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+  namespace: {NS}
+spec:
+  serviceName: web
+  replicas: 1
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: docker.io/library/nginx:alpine
+"#
+        ),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let port = format!("web-0.{NS}");
+    let before = wait_running(&pods, "web-0", None).await;
+    let identity = |p: &Pod| {
+        (
+            annotation(p, "ip_address").map(str::to_owned),
+            annotation(p, "mac_address").map(str::to_owned),
+            p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        )
+    };
+    let row = nbctl(cluster, &["--bare", "--columns=_uuid", "find", "Logical_Switch_Port", &format!("name={port}")]);
+    assert!(!row.is_empty(), "no port {port}");
+
+    pods.delete("web-0", &DeleteParams::default()).await.unwrap();
+    let after = wait_running(&pods, "web-0", before.uid().as_deref()).await;
+    assert_eq!(identity(&after), identity(&before));
+    assert_eq!(
+        identity(&after).0,
+        identity(&after).2,
+        "podIP differs from the annotation"
+    );
+    assert_eq!(
+        nbctl(cluster, &["--bare", "--columns=_uuid", "find", "Logical_Switch_Port", &format!("name={port}")]),
+        row,
+        "the port row was replaced"
+    );
+}
+
+/// The nodes' kubelet and containerd logs, and the pods' logs (the controller's and daemon's).
+fn print_logs(cluster: &Cluster) {
+    let logs = cluster.run_dir().join("log");
+    for node in cluster.nodes() {
+        for component in [format!("kubelet-{node}"), format!("containerd-{node}")] {
+            let path = logs.join(format!("{component}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- {component} (last 40 lines)");
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+        let pod_logs = cluster.node_dir(node).join("fs/log-pods");
+        for entry in walk(&pod_logs) {
+            if entry.to_string_lossy().contains("kube-system_portkeeper") {
+                let text = std::fs::read_to_string(&entry).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- {}", entry.display());
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            }
+        }
+    }
+}
+
+/// The files under a folder.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
+}
