@@ -33,6 +33,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fence = Fence::new(term.clone(), &config.identity());
     let nb = OvnNorthbound::start(&config.ovn_nb_db, config.tls.config()?, Some(fence))?;
     let nb = Arc::new(nb);
-    portkeeper_controller::run::run(config, client, lease_client, term, nb).await?;
+    // In a container the controller is PID 1, which ignores a signal it does not handle: without
+    // this, `kubectl delete pod` waits the whole grace period and then SIGKILLs it.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = portkeeper_controller::run::run(config, client, lease_client, term, nb) => result?,
+        _ = terminate.recv() => tracing::info!("SIGTERM: exiting; another replica leads once the Lease expires"),
+    }
     Ok(())
 }
