@@ -289,6 +289,17 @@ impl Cluster {
         &self.kubeconfig
     }
 
+    /// A kubeconfig authenticating as portkeeper-controller's service account (bound to the roles
+    /// of `yamls/rbac.yaml`) on the local cluster; the admin's elsewhere.
+    pub fn controller_kubeconfig(&self) -> PathBuf {
+        let sa = self.run_dir.join("controller.kubeconfig");
+        if self.provider == Provider::Local && sa.exists() {
+            sa
+        } else {
+            self.kubeconfig.clone()
+        }
+    }
+
     /// A kube client for the cluster's admin user.
     pub async fn client(&self) -> Result<kube::Client, HarnessError> {
         client_from_kubeconfig(&self.kubeconfig).await

@@ -15,7 +15,8 @@
 //!   probes [`probe`] judges.
 //! - [`consistency`] checks that every address is held once and nothing leaked (also the
 //!   `portkeeper-check` command).
-//! - [`writers`] reads who wrote when from the API server's audit log and Northbound's log.
+//! - [`writers`] reads who wrote when from the API server's audit log and Northbound's log;
+//!   [`rbac`] which permissions portkeeper's service accounts used, against the shipped roles.
 
 pub mod cni;
 pub mod consistency;
@@ -29,6 +30,7 @@ pub mod node;
 pub mod pods;
 pub mod portkeeper;
 pub mod probe;
+pub mod rbac;
 pub mod sandbox;
 pub mod vm;
 pub mod writers;

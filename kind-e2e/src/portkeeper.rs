@@ -12,7 +12,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use crate::{Cluster, ClusterOptions, Provider, consistency};
+use crate::{Cluster, ClusterOptions, Provider, consistency, rbac};
 
 /// How long a wait in the e2e suite may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -71,7 +71,7 @@ impl Controller {
         Self::start_with(
             bin,
             cluster,
-            cluster.kubeconfig(),
+            &cluster.controller_kubeconfig(),
             default_cidr,
             generation,
             extra_args,
@@ -98,7 +98,7 @@ impl Controller {
             ("--ovn-nb-db", cluster.nb_remote()),
             ("--default-cidr", default_cidr),
             ("--metrics-addr", &metrics),
-            ("--lease-namespace", "default"),
+            ("--lease-namespace", "kube-system"),
             ("--lease-duration", "5"),
             ("--identity", &identity),
         ];
@@ -227,7 +227,8 @@ pub fn run_on_cluster_with<T>(
             let running = cases(&cluster).await;
             assert_consistent(&cluster).await;
             drop(running);
-        })
+        });
+        assert_roles_sufficient(&cluster);
     }));
     drop(runtime);
     if result.is_err() {
@@ -237,6 +238,37 @@ pub fn run_on_cluster_with<T>(
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The controller's service account, as the API server's audit log names it.
+const CONTROLLER_USER: &str = "system:serviceaccount:kube-system:portkeeper-controller";
+
+/// Fails the test if the API server refused any request of the controller's service account (the
+/// e2e controllers authenticate as it, [`Controller::start`]): the shipped roles in
+/// `yamls/rbac.yaml` must be enough. Prints the permissions used and those the run left unused.
+pub fn assert_roles_sufficient(cluster: &Cluster) {
+    let audit = cluster.run_dir().join("log/audit.log");
+    if !audit.exists() {
+        return; // not the local cluster: no audit log to read
+    }
+    let usage = rbac::usage(&audit, CONTROLLER_USER);
+    assert!(
+        usage.refused.is_empty(),
+        "yamls/rbac.yaml does not grant what the controller needed; refused:\n{}",
+        usage.refused.join("\n")
+    );
+    let shipped = std::fs::read_to_string(repo_root().join("yamls/rbac.yaml")).unwrap();
+    let granted = rbac::granted(&shipped, "portkeeper-controller");
+    let list = |set: &mut dyn Iterator<Item = &rbac::Permission>| {
+        set.map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    };
+    println!(
+        "rbac: the controller used {} of {} granted permissions, none refused; used: {}; unused in this run: {}",
+        usage.used.intersection(&granted).count(),
+        granted.len(),
+        list(&mut usage.used.iter()),
+        list(&mut granted.difference(&usage.used))
+    );
 }
 
 /// How long [`assert_consistent`] lets changes in flight settle.

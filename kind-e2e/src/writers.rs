@@ -15,6 +15,9 @@ pub struct Write {
     pub what: String,
 }
 
+/// The API verbs that change something.
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
 /// The writes portkeeper-controller replicas made through the API server, from its audit log,
 /// except those to their leader-election Lease (every replica writes that).
 pub fn api_writes(audit_log: &Path) -> Vec<Write> {
@@ -31,15 +34,16 @@ pub fn api_writes(audit_log: &Path) -> Vec<Write> {
                 .strip_suffix(')')?
                 .to_owned();
             let object = &event["objectRef"];
-            if object["resource"] == "leases" {
+            let verb = event["verb"].as_str()?;
+            // Reads are audited too (for the RBAC check); every replica reads.
+            if object["resource"] == "leases" || !WRITE_VERBS.contains(&verb) {
                 return None;
             }
             Some(Write {
                 at: event["stageTimestamp"].as_str()?.to_owned(),
                 writer,
                 what: format!(
-                    "{} {}/{} {}",
-                    event["verb"].as_str().unwrap_or_default(),
+                    "{verb} {}/{} {}",
                     object["resource"].as_str().unwrap_or_default(),
                     object["name"].as_str().unwrap_or_default(),
                     event["responseStatus"]["code"]

@@ -142,7 +142,7 @@ async fn probe_created(pods: &Api<Pod>, name: &str) {
 
 /// Waits until the controllers' Lease names `identity` as its holder.
 async fn leader_is(client: &Client, identity: &str) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     wait_for(&format!("{identity} holding the Lease"), async || {
         let lease = leases.get_opt("portkeeper-controller").await.ok()??;
         (lease.spec?.holder_identity.as_deref() == Some(identity)).then_some(())
@@ -167,7 +167,7 @@ struct BlackHole {
 
 impl BlackHole {
     async fn start(cluster: &Cluster) -> Self {
-        let original = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+        let original = std::fs::read_to_string(cluster.controller_kubeconfig()).unwrap();
         let server = original
             .lines()
             .find_map(|l| l.trim().strip_prefix("server: https://"))

@@ -175,7 +175,7 @@ async fn nodes_readable(client: &Client) -> bool {
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Err(kube::Error::Api(e)) if e.code == 403 => {
             tracing::warn!(
-                "cannot read Nodes (grant get/list/watch on nodes); node names stand for OVN \
+                "cannot read Nodes (grant list/watch on nodes); node names stand for OVN \
                  chassis names in live migration"
             );
             false
