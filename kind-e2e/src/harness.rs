@@ -300,6 +300,22 @@ impl Cluster {
         }
     }
 
+    /// The raft role (`leader`, `follower`, …; `unreachable` when it does not answer) of NB server
+    /// `server` (1..=3) of a cluster brought up with [`ClusterOptions::raft`].
+    pub fn nb_raft_role(&self, server: usize) -> String {
+        let out = std::process::Command::new("ovn-appctl")
+            .arg("-t")
+            .arg(self.run_dir.join(format!("ovn/nb{server}.ctl")))
+            .args(["cluster/status", "OVN_Northbound"])
+            .output()
+            .expect("ovn-appctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Role: "))
+            .unwrap_or("unreachable")
+            .to_owned()
+    }
+
     /// A kube client for the cluster's admin user.
     pub async fn client(&self) -> Result<kube::Client, HarnessError> {
         client_from_kubeconfig(&self.kubeconfig).await

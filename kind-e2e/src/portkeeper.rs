@@ -532,6 +532,19 @@ pub async fn install_kubevirt(cluster: &Cluster, client: &Client) {
     }
 }
 
+/// Creates the plain pod `namespace/name` (one busybox container, no service account token).
+pub async fn create_pod(pods: &Api<Pod>, namespace: &str, name: &str) {
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    pods.create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
 /// Waits until the controller has marked the pod allocated, and returns it.
 pub async fn allocated(pods: &Api<Pod>, name: &str) -> Pod {
     wait_for(&format!("{name} allocated"), async || {

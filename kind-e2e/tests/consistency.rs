@@ -10,11 +10,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::Cluster;
 use kind_e2e::consistency::{Finding, Report};
 use kind_e2e::portkeeper::{
-    Controller, allocated, annotation, consistency_report, controller_binary, nbctl,
+    Controller, allocated, annotation, consistency_report, controller_binary, create_pod, nbctl,
     prepare_cluster, run_on_cluster,
 };
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use portkeeper_api::Subnet;
 use serde_json::json;
 
@@ -32,13 +32,7 @@ async fn cases(cluster: &Cluster) -> Controller {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let controller = Controller::start(&bin, cluster, CIDR, 0, &[]);
     for name in ["kept", "gone"] {
-        let pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"automountServiceAccountToken": false,
-                "containers": [{"name": "c", "image": "busybox"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
+        create_pod(&pods, NS, name).await;
     }
     let kept = allocated(&pods, "kept").await;
     allocated(&pods, "gone").await;

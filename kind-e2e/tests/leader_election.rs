@@ -16,12 +16,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
-    Controller, allocated, controller_binary, prepare_cluster, run_on_cluster, wait_for,
+    Controller, allocated, controller_binary, create_pod, prepare_cluster, run_on_cluster, wait_for,
 };
 use kind_e2e::writers::{Write, api_writes, nb_writes, turns};
 use kube::Client;
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use kube::api::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -131,13 +130,7 @@ async fn probe(pods: &Api<Pod>, name: &str) {
 }
 
 async fn probe_created(pods: &Api<Pod>, name: &str) {
-    let pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"automountServiceAccountToken": false,
-            "containers": [{"name": "c", "image": "busybox"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
+    create_pod(pods, NS, name).await;
 }
 
 /// Waits until the controllers' Lease names `identity` as its holder.

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::portkeeper::{
-    Controller, allocated, controller_binary, controller_log, port_names, prepare_cluster,
-    run_on_cluster_with,
+    Controller, allocated, controller_binary, controller_log, create_pod, port_names,
+    prepare_cluster, run_on_cluster_with,
 };
 use kind_e2e::{Cluster, ClusterOptions, consistency};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use ovsdb_client::runtime::transport::TlsConfig;
-use serde_json::json;
 
 const NS: &str = "tls";
 const CIDR: &str = "10.16.0.0/16";
@@ -92,11 +91,5 @@ async fn cases(cluster: &Cluster) -> Controller {
 }
 
 async fn create(pods: &Api<Pod>, name: &str) {
-    let pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"automountServiceAccountToken": false,
-            "containers": [{"name": "c", "image": "busybox"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
+    create_pod(pods, NS, name).await;
 }

@@ -2,7 +2,6 @@
 //! when the leader stops, and the stopped server catches up when it starts again. Without root it
 //! fails, unless `PORTKEEPER_ALLOW_SKIP=1` lets it skip.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,21 +29,6 @@ fn nbctl_until_ok(db: &str, args: &[&str], within: Duration) -> String {
     }
 }
 
-fn role(run_dir: &Path, server: usize) -> String {
-    let ctl = run_dir.join(format!("ovn/nb{server}.ctl"));
-    let out = Command::new("ovn-appctl")
-        .arg("-t")
-        .arg(ctl)
-        .args(["cluster/status", "OVN_Northbound"])
-        .output()
-        .expect("ovn-appctl runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Role: "))
-        .unwrap_or("unreachable")
-        .to_string()
-}
-
 #[test]
 fn raft_nb_survives_its_leader_stopping() {
     if !kind_e2e::harness::privileged("the raft NB e2e") {
@@ -68,11 +52,11 @@ fn raft_nb_survives_its_leader_stopping() {
     nbctl_until_ok(&all, &["ls-add", "before"], Duration::from_secs(30));
 
     let leader = (1..=3)
-        .find(|&k| role(cluster.run_dir(), k) == "leader")
+        .find(|&k| cluster.nb_raft_role(k) == "leader")
         .expect("one server leads");
     cluster.stop(&format!("nb-{leader}")).expect("leader stops");
     nbctl_until_ok(&all, &["ls-add", "during"], Duration::from_secs(30));
-    let new_leader = (1..=3).find(|&k| k != leader && role(cluster.run_dir(), k) == "leader");
+    let new_leader = (1..=3).find(|&k| k != leader && cluster.nb_raft_role(k) == "leader");
     assert!(
         new_leader.is_some(),
         "another server took over from nb-{leader}"
