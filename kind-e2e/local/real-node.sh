@@ -147,7 +147,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/opt/cni/bin"
     conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$1/registries"
 TOML
+}
+
+# No registry is reachable, and none may be asked: each registry an image here could name is
+# redirected to a closed loopback port, so a missing image fails at once and sends nothing out.
+pk_containerd_registries() { # N
+	local r
+	for r in docker.io k8s.gcr.io registry.k8s.io gcr.io quay.io ghcr.io; do
+		mkdir -p "$1/registries/$r"
+		printf 'server = "http://127.0.0.1:1"\n' >"$1/registries/$r/hosts.toml"
+	done
 }
 
 # The kubelet's configuration: its own cgroup root, and no eviction on a machine whose disk is
