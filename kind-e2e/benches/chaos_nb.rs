@@ -3,7 +3,9 @@
 //! the figures and ends with the consistency check (`run_on_cluster_with`), failing only if an
 //! allocation never comes or the check fails. Run as root:
 //! `cargo test -p portkeeper-kind-e2e --bench chaos_nb` (a debug build, as the e2e tests;
-//! `PORTKEEPER_CHAOS_ROUNDS`, default 5).
+//! `PORTKEEPER_CHAOS_ROUNDS`, default 5; `PORTKEEPER_CHAOS_PAUSE`, seconds between a round's
+//! allocation and the next kill, default 15: a client connection that lived under 10 s does not
+//! reset `ovsdb-client`'s reconnect backoff, so kills closer together measure that backoff too).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,10 +33,8 @@ fn main() {
 }
 
 async fn cases(cluster: &Cluster) -> Controller {
-    let rounds: usize = std::env::var("PORTKEEPER_CHAOS_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+    let rounds = setting("PORTKEEPER_CHAOS_ROUNDS", 5);
+    let pause = Duration::from_secs(setting("PORTKEEPER_CHAOS_PAUSE", 15));
     let client = prepare_cluster(cluster, NS, false).await;
     let pods: Api<Pod> = Api::namespaced(client, NS);
     let controller = Controller::start(&controller_binary(), cluster, CIDR, 0, &[]);
@@ -59,17 +59,25 @@ async fn cases(cluster: &Cluster) -> Controller {
         cluster
             .start(&format!("nb-{leader}"))
             .expect("the killed NB server starts again");
-        // Let it rejoin before the next round.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(pause).await;
     }
     figures.sort_by(f64::total_cmp);
     println!(
-        "NB leader SIGKILL -> next allocation over {rounds} rounds: min {:.2} s, median {:.2} s, max {:.2} s",
+        "NB leader SIGKILL -> next allocation over {rounds} rounds, {} s apart at least: min {:.2} s, median {:.2} s, max {:.2} s",
+        pause.as_secs(),
         figures[0],
         figures[figures.len() / 2],
         figures[figures.len() - 1]
     );
     controller
+}
+
+/// A numeric setting from the environment, `default` when unset or unreadable.
+fn setting<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn create(pods: &Api<Pod>, name: &str) {
