@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kind_e2e::portkeeper::{
     Controller, allocated, controller_binary, create_pod, prepare_cluster, run_on_cluster_with,
+    setting,
 };
 use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::Api;
@@ -70,14 +71,6 @@ async fn cases(cluster: &Cluster) -> Controller {
         figures[figures.len() - 1]
     );
     controller
-}
-
-/// A numeric setting from the environment, `default` when unset or unreadable.
-fn setting<T: std::str::FromStr>(var: &str, default: T) -> T {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn create(pods: &Api<Pod>, name: &str) {

@@ -532,6 +532,14 @@ pub async fn install_kubevirt(cluster: &Cluster, client: &Client) {
     }
 }
 
+/// A numeric setting of a benchmark from the environment, `default` when unset or unreadable.
+pub fn setting<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Creates the plain pod `namespace/name` (one busybox container, no service account token).
 pub async fn create_pod(pods: &Api<Pod>, namespace: &str, name: &str) {
     let pod = serde_json::from_value(serde_json::json!({
