@@ -81,6 +81,10 @@ pub enum Error {
     /// The engine refused a Subnet or IPPool spec.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A Subnet or IPPool the admission rules refuse ([`crate::admission`]), which got past the
+    /// webhook (down, or not installed): it is not applied.
+    #[error("{0}")]
+    Refused(String),
     /// A watched cache lost its stream or never became ready.
     #[error("cache: {0}")]
     Cache(String),
@@ -100,6 +104,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Northbound(_) => "northbound",
             Error::Engine(_) => "engine",
+            Error::Refused(_) => "refused",
             Error::Cache(_) => "cache",
             Error::LostLeadership(_) => "leadership",
             Error::Json(_) => "json",

@@ -117,18 +117,7 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     };
     let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
-    let written_order = ctx.stores.namespace_subnets(&namespace, keys);
-    let facts = PodFacts {
-        name: &name,
-        namespace: &namespace,
-        uid: &holder,
-        annotations,
-        ordinal: holder::statefulset_ordinal(pod, &ctx.stores),
-        namespace_subnets: written_order.as_deref(),
-    };
-    let target = match plan::choose_target(&request, &facts, &catalog, |s| {
-        target::has_room(&ctx.engine, s)
-    }) {
+    let target = match choose(ctx, pod, &holder, &request, &catalog) {
         Ok(t) => t,
         Err(r) => {
             ctx.warn(&reference, "Allocate", &r).await;
@@ -181,6 +170,31 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %lease.addresses(), "allocated");
     Ok(())
+}
+
+/// Where a pod's request is served: the Subnet chosen from `catalog` as Kube-OVN chooses it, with
+/// the namespace's subnet order and the StatefulSet ordinal. The pod reconciler and the admission
+/// webhook both decide here, so a refusal reads the same at `kubectl apply` as in the pod's Event.
+pub fn choose<N>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    holder: &str,
+    request: &NetworkRequest,
+    catalog: &plan::Catalog<'_>,
+) -> Result<Target, Rejection> {
+    let (name, namespace) = (pod.name_any(), pod.namespace().unwrap_or_default());
+    let written_order = ctx.stores.namespace_subnets(&namespace, &ctx.keys);
+    let facts = PodFacts {
+        name: &name,
+        namespace: &namespace,
+        uid: holder,
+        annotations: pod.annotations(),
+        ordinal: holder::statefulset_ordinal(pod, &ctx.stores),
+        namespace_subnets: written_order.as_deref(),
+    };
+    plan::choose_target(request, &facts, catalog, |s| {
+        target::has_room(&ctx.engine, s)
+    })
 }
 
 /// A nic still held by another holder (an earlier workload of the same name, or an earlier pod):

@@ -355,6 +355,16 @@ impl Stores {
             .cloned()
     }
 
+    /// A Subnet by name.
+    pub fn subnet(&self, name: &str) -> Option<Arc<Subnet>> {
+        self.subnets.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// An IPPool by name.
+    pub fn pool(&self, name: &str) -> Option<Arc<IPPool>> {
+        self.pools.get(&reflector::ObjectRef::new(name))
+    }
+
     /// A StatefulSet by namespace and name.
     pub fn statefulset(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<StatefulSet>> {
         self.statefulsets

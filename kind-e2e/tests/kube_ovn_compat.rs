@@ -1,8 +1,9 @@
 //! A Kube-OVN user's manifests on portkeeper: a Subnet and an IPPool exported from Kube-OVN with
 //! every field set apply under strict validation, round-trip unchanged, and have the fields
 //! portkeeper does not implement named on their status and in one Warning Event. Mistakes are
-//! refused by the admission webhook at `kubectl apply`. A finished pod (a Job's) gives its
-//! address back, also one that finished while the controller was down.
+//! refused by the admission webhook at `kubectl apply`, and by the controller when the webhook is
+//! down. A finished pod (a Job's) gives its address back, also one that finished while the
+//! controller was down.
 //!
 //! One cluster serves all cases, which run in order; the controller is restarted between some.
 
@@ -19,7 +20,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::Cluster;
 use kind_e2e::portkeeper::{
     Controller, allocated, annotation, controller_binary, events, ip_resource, kubeovn_resource,
-    port_names, prepare_cluster, repo_root, run_on_cluster, wait_for,
+    nbctl, port_names, prepare_cluster, repo_root, run_on_cluster, wait_for, warnings,
 };
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -86,7 +87,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn kube_ovn_compat() {
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
-    run_on_cluster(1, agent, 4, cases);
+    run_on_cluster(1, agent, 5, cases);
 }
 
 /// Returns the running controller, so the final consistency check sees its last writes.
@@ -110,6 +111,13 @@ async fn cases(cluster: &Cluster) -> Controller {
     })
     .await;
     subnets_and_pools_refused_at_the_door(cluster, &client).await;
+    let denied = pods_refused_at_the_door(cluster, &client).await;
+
+    // The webhook down (the controller restarted without it; the configuration stays, and its
+    // failurePolicy Ignore lets requests through): the controller refuses on its own.
+    controller.kill();
+    let controller = Controller::start(&bin, cluster, CIDR, 3, &[]);
+    controller_refuses_without_the_webhook(cluster, &client, &denied).await;
     let job = finished_job_pod_releases(cluster, &client).await;
 
     // Through a restart: nothing comes back for the finished pod (its address is free: a pod
@@ -123,7 +131,7 @@ async fn cases(cluster: &Cluster) -> Controller {
     let failed_port = format!("fails-while-down.{NS}");
     controller.kill();
     finish(&pods, "fails-while-down", 1).await;
-    let controller = Controller::start(&bin, cluster, CIDR, 3, &[]);
+    let controller = Controller::start(&bin, cluster, CIDR, 4, &[]);
     wait_for("restarted controller ready", async || {
         ready(&controller).await.then_some(())
     })
@@ -249,6 +257,156 @@ async fn released(cluster: &Cluster, client: &Client, port: &str) -> bool {
         && ip_resource(client, port).await.is_none()
 }
 
+/// Pods whose addressing annotations are mistakes, refused at `kubectl apply` with the message
+/// of the Event the controller would publish; nothing is created. Returns the refusal of the
+/// pod `taken-ip`, which the next case compares with the controller's Event.
+async fn pods_refused_at_the_door(cluster: &Cluster, client: &Client) -> String {
+    println!("case: pods with taken, outside or invalid addresses are refused at kubectl apply");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let ordered = pods.get("ordered").await.unwrap();
+    let mac = annotation(&ordered, "mac_address").unwrap().to_owned();
+    let cases: &[(&str, Annotations, &[&str])] = &[
+        (
+            "taken-ip",
+            &[("ip_address", "10.82.0.2")],
+            &["AddressConflict", "10.82.0.2", "ordered.compat"],
+        ),
+        (
+            "taken-mac",
+            &[("logical_switch", "order-a"), ("mac_address", &mac)],
+            &["AddressConflict", &mac, "ordered.compat"],
+        ),
+        (
+            "gateway-ip",
+            &[("logical_switch", "order-z"), ("ip_address", "10.82.0.1")],
+            &["AddressConflict", "10.82.0.1"],
+        ),
+        (
+            "outside",
+            &[("logical_switch", "order-z"), ("ip_address", "10.99.0.5")],
+            &["AddressOutOfRange", "10.99.0.5"],
+        ),
+        (
+            "bad-ip",
+            &[("ip_address", "10.82.0.300")],
+            &["InvalidAnnotation", "10.82.0.300"],
+        ),
+        (
+            "multicast-mac",
+            &[("mac_address", "01:00:5e:00:00:01")],
+            &["InvalidAnnotation", "multicast"],
+        ),
+        (
+            "no-subnet",
+            &[("logical_switch", "missing-subnet")],
+            &["subnet missing-subnet does not exist"],
+        ),
+        (
+            "no-pool",
+            &[("ip_pool", "missing-pool")],
+            &["ippool missing-pool does not exist"],
+        ),
+    ];
+    let mut taken = String::new();
+    for (name, annotations, needles) in cases {
+        let manifest = serde_json::to_string(&pod(name, annotations)).unwrap();
+        let said = refused(cluster, "pods", name, &manifest, needles);
+        if *name == "taken-ip" {
+            taken = said;
+        }
+        // Nothing in OVN either.
+        assert_eq!(
+            port_names(cluster, &format!("name={name}.{NS}")),
+            "",
+            "{name}: no port"
+        );
+    }
+    // A pod that fits is admitted.
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "fits",
+            &[("logical_switch", "order-z"), ("ip_address", "10.82.0.40")],
+        ),
+    )
+    .await
+    .unwrap();
+    let p = allocated(&pods, "fits").await;
+    assert_eq!(annotation(&p, "ip_address"), Some("10.82.0.40"));
+    taken
+}
+
+/// With the webhook unreachable, the same mistakes get in and the controller refuses them: the
+/// pod gets the Event whose message the webhook gave, and an overlapping Subnet stays unapplied
+/// (Ready false, a Warning Event, no switch in OVN).
+async fn controller_refuses_without_the_webhook(cluster: &Cluster, client: &Client, denied: &str) {
+    println!("case: with the webhook down, the controller still refuses with an Event");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(
+        &PostParams::default(),
+        &pod("taken-ip", &[("ip_address", "10.82.0.2")]),
+    )
+    .await
+    .expect("the webhook is down, so the pod is created");
+    let (reason, note) = wait_for("AddressConflict Event on taken-ip", async || {
+        warnings(client, NS, "taken-ip").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(reason, "AddressConflict");
+    assert!(
+        denied.ends_with(&note),
+        "webhook said {denied:?}, the Event {note:?}"
+    );
+    assert_eq!(
+        annotation(&pods.get("taken-ip").await.unwrap(), "allocated"),
+        None
+    );
+
+    let overlapping = subnet_manifest("inside-default", "10.16.5.0/24");
+    let out = kubectl_with(cluster, &["apply", "-f", "-"], &overlapping);
+    assert!(out.status.success(), "{}", text(&out));
+    let message = wait_for("inside-default not ready", async || {
+        let subnet = kubeovn_resource(client, "subnets", "Subnet", "inside-default").await?;
+        let conditions = subnet["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["status"] == "False")
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(
+        message.contains("overlaps subnet ovn-default (10.16.0.0/16)"),
+        "{message}"
+    );
+    let notes = wait_for("ReconcileFailed Event on inside-default", async || {
+        let notes: Vec<String> = events(client, "default", "inside-default")
+            .await
+            .into_iter()
+            .filter(|(kind, reason, _)| kind == "Warning" && reason == "ReconcileFailed")
+            .map(|(_, _, note)| note)
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes, [message]);
+    assert!(
+        !nbctl(cluster, &["ls-list"]).contains("inside-default"),
+        "an overlapping Subnet gets no switch"
+    );
+    // The user deletes the mistake, and it goes (an unapplied Subnet holds nothing).
+    Api::<DynamicObject>::all_with(client.clone(), &kubeovn("Subnet", "subnets"))
+        .delete("inside-default", &Default::default())
+        .await
+        .unwrap();
+    wait_for("inside-default deleted", async || {
+        let gone = kubeovn_resource(client, "subnets", "Subnet", "inside-default")
+            .await
+            .is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
 /// Each mistake is refused by `kubectl apply` with the webhook's message and leaves nothing
 /// behind: the object does not exist afterwards (or, for an update, keeps its spec).
 async fn subnets_and_pools_refused_at_the_door(cluster: &Cluster, client: &Client) {
@@ -324,7 +482,13 @@ async fn subnets_and_pools_refused_at_the_door(cluster: &Cluster, client: &Clien
 
 /// `kubectl apply` of `manifest` fails with the webhook's refusal naming each needle, and
 /// `<plural>/<name>` does not exist.
-fn refused(cluster: &Cluster, plural: &str, name: &str, manifest: &str, needles: &[&str]) {
+fn refused(
+    cluster: &Cluster,
+    plural: &str,
+    name: &str,
+    manifest: &str,
+    needles: &[&str],
+) -> String {
     let out = kubectl_with(cluster, &["apply", "-f", "-"], manifest);
     let said = text(&out);
     assert!(
@@ -341,12 +505,16 @@ fn refused(cluster: &Cluster, plural: &str, name: &str, manifest: &str, needles:
             "{plural}/{name}: {said:?} lacks {needle:?}"
         );
     }
-    let get = kubectl_with(cluster, &["get", plural, name], "");
+    let get = kubectl_with(cluster, &["get", plural, name, "-n", NS], "");
     assert!(
         text(&get).contains("NotFound"),
         "{plural}/{name} must not exist: {}",
         text(&get)
     );
+    said.trim_end()
+        .rsplit_once("denied the request: ")
+        .map(|(_, m)| m.to_owned())
+        .unwrap_or_default()
 }
 
 fn subnet_manifest(name: &str, cidr: &str) -> String {
@@ -511,8 +679,11 @@ fn kubeovn(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
+/// Pod annotations as (key without the `ovn.kubernetes.io/` prefix, value) pairs.
+type Annotations<'a> = &'a [(&'a str, &'a str)];
+
 /// A pod in the test namespace with `ovn.kubernetes.io/<key>` annotations.
-fn pod(name: &str, annotations: &[(&str, &str)]) -> Pod {
+fn pod(name: &str, annotations: Annotations) -> Pod {
     let annotations: BTreeMap<String, String> = annotations
         .iter()
         .map(|(k, v)| (format!("ovn.kubernetes.io/{k}"), v.to_string()))

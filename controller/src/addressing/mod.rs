@@ -28,6 +28,7 @@ use portkeeper_api::{IPPool, Subnet, SubnetSpec};
 use portkeeper_engine::{MacAddress, PoolSpec};
 use serde_json::json;
 
+use crate::admission;
 use crate::config::Config;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::Error;
@@ -219,7 +220,12 @@ async fn reconcile_namespace<N: Northbound>(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    let body = json!({ "metadata": { "annotations": wanted } });
+    // Conditional on the version read: a user's edit of the order that the cache has not
+    // caught up with is never overwritten (a conflict is retried on the fresher copy).
+    let body = json!({ "metadata": {
+        "annotations": wanted,
+        "resourceVersion": namespace.resource_version(),
+    } });
     if let Err(e) = Api::<Namespace>::all(ctx.client.clone())
         .patch(&name, &params, &Patch::Merge(body))
         .await
@@ -370,6 +376,14 @@ async fn apply_subnet<N: Northbound>(
     subnet: &Subnet,
 ) -> Result<(), Error> {
     let name = subnet.name_any();
+    let subnets = ctx.stores.subnets.state();
+    let earlier = subnets
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|other| admission::precedes(other, subnet));
+    if let Some(why) = admission::subnet_refusal(subnet, earlier, &ctx.config.cluster_router) {
+        return Err(Error::Refused(why));
+    }
     let network = SubnetNetwork::of(subnet)?;
     backfill_spec(ctx, subnet, &network).await;
     let router_port = plan::router_port_name(&ctx.config.cluster_router, &name);

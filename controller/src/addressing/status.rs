@@ -111,8 +111,8 @@ pub async fn outcome<N, K: Counted>(ctx: &Context<N>, object: &K, result: &Resul
 }
 
 /// Writes the object's status after a pass: the conditions (`Ready`, with `error` when the pass
-/// failed; `Unsupported` while the spec sets fields portkeeper does not implement, announced
-/// once by a Warning Event) and the engine's `counters` when there are any. Nothing is written
+/// failed; `Unsupported` while the spec sets fields portkeeper does not implement; each
+/// announced once by a Warning Event) and the engine's `counters` when there are any. Nothing is written
 /// when nothing changed; a failed write is logged and retried with the next pass.
 async fn publish<N, K: Counted>(
     ctx: &Context<N>,
@@ -125,7 +125,7 @@ async fn publish<N, K: Counted>(
     let unsupported = object.unsupported(&ctx.config.cluster_router);
     let previous = K::conditions(&mut status).clone();
     *K::conditions(&mut status) = conditions(&previous, error, &unsupported);
-    announce_unsupported(ctx, object, &previous, K::conditions(&mut status)).await;
+    announce(ctx, object, &previous, K::conditions(&mut status)).await;
     if let Some(c) = counters {
         K::count(&mut status, &c);
     }
@@ -147,35 +147,40 @@ async fn publish<N, K: Counted>(
     }
 }
 
-/// One Warning Event when the `Unsupported` condition appears or names other fields; none
-/// while it is unchanged (also across restarts: the condition lives in the status).
-async fn announce_unsupported<N, K>(
-    ctx: &Context<N>,
-    object: &K,
-    old: &[Condition],
-    new: &[Condition],
-) where
+/// The conditions that are announced: (type, status, Event reason). `Unsupported` names spec
+/// fields without effect; `Ready` false says why the object is not applied.
+const ANNOUNCED: [(&str, &str, &str); 2] = [
+    (UNSUPPORTED, "True", UNSUPPORTED),
+    ("Ready", "False", "ReconcileFailed"),
+];
+
+/// One Warning Event when an [`ANNOUNCED`] condition appears or changes its message; none while
+/// it is unchanged (also across restarts: the conditions live in the status).
+async fn announce<N, K>(ctx: &Context<N>, object: &K, old: &[Condition], new: &[Condition])
+where
     K: kube::Resource<DynamicType = ()>,
 {
-    let find = |list: &[Condition]| {
-        list.iter()
-            .find(|c| c.type_ == UNSUPPORTED)
-            .map(|c| c.message.clone())
-    };
-    let Some(message) = find(new) else { return };
-    if find(old).as_ref() == Some(&message) {
-        return;
+    for (type_, status, reason) in ANNOUNCED {
+        let find = |list: &[Condition]| {
+            list.iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.message.clone())
+        };
+        let Some(message) = find(new) else { continue };
+        if find(old).as_ref() == Some(&message) {
+            continue;
+        }
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: reason.into(),
+            note: Some(message),
+            action: "Apply".into(),
+            secondary: None,
+        };
+        // The API server takes an Event about a custom resource only when the Event's namespace
+        // matches the object's, so one about a cluster-scoped object names `default` for both.
+        let mut reference = object.object_ref(&());
+        reference.namespace.get_or_insert_with(|| "default".into());
+        ctx.events.publish(&reference, event).await;
     }
-    let event = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: UNSUPPORTED.into(),
-        note: Some(message),
-        action: "Apply".into(),
-        secondary: None,
-    };
-    // The API server takes an Event about a custom resource only when the Event's namespace
-    // matches the object's, so one about a cluster-scoped object names `default` for both.
-    let mut reference = object.object_ref(&());
-    reference.namespace.get_or_insert_with(|| "default".into());
-    ctx.events.publish(&reference, event).await;
 }

@@ -27,6 +27,13 @@ impl Addressing {
         }
     }
 
+    /// The snapshot with objects the caches do not hold yet (created a moment ago) added.
+    pub fn with(mut self, subnets: Vec<Arc<Subnet>>, pools: Vec<Arc<IPPool>>) -> Self {
+        self.subnets.extend(subnets);
+        self.pools.extend(pools);
+        self
+    }
+
     /// The catalog a choice reads, with the flag's default subnet.
     pub fn catalog<'a>(&'a self, default_subnet: &'a str) -> Catalog<'a> {
         Catalog {

@@ -1,16 +1,19 @@
 //! The validating admission webhook: mistakes refused when they are made, at `kubectl apply`,
 //! instead of an Event on an object that already exists.
 //!
-//! It refuses a Subnet whose CIDR overlaps another Subnet of its VPC or does not parse, and an
-//! IPPool outside its Subnet or overlapping another pool ([`crate::admission`]). It decides from
-//! the leader's caches, so it is served only by the leader once it is ready; a standby answers
-//! nothing.
+//! It refuses a Subnet whose CIDR overlaps another Subnet of its VPC or does not parse, an
+//! IPPool outside its Subnet or overlapping another pool ([`crate::admission`]), and a pod whose
+//! addressing annotations the controller would refuse ([`pod`]), with the message the pod's
+//! Event would carry. It decides from the leader's caches and engine, so it is served only by
+//! the leader once it is ready; a standby answers nothing.
 //!
 //! The controller keeps every check of its own: with `failurePolicy: Ignore` (yamls/webhook.yaml)
 //! a webhook that is down, slow or not installed lets requests through, and the controller
 //! refuses them as before. `Fail` would stop every pod creation in the cluster while the
 //! controller is down, the controller's own pods included.
 
+mod lookup;
+mod pod;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -20,10 +23,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, http::StatusCode};
-use kube::Resource;
 use kube::api::{Api, DynamicObject};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use portkeeper_api::{IPPool, Subnet};
 use serde::de::DeserializeOwned;
 
@@ -107,6 +108,13 @@ async fn refusal<N: Northbound>(
 ) -> Option<String> {
     let object = request.object.as_ref()?;
     match (request.kind.group.as_str(), request.kind.kind.as_str()) {
+        ("", "Pod") if request.operation == Operation::Create => {
+            let mut pod: k8s_openapi::api::core::v1::Pod = typed(object)?;
+            if pod.metadata.namespace.is_none() {
+                pod.metadata.namespace = request.namespace.clone();
+            }
+            pod::refusal(ctx, &pod).await
+        }
         ("kubeovn.io", "Subnet") => {
             let subnet: Subnet = typed(object)?;
             let others = ctx.stores.subnets.state();
@@ -118,7 +126,8 @@ async fn refusal<N: Northbound>(
         }
         ("kubeovn.io", "IPPool") => {
             let pool: IPPool = typed(object)?;
-            let subnet = current(&ctx.stores.subnets, &ctx.client, &pool.spec.subnet).await;
+            let name = &pool.spec.subnet;
+            let subnet = lookup::current(ctx.stores.subnet(name), &ctx.client, name).await;
             let others = ctx.stores.pools.state();
             admission::pool_refusal(&pool, subnet.as_deref(), others.iter().map(AsRef::as_ref))
         }
@@ -131,24 +140,4 @@ fn typed<K: DeserializeOwned>(object: &DynamicObject) -> Option<K> {
     serde_json::to_value(object)
         .and_then(serde_json::from_value)
         .ok()
-}
-
-/// A cluster-scoped object by name: from the cache, else from the API server (one created a
-/// moment ago, in the same `kubectl apply`, may not be in the cache yet).
-async fn current<K>(store: &Store<K>, client: &kube::Client, name: &str) -> Option<Arc<K>>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    if let Some(found) = store.get(&ObjectRef::new(name)) {
-        return Some(found);
-    }
-    Api::<K>::all(client.clone())
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .map(Arc::new)
 }
