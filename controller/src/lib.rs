@@ -24,6 +24,7 @@ pub mod ovn;
 pub mod plan;
 pub mod pod;
 pub mod rebuild;
+pub mod reservation;
 pub mod retention;
 pub mod run;
 pub mod stores;

@@ -19,7 +19,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::annotations::NetworkKeys;
-use portkeeper_api::request::NetworkRequest;
+use portkeeper_api::request::{AddressRequest, NetworkRequest};
 use portkeeper_engine::{Engine, IpRequest, Lease, NicKey};
 use serde_json::json;
 
@@ -28,7 +28,7 @@ use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, RejectReason, Rejection};
 use crate::nic::holder::{self, live_holder};
 use crate::nic::target::{self, Addressing};
-use crate::nic::{self, NicRecord, Owner};
+use crate::nic::{self, NicRecord, Owner, reserve};
 use crate::ovn::Northbound;
 use crate::plan::{self, PodFacts, SubnetNetwork, Target};
 use crate::retention::{self, Decision};
@@ -74,11 +74,13 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     let owner = holder::owner_of(pod, &ctx.stores);
     let holder = holder::holder_uid(pod, owner.as_ref());
     let nic_name = nic::name(pod);
+    let reserved = reserve::reserved_subnet(&ctx.stores, &key);
     let record = NicRecord {
         name: &nic_name,
         namespace: &namespace,
         pod_uid: &uid,
         owner: owner.as_ref(),
+        reserved: reserved.is_some(),
     };
     let _guard = ctx.locks.lock(key.as_str()).await;
     let keys = &ctx.keys;
@@ -172,9 +174,11 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     Ok(())
 }
 
-/// Where a pod's request is served: the Subnet chosen from `catalog` as Kube-OVN chooses it, with
-/// the namespace's subnet order and the StatefulSet ordinal. The pod reconciler and the admission
-/// webhook both decide here, so a refusal reads the same at `kubectl apply` as in the pod's Event.
+/// Where a pod's request is served: its reservation's Subnet when it asks for nothing else, else
+/// the Subnet chosen from `catalog` as Kube-OVN chooses it, with the namespace's subnet order and
+/// the StatefulSet ordinal. The pod reconciler and the
+/// admission webhook both decide here, so a refusal reads the same at `kubectl apply` as in the
+/// pod's Event.
 pub fn choose<N>(
     ctx: &Context<N>,
     pod: &Pod,
@@ -182,6 +186,16 @@ pub fn choose<N>(
     request: &NetworkRequest,
     catalog: &plan::Catalog<'_>,
 ) -> Result<Target, Rejection> {
+    // A pod that asks for nothing in particular goes where its reservation is.
+    if request.addresses == AddressRequest::Any
+        && request.logical_switch.is_none()
+        && let Some(subnet) = reserve::reserved_subnet(&ctx.stores, &nic::key(pod))
+    {
+        return Ok(Target {
+            subnet,
+            ip: IpRequest::Dynamic,
+        });
+    }
     let (name, namespace) = (pod.name_any(), pod.namespace().unwrap_or_default());
     let written_order = ctx.stores.namespace_subnets(&namespace, &ctx.keys);
     let facts = PodFacts {

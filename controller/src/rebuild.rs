@@ -180,7 +180,10 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
         if !orphaned || ctx.engine.lease(&lease.key) != Some(lease.clone()) {
             continue;
         }
-        if holder::keeps_identity(ctx, &lease) {
+        // A workload's retained identity and a reservation wait for their pod.
+        if holder::keeps_identity(ctx, &lease)
+            || nic::reserve::reserved_subnet(&ctx.stores, &lease.key).is_some()
+        {
             continue;
         }
         nic::release(ctx, &lease.key, Some(&lease.uid)).await?;

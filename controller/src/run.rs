@@ -31,6 +31,7 @@ use crate::migration;
 use crate::ovn::{Measured, Northbound};
 use crate::pod;
 use crate::rebuild;
+use crate::reservation;
 use crate::retention;
 use crate::stores;
 use crate::webhook;
@@ -125,6 +126,7 @@ pub async fn run<N: Northbound>(
     tasks.spawn(addressing::run(addressing, triggers.addressing));
     tasks.spawn(release_worker(ctx.clone(), triggers.deleted_pods));
     tasks.spawn(migration::run(ctx.clone()));
+    tasks.spawn(reservation::run(ctx.clone(), triggers.applied_ips));
     tasks.spawn(retention_worker(
         ctx.clone(),
         triggers.workloads,
@@ -184,6 +186,9 @@ async fn retention_worker<N: Northbound>(
                 let Some(ip) = ip else { return };
                 if let Err(e) = retention::ip_deleted(&ctx, &ip).await {
                     tracing::warn!(error = %e, "releasing a deleted IP resource's nic failed");
+                }
+                if let Err(e) = reservation::deleted(&ctx, &ip).await {
+                    tracing::warn!(error = %e, "releasing a deleted reservation failed");
                 }
                 continue;
             }

@@ -60,6 +60,8 @@ pub struct Triggers {
     pub addressing: AddressingTriggers,
     /// A StatefulSet or VirtualMachine changed or was deleted.
     pub workloads: UnboundedReceiver<()>,
+    /// IP resources created or changed.
+    pub applied_ips: UnboundedReceiver<IP>,
     /// IP resources deleted.
     pub deleted_ips: UnboundedReceiver<IP>,
 }
@@ -92,6 +94,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
     let (changed_tx, changed) = unbounded();
     let (removed_tx, removed) = unbounded();
     let (workloads_tx, workloads) = unbounded();
+    let (applied_ip_tx, applied_ips) = unbounded();
     let (deleted_ip_tx, deleted_ips) = unbounded();
     let mut watches = Watches::new();
 
@@ -135,10 +138,14 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         Api::<IP>::all(client.clone()),
         watcher::Config::default(),
         &mut watches,
-        move |event| {
-            if let watcher::Event::Delete(ip) = event {
+        move |event| match event {
+            watcher::Event::Apply(ip) | watcher::Event::InitApply(ip) => {
+                let _ = applied_ip_tx.unbounded_send(ip.clone());
+            }
+            watcher::Event::Delete(ip) => {
                 let _ = deleted_ip_tx.unbounded_send(ip.clone());
             }
+            watcher::Event::Init | watcher::Event::InitDone => {}
         },
     );
     let statefulsets = watch(
@@ -188,6 +195,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
                 deleted: removed,
             },
             workloads,
+            applied_ips,
             deleted_ips,
         },
         watches,

@@ -3,7 +3,7 @@
 //! portkeeper does not implement named on their status and in one Warning Event. Mistakes are
 //! refused by the admission webhook at `kubectl apply`, and by the controller when the webhook is
 //! down. A finished pod (a Job's) gives its address back, also one that finished while the
-//! controller was down.
+//! controller was down. A reserved IP goes to its named pod, also after a controller restart.
 //!
 //! One cluster serves all cases, which run in order; the controller is restarted between some.
 
@@ -119,10 +119,11 @@ async fn cases(cluster: &Cluster) -> Controller {
     let controller = Controller::start(&bin, cluster, CIDR, 3, &[]);
     controller_refuses_without_the_webhook(cluster, &client, &denied).await;
     let job = finished_job_pod_releases(cluster, &client).await;
+    let later = reserved_ip_goes_to_its_named_pod(cluster, &client).await;
 
     // Through a restart: nothing comes back for the finished pod (its address is free: a pod
-    // may ask for it), and a pod that failed while the controller was down gives its address
-    // back once it is up.
+    // may ask for it), the reservation still holds its address for its pod, and a pod that
+    // failed while the controller was down gives its address back once it is up.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let mut once = pod("fails-while-down", &[("logical_switch", "order-a")]);
     once.spec.as_mut().unwrap().restart_policy = Some("Never".into());
@@ -151,7 +152,90 @@ async fn cases(cluster: &Cluster) -> Controller {
     let p = allocated(&pods, "after-restart").await;
     assert_eq!(annotation(&p, "ip_address"), Some(job.ip.as_str()));
     assert!(released(cluster, &client, &job.port).await);
+    pods.create(&PostParams::default(), &pod("later", &[]))
+        .await
+        .unwrap();
+    let p = allocated(&pods, "later").await;
+    assert_eq!(annotation(&p, "ip_address"), Some(later.as_str()));
     controller
+}
+
+/// An IP resource created by hand reserves an address for a pod that does not exist yet: the
+/// controller allocates it (the addresses its spec names, else any) and labels it reserved; the
+/// pod of that name gets exactly those addresses and MAC, also in another subnet than its
+/// namespace would give it; when the pod goes, the reservation holds them again, refusing any
+/// other pod. Returns the address the dynamic reservation `later.compat` holds.
+async fn reserved_ip_goes_to_its_named_pod(cluster: &Cluster, client: &Client) -> String {
+    println!("case: a reserved IP goes to its named pod");
+    let ips: Api<DynamicObject> = Api::all_with(client.clone(), &kubeovn("IP", "ips"));
+    for (name, address) in [("reserved", "10.81.0.50"), ("later", "")] {
+        let mut spec = json!({ "subnet": "order-a", "podName": name, "namespace": NS });
+        if !address.is_empty() {
+            spec["v4IpAddress"] = json!(address);
+        }
+        let ip: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "IP",
+            "metadata": { "name": format!("{name}.{NS}") },
+            "spec": spec,
+        }))
+        .unwrap();
+        ips.create(&PostParams::default(), &ip).await.unwrap();
+    }
+    // (v4 address, MAC) of a reservation once the controller has allocated it.
+    let reserved = async |name: &str| {
+        wait_for(&format!("{name} reserved"), async || {
+            let ip = ip_resource(client, &format!("{name}.{NS}")).await?;
+            let labelled = ip["metadata"]["labels"]["ovn.kubernetes.io/ip_reserved"] == "true";
+            let v4 = ip["spec"]["v4IpAddress"].as_str()?.to_owned();
+            let mac = ip["spec"]["macAddress"].as_str()?.to_owned();
+            labelled.then_some((v4, mac))
+        })
+        .await
+    };
+    let (v4, mac) = reserved("reserved").await;
+    assert_eq!(v4, "10.81.0.50");
+    let (later, _) = reserved("later").await;
+
+    // The pod asks for nothing: its namespace would give it order-z, its reservation order-a.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(&PostParams::default(), &pod("reserved", &[]))
+        .await
+        .unwrap();
+    let p = allocated(&pods, "reserved").await;
+    assert_eq!(annotation(&p, "ip_address"), Some("10.81.0.50"));
+    assert_eq!(annotation(&p, "mac_address"), Some(mac.as_str()));
+    assert_eq!(annotation(&p, "logical_switch"), Some("order-a"));
+    let port = format!("reserved.{NS}");
+    assert_eq!(
+        nbctl(cluster, &["lsp-get-addresses", &port]),
+        format!("{mac} 10.81.0.50")
+    );
+
+    // The pod goes; the reservation stays and holds the address against any other pod.
+    pods.delete("reserved", &Default::default()).await.unwrap();
+    wait_for("the reserved pod's port gone", async || {
+        port_names(cluster, &format!("name={port}"))
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let kept = ip_resource(client, &port)
+        .await
+        .expect("the reservation stays");
+    assert_eq!(kept["spec"]["v4IpAddress"], "10.81.0.50");
+    pods.create(
+        &PostParams::default(),
+        &pod("thief", &[("ip_address", "10.81.0.50")]),
+    )
+    .await
+    .unwrap();
+    let (reason, note) = wait_for("AddressConflict Event on thief", async || {
+        warnings(client, NS, "thief").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(reason, "AddressConflict", "{note}");
+    assert!(note.contains("reserved.compat"), "{note}");
+    later
 }
 
 /// What a finished pod gave back.

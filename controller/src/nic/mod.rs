@@ -11,6 +11,7 @@
 pub mod holder;
 mod naming;
 pub mod objects;
+pub mod reserve;
 pub mod target;
 
 pub use holder::{OWNER_ANNOTATION, OWNER_PORT_KEY, Owner, OwnerKind, POD_UID, PORT_POD_UID};

@@ -28,6 +28,8 @@ pub struct NicRecord<'a> {
     pub pod_uid: &'a str,
     /// The workload owning the identity, if it outlives the pod.
     pub owner: Option<&'a Owner>,
+    /// Whether the nic is a reservation's (its IP resource stays labelled `ip_reserved=true`).
+    pub reserved: bool,
 }
 
 impl NicRecord<'_> {
@@ -76,7 +78,7 @@ impl NicRecord<'_> {
             (annotations::LABEL_SUBNET.to_owned(), lease.subnet.clone()),
             (
                 annotations::LABEL_IP_RESERVED.to_owned(),
-                "false".to_owned(),
+                self.reserved.to_string(),
             ),
             (lease.subnet.clone(), String::new()),
         ]);
@@ -132,7 +134,20 @@ pub async fn release<N: Northbound>(
         ctx.nb.delete_port(key.as_str()).await?;
     }
     let ips: Api<IP> = Api::all(ctx.client.clone());
-    if let Some(ip) = ips.get_opt(key.as_str()).await?
+    let current = ips.get_opt(key.as_str()).await?;
+    if let (Some(ip), Some(lease)) = (&current, &lease)
+        && ip
+            .labels()
+            .get(annotations::LABEL_IP_RESERVED)
+            .map(String::as_str)
+            == Some("true")
+        && ip.metadata.deletion_timestamp.is_none()
+    {
+        // A reservation outlives the pods that use it: their port is gone, the address and
+        // MAC are held for the next pod of the name.
+        return super::reserve::hold_again(ctx, ip, lease).await;
+    }
+    if let Some(ip) = current
         && uid.is_none_or(|u| holder::recorded_holder(ip.annotations()).is_none_or(|p| p == u))
     {
         match ips.delete(key.as_str(), &DeleteParams::default()).await {
@@ -166,6 +181,7 @@ mod request_shape_tests {
             namespace: "shop",
             pod_uid: "u-1",
             owner: None,
+            reserved: false,
         };
         let reply = json!({
             "apiVersion": "kubeovn.io/v1", "kind": "IP",
