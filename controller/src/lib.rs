@@ -28,6 +28,7 @@ pub mod reservation;
 pub mod retention;
 pub mod run;
 pub mod stores;
+pub mod takeover;
 pub mod term;
 pub mod webhook;
 

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
+use portkeeper_api::IP;
 use portkeeper_api::annotations::NetworkKeys;
 use portkeeper_api::request::{AddressRequest, NetworkRequest};
 use portkeeper_engine::{Engine, IpRequest, Lease, NicKey};
@@ -29,9 +30,10 @@ use crate::error::{Error, RejectReason, Rejection};
 use crate::nic::holder::{self, live_holder};
 use crate::nic::target::{self, Addressing};
 use crate::nic::{self, NicRecord, Owner, reserve};
-use crate::ovn::Northbound;
+use crate::ovn::{Northbound, ids};
 use crate::plan::{self, PodFacts, SubnetNetwork, Target};
 use crate::retention::{self, Decision};
+use crate::takeover;
 
 /// Allocates a pod's primary nic, or confirms it is in place.
 pub async fn reconcile<N: Northbound>(
@@ -91,8 +93,12 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     let held = ctx.engine.lease(&key).filter(|l| l.uid == holder);
     if allocated
         && let Some(lease) = held
-        && ctx.nb.port(key.as_str()).is_some()
+        && let Some(port) = ctx.nb.port(key.as_str())
     {
+        if port.external_ids.get(ids::VENDOR).map(String::as_str) == Some(takeover::KUBE_OVN_VENDOR)
+        {
+            adopt(ctx, pod, &record, &lease).await?;
+        }
         if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
             record
                 .apply_ip(&ctx.client, &lease, node.as_deref())
@@ -171,6 +177,29 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     patch_annotations(&ctx.client, pod, allocation.to_annotations(keys)).await?;
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %lease.addresses(), "allocated");
+    Ok(())
+}
+
+/// A running pod that kube-ovn-controller allocated, taken over as it is: its port is rewritten
+/// in place with the same name, switch, addresses and MAC and portkeeper's `external_ids`, and
+/// its IP resource gets portkeeper's records (same spec) without Kube-OVN's finalizer. From
+/// then on portkeeper releases them like its own.
+async fn adopt<N: Northbound>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    record: &NicRecord<'_>,
+    lease: &Lease,
+) -> Result<(), Error> {
+    let port_security = NetworkRequest::from_annotations(&ctx.keys, pod.annotations())
+        .is_ok_and(|r| r.port_security);
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    record.write_port(ctx, lease, port_security).await?;
+    record.apply_ip(&ctx.client, lease, node).await?;
+    let ips: Api<IP> = Api::all(ctx.client.clone());
+    if let Some(ip) = ips.get_opt(lease.key.as_str()).await? {
+        takeover::drop_kube_ovn_finalizers(&ctx.client, &ip).await?;
+    }
+    tracing::info!(pod = %pod.name_any(), nic = %lease.key, addresses = %lease.addresses(), "taken over from Kube-OVN");
     Ok(())
 }
 

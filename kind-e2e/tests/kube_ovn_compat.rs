@@ -4,6 +4,7 @@
 //! refused by the admission webhook at `kubectl apply`, and by the controller when the webhook is
 //! down. A finished pod (a Job's) gives its address back, also one that finished while the
 //! controller was down. A reserved IP goes to its named pod, also after a controller restart.
+//! portkeeper takes over a cluster Kube-OVN allocated without changing a port, address or MAC.
 //!
 //! One cluster serves all cases, which run in order; the controller is restarted between some.
 
@@ -87,7 +88,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn kube_ovn_compat() {
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_node-agent"));
-    run_on_cluster(1, agent, 5, cases);
+    run_on_cluster(1, agent, 6, cases);
 }
 
 /// Returns the running controller, so the final consistency check sees its last writes.
@@ -157,7 +158,258 @@ async fn cases(cluster: &Cluster) -> Controller {
         .unwrap();
     let p = allocated(&pods, "later").await;
     assert_eq!(annotation(&p, "ip_address"), Some(later.as_str()));
+
+    controller.kill();
+    kube_ovn_state(cluster, &client).await;
+    let before = northbound_rows(cluster);
+    let controller = Controller::start(&bin, cluster, CIDR, 5, &[]);
+    takeover_changes_nothing(cluster, &client, &before).await;
     controller
+}
+
+/// The pods, addresses and MACs of the Kube-OVN state [`kube_ovn_state`] builds.
+const KUBE_OVN_PODS: [(&str, &str, &str); 2] = [
+    ("web-1", "10.83.0.11", "0a:00:00:53:00:11"),
+    ("web-2", "10.83.0.12", "0a:00:00:53:00:12"),
+];
+const KUBE_OVN_NS: &str = "kovn-ns";
+
+/// What kube-ovn-controller leaves behind for a Subnet `kovn` with two running pods, in the exact
+/// shapes it writes: the switch, its router port and router-type switch port, the pods' ports
+/// (`external_ids` vendor, ls, pod; one `"MAC IP"` address; no options), the Subnet and the IP
+/// resources with Kube-OVN's finalizers and labels, and the namespace and pod annotations.
+/// Kube-OVN writes `gatewayNode: ""` and empty `v6IpAddress`/`containerID`; the local v1.20 API
+/// server turns an empty string of a custom resource into `null` and refuses it, so those empty
+/// fields are left out here (a current API server keeps them).
+async fn kube_ovn_state(cluster: &Cluster, client: &Client) {
+    let vendor = "external_ids:vendor=kube-ovn";
+    nbctl(cluster, &["--may-exist", "lr-add", "ovn-cluster"]);
+    nbctl(
+        cluster,
+        &[
+            "ls-add",
+            "kovn",
+            "--",
+            "set",
+            "Logical_Switch",
+            "kovn",
+            vendor,
+            "other_config:subnet=10.83.0.0/24",
+            "other_config:gateway=10.83.0.1",
+            "other_config:exclude_ips=10.83.0.1",
+        ],
+    );
+    nbctl(
+        cluster,
+        &[
+            "lrp-add",
+            "ovn-cluster",
+            "ovn-cluster-kovn",
+            "0a:00:00:53:00:01",
+            "10.83.0.1/24",
+            "--",
+            "set",
+            "Logical_Router_Port",
+            "ovn-cluster-kovn",
+            vendor,
+        ],
+    );
+    nbctl(
+        cluster,
+        &[
+            "lsp-add",
+            "kovn",
+            "kovn-ovn-cluster",
+            "--",
+            "lsp-set-type",
+            "kovn-ovn-cluster",
+            "router",
+            "--",
+            "lsp-set-addresses",
+            "kovn-ovn-cluster",
+            "router",
+            "--",
+            "lsp-set-options",
+            "kovn-ovn-cluster",
+            "router-port=ovn-cluster-kovn",
+            "--",
+            "set",
+            "Logical_Switch_Port",
+            "kovn-ovn-cluster",
+            vendor,
+        ],
+    );
+    for (pod, ip, mac) in KUBE_OVN_PODS {
+        let port = format!("{pod}.{KUBE_OVN_NS}");
+        nbctl(
+            cluster,
+            &[
+                "lsp-add",
+                "kovn",
+                &port,
+                "--",
+                "lsp-set-addresses",
+                &port,
+                &format!("{mac} {ip}"),
+                "--",
+                "set",
+                "Logical_Switch_Port",
+                &port,
+                vendor,
+                "external_ids:ls=kovn",
+                &format!("external_ids:pod=\"{KUBE_OVN_NS}/{pod}\""),
+            ],
+        );
+    }
+
+    let mut manifests = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": KUBE_OVN_NS, "annotations": {
+                LOGICAL_SWITCH: "kovn",
+                "ovn.kubernetes.io/cidr": "10.83.0.0/24",
+                "ovn.kubernetes.io/exclude_ips": "10.83.0.1",
+            } },
+        }),
+        json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+            "metadata": { "name": "kovn", "finalizers": ["kubeovn.io/kube-ovn-controller"] },
+            "spec": {
+                "cidrBlock": "10.83.0.0/24", "default": false, "excludeIps": ["10.83.0.1"],
+                "gateway": "10.83.0.1", "gatewayType": "distributed",
+                "natOutgoing": false, "private": false, "protocol": "IPv4", "provider": "ovn",
+                "vpc": "ovn-cluster", "namespaces": [KUBE_OVN_NS], "enableLb": false,
+            },
+        }),
+    ];
+    for (pod, ip, mac) in KUBE_OVN_PODS {
+        manifests.push(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "IP",
+            "metadata": {
+                "name": format!("{pod}.{KUBE_OVN_NS}"),
+                "finalizers": ["kube-ovn-controller"],
+                "labels": {
+                    "ovn.kubernetes.io/subnet": "kovn",
+                    "ovn.kubernetes.io/node-name": "node1",
+                    "kovn": "",
+                },
+            },
+            "spec": {
+                "podName": pod, "namespace": KUBE_OVN_NS, "subnet": "kovn", "nodeName": "node1",
+                "ipAddress": ip, "v4IpAddress": ip, "macAddress": mac,
+                "attachIps": [], "attachMacs": [], "attachSubnets": [],
+            },
+        }));
+        manifests.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": pod, "namespace": KUBE_OVN_NS, "annotations": {
+                "ovn.kubernetes.io/allocated": "true",
+                "ovn.kubernetes.io/routed": "true",
+                "ovn.kubernetes.io/ip_address": ip,
+                "ovn.kubernetes.io/mac_address": mac,
+                "ovn.kubernetes.io/cidr": "10.83.0.0/24",
+                "ovn.kubernetes.io/gateway": "10.83.0.1",
+                LOGICAL_SWITCH: "kovn",
+                "ovn.kubernetes.io/pod_nic_type": "veth-pair",
+            } },
+            "spec": {
+                "nodeName": "node1",
+                "automountServiceAccountToken": false,
+                "containers": [{ "name": "c", "image": "busybox" }],
+            },
+        }));
+    }
+    for manifest in manifests {
+        let out = kubectl_with(cluster, &["create", "-f", "-"], &manifest.to_string());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), KUBE_OVN_NS);
+    for (pod, _, _) in KUBE_OVN_PODS {
+        wait_for(&format!("{pod} running on Kube-OVN's port"), async || {
+            let p = pods.get(pod).await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Every Logical_Switch_Port and Logical_Router_Port row: (uuid, name, addresses or MAC and
+/// networks), to compare before and after.
+fn northbound_rows(cluster: &Cluster) -> std::collections::BTreeSet<String> {
+    let rows = |table: &str, columns: &str| {
+        nbctl(
+            cluster,
+            &[
+                "--format=csv",
+                "--data=bare",
+                "--no-headings",
+                &format!("--columns={columns}"),
+                "list",
+                table,
+            ],
+        )
+        .lines()
+        .map(|l| format!("{table} {l}"))
+        .collect::<Vec<_>>()
+    };
+    rows("Logical_Switch_Port", "_uuid,name,addresses,type,options")
+        .into_iter()
+        .chain(rows("Logical_Router_Port", "_uuid,name,mac,networks"))
+        .collect()
+}
+
+/// portkeeper started on Kube-OVN's state changes no port, address or MAC (the same rows, by
+/// uuid), adopts the pods' ports and IP resources (its own records, Kube-OVN's finalizers gone),
+/// and from then on releases them like its own: a pod deleted after the takeover leaves nothing.
+async fn takeover_changes_nothing(
+    cluster: &Cluster,
+    client: &Client,
+    before: &std::collections::BTreeSet<String>,
+) {
+    println!("case: taking over from Kube-OVN changes nothing");
+    for (pod, _, _) in KUBE_OVN_PODS {
+        let port = format!("{pod}.{KUBE_OVN_NS}");
+        wait_for(&format!("{port} adopted"), async || {
+            let ids = nbctl(
+                cluster,
+                &["get", "Logical_Switch_Port", &port, "external_ids"],
+            );
+            let ip = ip_resource(client, &port).await?;
+            let finalizers = ip["metadata"]["finalizers"].as_array().map_or(0, Vec::len);
+            (ids.contains("vendor=portkeeper") && finalizers == 0).then_some(())
+        })
+        .await;
+    }
+    let ready = wait_for("Subnet kovn ready", async || {
+        let subnet = kubeovn_resource(client, "subnets", "Subnet", "kovn").await?;
+        let conditions = subnet["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(ready, "Subnet kovn must apply");
+    assert_eq!(&northbound_rows(cluster), before, "a row changed or went");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), KUBE_OVN_NS);
+    for (pod, ip, mac) in KUBE_OVN_PODS {
+        let p = pods.get(pod).await.unwrap();
+        assert_eq!(annotation(&p, "ip_address"), Some(ip));
+        assert_eq!(annotation(&p, "mac_address"), Some(mac));
+        let resource = ip_resource(client, &format!("{pod}.{KUBE_OVN_NS}"))
+            .await
+            .unwrap();
+        assert_eq!(resource["spec"]["v4IpAddress"], ip);
+        assert_eq!(resource["spec"]["macAddress"], mac);
+    }
+
+    // Adopted means released like portkeeper's own: nothing of web-2 is left.
+    pods.delete("web-2", &Default::default()).await.unwrap();
+    let port = format!("web-2.{KUBE_OVN_NS}");
+    wait_for("web-2's port and IP resource gone", async || {
+        released(cluster, client, &port).await.then_some(())
+    })
+    .await;
 }
 
 /// An IP resource created by hand reserves an address for a pod that does not exist yet: the

@@ -35,6 +35,7 @@ use crate::error::Error;
 use crate::ovn::{Northbound, SwitchSpec, ids};
 use crate::plan::SubnetNetwork;
 use crate::stores::AddressingTriggers;
+use crate::takeover;
 
 /// How often a Subnet's or IPPool's counters are republished, and a failed one retried.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(2);
@@ -152,6 +153,7 @@ async fn reconcile_subnet<N: Northbound>(
     state: Arc<Addressing<N>>,
 ) -> Result<Action, Error> {
     let ctx = &state.ctx;
+    takeover::drop_kube_ovn_finalizers(&ctx.client, subnet.as_ref()).await?;
     let result = apply_subnet(ctx, &state.applied, &subnet).await;
     status::outcome(ctx, subnet.as_ref(), &result).await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
@@ -164,6 +166,7 @@ async fn reconcile_pool<N: Northbound>(
     state: Arc<Addressing<N>>,
 ) -> Result<Action, Error> {
     let (ctx, applied) = (&state.ctx, &state.applied);
+    takeover::drop_kube_ovn_finalizers(&ctx.client, pool.as_ref()).await?;
     let spec = plan::engine_pool(&pool);
     let subnet_pending = !applied.subnets.lock().contains_key(&spec.subnet)
         && ctx

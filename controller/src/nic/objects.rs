@@ -150,6 +150,7 @@ pub async fn release<N: Northbound>(
     if let Some(ip) = current
         && uid.is_none_or(|u| holder::recorded_holder(ip.annotations()).is_none_or(|p| p == u))
     {
+        crate::takeover::drop_kube_ovn_finalizers(&ctx.client, &ip).await?;
         match ips.delete(key.as_str(), &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
