@@ -1,8 +1,12 @@
 //! Scale benchmark on the local cluster, with the controller binary (bench profile) as a child
 //! process, each figure beside its floor from the same run:
 //!
-//! 1. Floor: N pod creations, each followed by one NB port insert and one annotation PATCH,
-//!    from a minimal client with the same concurrency as the burst.
+//! 1. Floors, from minimal clients. The fair floor writes what the controller writes, with its
+//!    concurrency: N pod creations (32 in flight, as the burst creates them), and for each
+//!    created pod, by 16 workers (the controller's default): the NB port insert, the IP
+//!    resource by server-side apply, the allocation annotations by PATCH. The minimal floor
+//!    (the figure of earlier rounds) omits the IP resource and creates, inserts and patches in
+//!    one sequence per pod with 32 in flight.
 //! 2. Burst: N pods created at once; time from the first creation to every pod annotated
 //!    `allocated=true` (written only after the pod's port is in NB and its IP resource exists),
 //!    and p50/p99 per pod. The controller's own metrics (reconcile and NB transaction time,
@@ -33,17 +37,23 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kind_e2e::portkeeper::{Controller, controller_log};
 use kind_e2e::{Cluster, ClusterOptions};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use ovsdb_client::protocol::datum::Uuid;
 use ovsdb_client::protocol::table::Table;
 use ovsdb_client::tables::nb::{
     LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_switch_port,
 };
-use portkeeper_api::IP;
+use portkeeper_api::allocation::Allocation;
+use portkeeper_api::annotations::{DEFAULT_PROVIDER, NetworkKeys};
+use portkeeper_api::{IP, IPSpec};
+use portkeeper_engine::parse::{parse_cidr_block, parse_ip_address};
 use serde_json::json;
 
 const CONCURRENCY: usize = 32;
+/// The controller's default `--workers`, the fair floor's allocation concurrency.
+const WORKERS: usize = 16;
 const CIDR: &str = "10.16.0.0/16";
 const NS: &str = "burst";
 
@@ -195,18 +205,60 @@ async fn nb_client(cluster: &Cluster) -> ovsdb_client::Client {
         .unwrap()
 }
 
-async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
-    namespace(client, "floor").await;
-    let out = cluster.ovn_nbctl(&["ls-add", "floor"]).unwrap();
+/// A floor's own namespace and switch (the uuid of the switch).
+async fn floor_place(
+    cluster: &Cluster,
+    client: &Client,
+    name: &str,
+) -> (ovsdb_client::Client, Uuid) {
+    namespace(client, name).await;
+    let out = cluster.ovn_nbctl(&["ls-add", name]).unwrap();
     assert!(out.status.success());
     let nb = nb_client(cluster).await;
     let switch = nb
         .cache()
         .read()
         .iter(LogicalSwitch::TABLE)
-        .find(|(_, r)| LogicalSwitch::from_row(r).is_ok_and(|s| s.name == "floor"))
+        .find(|(_, r)| LogicalSwitch::from_row(r).is_ok_and(|s| s.name == name))
         .map(|(u, _)| *u)
         .unwrap();
+    (nb, switch)
+}
+
+/// Pod `i` of a floor: its address (outside the controller's CIDR) and MAC.
+fn floor_address(i: usize) -> (String, String) {
+    (
+        format!("10.32.{}.{}", i / 256, i % 256),
+        format!("0a:58:0a:20:{:02x}:{:02x}", i / 256, i % 256),
+    )
+}
+
+async fn insert_port(
+    nb: &ovsdb_client::Client,
+    switch: Uuid,
+    name: &str,
+    namespace: &str,
+    i: usize,
+) {
+    let (address, mac) = floor_address(i);
+    let port = LogicalSwitchPort {
+        name: format!("{name}.{namespace}"),
+        addresses: [format!("{mac} {address}")].into(),
+        port_security: [format!("{mac} {address}")].into(),
+        external_ids: BTreeMap::from([
+            ("vendor".to_owned(), "floor".to_owned()),
+            ("pod".to_owned(), format!("{namespace}/{name}")),
+        ]),
+        ..Default::default()
+    };
+    nb.transact(&add_switch_port(switch, &port, None))
+        .await
+        .unwrap();
+}
+
+/// The minimal floor: per pod, create, NB insert and a two-key PATCH in one sequence.
+async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
+    let (nb, switch) = floor_place(cluster, client, "floor").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "floor");
     let started = Instant::now();
     futures::stream::iter(0..n)
@@ -217,24 +269,10 @@ async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
                 pods.create(&PostParams::default(), &pod(&name, true))
                     .await
                     .unwrap();
-                let address = format!("10.32.{}.{}", i / 256, i % 256);
-                let port = LogicalSwitchPort {
-                    name: format!("{name}.floor"),
-                    addresses: [format!(
-                        "0a:58:0a:20:{:02x}:{:02x} {address}",
-                        i / 256,
-                        i % 256
-                    )]
-                    .into(),
-                    external_ids: BTreeMap::from([("pod".to_owned(), format!("floor/{name}"))]),
-                    ..Default::default()
-                };
-                nb.transact(&add_switch_port(switch, &port, None))
-                    .await
-                    .unwrap();
+                insert_port(&nb, switch, &name, "floor", i).await;
                 let body = json!({ "metadata": { "annotations": {
                     "ovn.kubernetes.io/allocated": "true",
-                    "ovn.kubernetes.io/ip_address": address,
+                    "ovn.kubernetes.io/ip_address": floor_address(i).0,
                 } } });
                 pods.patch(&name, &PatchParams::default(), &Patch::Merge(body))
                     .await
@@ -245,6 +283,101 @@ async fn floor(cluster: &Cluster, client: &Client, n: usize) -> Duration {
         .collect::<Vec<()>>()
         .await;
     started.elapsed()
+}
+
+/// The fair floor: the controller's writes for each pod (NB port, IP resource by server-side
+/// apply, the allocation's annotations), by 16 workers fed as the pods are created (32
+/// creations in flight). Its IP resources are deleted afterwards, so the controller's start-up
+/// does not read them. Returns the total and the per-pod creation → annotated times, sorted.
+async fn fair_floor(cluster: &Cluster, client: &Client, n: usize) -> (Duration, Vec<Duration>) {
+    const NAMESPACE: &str = "fair-floor";
+    let (nb, switch) = floor_place(cluster, client, NAMESPACE).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let ips: Api<IP> = Api::all(client.clone());
+    let keys = NetworkKeys::for_provider(DEFAULT_PROVIDER);
+    let (created_tx, created_rx) = futures::channel::mpsc::unbounded();
+    let started = Instant::now();
+    let creating = pods.clone();
+    // The stream owns the sender: the channel ends once every pod is created.
+    let create = futures::stream::iter(0..n)
+        .map(move |i| {
+            let (pods, created_tx) = (creating.clone(), created_tx.clone());
+            async move {
+                let name = format!("p-{i}");
+                let at = Instant::now();
+                pods.create(&PostParams::default(), &pod(&name, true))
+                    .await
+                    .unwrap();
+                created_tx.unbounded_send((i, at)).unwrap();
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>();
+    let allocate = created_rx
+        .map(|(i, at)| {
+            let (pods, ips, nb, keys) = (pods.clone(), ips.clone(), nb.clone(), &keys);
+            async move {
+                let name = format!("p-{i}");
+                let (address, mac) = floor_address(i);
+                insert_port(&nb, switch, &name, NAMESPACE, i).await;
+                let key = format!("{name}.{NAMESPACE}");
+                let spec = IPSpec {
+                    pod_name: name.clone(),
+                    namespace: NAMESPACE.to_owned(),
+                    subnet: NAMESPACE.to_owned(),
+                    ip_address: address.clone(),
+                    v4_ip_address: address.clone(),
+                    mac_address: mac.clone(),
+                    pod_type: String::new(),
+                    ..IPSpec::default()
+                };
+                let body = json!({
+                    "apiVersion": "kubeovn.io/v1",
+                    "kind": "IP",
+                    "metadata": { "name": key, "labels": { "bench": NAMESPACE } },
+                    "spec": spec,
+                });
+                ips.patch(
+                    &key,
+                    &PatchParams::apply("floor").force(),
+                    &Patch::Apply(body),
+                )
+                .await
+                .unwrap();
+                let allocation = Allocation {
+                    subnet: NAMESPACE.to_owned(),
+                    addresses: parse_ip_address(&address).unwrap(),
+                    cidr: parse_cidr_block("10.32.0.0/16").unwrap(),
+                    gateway: parse_ip_address("10.32.0.1").unwrap(),
+                    mac: mac.parse().unwrap(),
+                    routed: false,
+                    virtual_machine: None,
+                };
+                let body =
+                    json!({ "metadata": { "annotations": allocation.to_annotations(keys) } });
+                pods.patch(&name, &PatchParams::default(), &Patch::Merge(body))
+                    .await
+                    .unwrap();
+                at.elapsed()
+            }
+        })
+        .buffer_unordered(WORKERS)
+        .collect::<Vec<Duration>>();
+    let ((), mut latencies) = tokio::join!(
+        async {
+            create.await;
+        },
+        allocate
+    );
+    let elapsed = started.elapsed();
+    latencies.sort();
+    ips.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&format!("bench={NAMESPACE}")),
+    )
+    .await
+    .unwrap();
+    (elapsed, latencies)
 }
 
 /// What any controller must read before it can allocate: every pod and IP resource, and a full
@@ -332,6 +465,7 @@ fn millis(d: Duration) -> String {
 async fn run(cluster: &Cluster, n: usize, total: usize) {
     let client = cluster.client().await.unwrap();
     let floor = floor(cluster, &client, n).await;
+    let (fair, fair_latencies) = fair_floor(cluster, &client, n).await;
 
     namespace(&client, NS).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -341,8 +475,15 @@ async fn run(cluster: &Cluster, n: usize, total: usize) {
     let (elapsed, latencies) = burst(&mut allocated, &pods, 0..n).await;
     println!("pods: {n}, client concurrency {CONCURRENCY}");
     println!(
-        "floor (create + NB insert + PATCH per pod): {:.2} s",
+        "minimal floor (create + NB insert + PATCH per pod): {:.2} s",
         floor.as_secs_f64()
+    );
+    println!(
+        "fair floor (create; NB insert + IP apply + allocation PATCH by {WORKERS} workers): {:.2} s, per pod p50 {}, p99 {}, max {}",
+        fair.as_secs_f64(),
+        millis(percentile(&fair_latencies, 0.50)),
+        millis(percentile(&fair_latencies, 0.99)),
+        millis(*fair_latencies.last().unwrap()),
     );
     println!(
         "controller burst: {:.2} s total, per pod p50 {}, p99 {}, max {}",
@@ -352,7 +493,8 @@ async fn run(cluster: &Cluster, n: usize, total: usize) {
         millis(*latencies.last().unwrap()),
     );
     println!(
-        "ratio controller / floor: {:.2}",
+        "ratio controller / fair floor: {:.2}; controller / minimal floor: {:.2}",
+        elapsed.as_secs_f64() / fair.as_secs_f64(),
         elapsed.as_secs_f64() / floor.as_secs_f64()
     );
     print_metrics(&controller, "after the burst").await;
