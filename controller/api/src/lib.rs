@@ -9,6 +9,7 @@ pub mod allocation;
 pub mod annotations;
 pub mod condition;
 pub mod crdgen;
+pub mod dhcp;
 pub mod ip;
 pub mod ippool;
 pub mod kubevirt;
