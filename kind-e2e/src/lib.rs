@@ -2,7 +2,8 @@
 //! end-to-end suite drives clusters with.
 //!
 //! - [`cni`] runs CNI plugins as a container runtime does.
-//! - [`dataplane`] checks a pod's network from inside and from OVN.
+//! - [`dataplane`] checks a pod's network from inside and from OVN; [`dhcp`] asks OVN's DHCP
+//!   for a lease from inside.
 //! - [`demo`] tells `dev/demo`'s story.
 //! - [`examples`] applies `yamls/examples/` and waits for what they make to run.
 //! - [`sandbox`] keeps one network namespace per pod and what was done to it.
@@ -22,6 +23,7 @@ pub mod cni;
 pub mod consistency;
 pub mod dataplane;
 pub mod demo;
+pub mod dhcp;
 pub mod examples;
 pub mod harness;
 pub mod kubevirt;
