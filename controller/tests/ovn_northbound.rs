@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use portkeeper_api::dhcp::Family;
 use portkeeper_controller::ovn::{
-    Fence, Northbound, OvnNorthbound, PortSpec, SwitchSpec, WRITER_LOCK, port_spec,
+    DhcpScope, DhcpSpec, Fence, Northbound, OvnNorthbound, PortSpec, SwitchSpec, WRITER_LOCK,
+    port_spec,
 };
 use portkeeper_controller::term::Term;
 use portkeeper_engine::MacAddress;
@@ -392,5 +396,84 @@ async fn a_deposed_writer_is_fenced_by_the_writer_lock() {
                 .iter()
                 .all(|l| l.ends_with("\"portkeeper-controller old\"")),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn dhcp_rows_are_made_once_updated_in_place_linked_and_deleted() {
+    let server = NbServer::start();
+    let nb = OvnNorthbound::start(&server.remote(), None, None).unwrap();
+    ready(&nb).await;
+    nb.ensure_switch(&switch("net1")).await.unwrap();
+    nb.upsert_port(&web_shop("net1", "0a:58:0a:10:00:05 10.16.0.5", false))
+        .await
+        .unwrap();
+    let scope = DhcpScope {
+        switch: "net1".into(),
+        family: Family::V4,
+        port: None,
+    };
+    let mut spec = DhcpSpec {
+        scope: scope.clone(),
+        cidr: "10.16.0.0/16".into(),
+        options: BTreeMap::from([
+            ("lease_time".to_owned(), "3600".to_owned()),
+            ("router".to_owned(), "10.16.0.1".to_owned()),
+            ("server_id".to_owned(), "169.254.0.254".to_owned()),
+            ("server_mac".to_owned(), "0a:00:00:00:00:fe".to_owned()),
+        ]),
+    };
+    let uuid = nb.ensure_dhcp(&spec).await.unwrap();
+    assert_eq!(
+        nb.ensure_dhcp(&spec).await.unwrap(),
+        uuid,
+        "one row per scope"
+    );
+    spec.options.insert("lease_time".into(), "60".into());
+    assert_eq!(
+        nb.ensure_dhcp(&spec).await.unwrap(),
+        uuid,
+        "updated in place"
+    );
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=_uuid", "find", "DHCP_Options"]),
+        uuid
+    );
+    assert_eq!(
+        server.nbctl(&["get", "DHCP_Options", &uuid, "options:lease_time", "cidr"]),
+        "\"60\"\n\"10.16.0.0/16\""
+    );
+    assert_eq!(
+        server.nbctl(&["get", "DHCP_Options", &uuid, "external_ids"]),
+        "{ls=net1, protocol=IPv4, vendor=portkeeper}"
+    );
+    assert_eq!(
+        nb.dhcp_rows()
+            .into_iter()
+            .map(|r| (r.uuid, r.scope))
+            .collect::<Vec<_>>(),
+        vec![(uuid.clone(), scope)]
+    );
+
+    nb.link_dhcp("web.shop", Some(&uuid), None).await.unwrap();
+    assert_eq!(
+        server.nbctl(&["lsp-get-dhcpv4-options", "web.shop"]),
+        format!("{uuid} (10.16.0.0/16)")
+    );
+    assert_eq!(
+        nb.port("web.shop").unwrap().dhcpv4_options,
+        Some(uuid.clone())
+    );
+    // A foreign row (another system's) is never reported as ours.
+    server.nbctl(&["create", "DHCP_Options", "cidr=10.99.0.0/24"]);
+    assert_eq!(nb.dhcp_rows().len(), 1);
+
+    nb.delete_dhcp(std::slice::from_ref(&uuid)).await.unwrap();
+    assert_eq!(server.nbctl(&["lsp-get-dhcpv4-options", "web.shop"]), "");
+    assert_eq!(nb.port("web.shop").unwrap().dhcpv4_options, None);
+    assert!(nb.dhcp_rows().is_empty());
+    assert_eq!(
+        server.nbctl(&["--bare", "--columns=cidr", "list", "DHCP_Options"]),
+        "10.99.0.0/24"
     );
 }

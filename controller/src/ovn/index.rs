@@ -120,6 +120,8 @@ impl PortIndex {
             addresses: port.addresses.into_iter().collect(),
             external_ids: port.external_ids,
             options: port.options,
+            dhcpv4_options: port.dhcpv4_options.map(|u| u.to_string()),
+            dhcpv6_options: port.dhcpv6_options.map(|u| u.to_string()),
         };
         for (mac, ips) in observed.bindings() {
             if let Some(mac) = mac {

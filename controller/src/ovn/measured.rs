@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use portkeeper_engine::MacAddress;
 
-use super::northbound::{NbError, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec};
+use super::northbound::{
+    DhcpSpec, NbError, NbOp, Northbound, ObservedDhcp, ObservedPort, PortSpec, SwitchSpec,
+};
 use crate::metrics::Metrics;
 
 /// A [`Northbound`] whose writes are measured.
@@ -25,11 +27,11 @@ impl<N: Northbound> Measured<N> {
         Measured { nb, metrics }
     }
 
-    async fn timed(
+    async fn timed<T>(
         &self,
         op: NbOp,
-        write: impl Future<Output = Result<(), NbError>>,
-    ) -> Result<(), NbError> {
+        write: impl Future<Output = Result<T, NbError>>,
+    ) -> Result<T, NbError> {
         let started = Instant::now();
         let result = write.await;
         self.metrics
@@ -110,5 +112,29 @@ impl<N: Northbound> Northbound for Measured<N> {
             self.nb.update_port_options(name, set, remove),
         )
         .await
+    }
+
+    fn dhcp_rows(&self) -> Vec<ObservedDhcp> {
+        self.nb.dhcp_rows()
+    }
+
+    async fn ensure_dhcp(&self, spec: &DhcpSpec) -> Result<String, NbError> {
+        self.timed(NbOp::EnsureDhcp, self.nb.ensure_dhcp(spec))
+            .await
+    }
+
+    async fn delete_dhcp(&self, uuids: &[String]) -> Result<(), NbError> {
+        self.timed(NbOp::DeleteDhcp, self.nb.delete_dhcp(uuids))
+            .await
+    }
+
+    async fn link_dhcp(
+        &self,
+        port: &str,
+        v4: Option<&str>,
+        v6: Option<&str>,
+    ) -> Result<(), NbError> {
+        self.timed(NbOp::LinkDhcp, self.nb.link_dhcp(port, v4, v6))
+            .await
     }
 }

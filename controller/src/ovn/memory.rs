@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
 
-use super::northbound::{NbError, Northbound, ObservedPort, PortSpec, SwitchSpec};
+use super::northbound::{
+    DhcpSpec, NbError, Northbound, ObservedDhcp, ObservedPort, PortSpec, SwitchSpec,
+};
 
 /// Ports and router ports, in memory.
 #[derive(Default)]
@@ -14,6 +16,8 @@ pub struct MemoryNb {
     pub ports: Mutex<BTreeMap<String, ObservedPort>>,
     /// Switches ensured.
     pub switches: Mutex<BTreeMap<String, SwitchSpec>>,
+    /// `DHCP_Options` rows by UUID.
+    pub dhcp: Mutex<BTreeMap<String, ObservedDhcp>>,
 }
 
 impl MemoryNb {
@@ -95,6 +99,49 @@ impl Northbound for MemoryNb {
         if let Some(port) = self.ports.lock().get_mut(name) {
             port.options.retain(|k, _| !remove.contains(k));
             port.options.extend(set.clone());
+        }
+        Ok(())
+    }
+    fn dhcp_rows(&self) -> Vec<ObservedDhcp> {
+        self.dhcp.lock().values().cloned().collect()
+    }
+    async fn ensure_dhcp(&self, spec: &DhcpSpec) -> Result<String, NbError> {
+        let mut rows = self.dhcp.lock();
+        let uuid = rows
+            .values()
+            .find(|r| r.scope == spec.scope)
+            .map_or_else(|| format!("dhcp-{}", rows.len() + 1), |r| r.uuid.clone());
+        rows.insert(
+            uuid.clone(),
+            ObservedDhcp {
+                uuid: uuid.clone(),
+                scope: spec.scope.clone(),
+                cidr: spec.cidr.clone(),
+                options: spec.options.clone(),
+            },
+        );
+        Ok(uuid)
+    }
+    async fn delete_dhcp(&self, uuids: &[String]) -> Result<(), NbError> {
+        self.dhcp.lock().retain(|uuid, _| !uuids.contains(uuid));
+        for port in self.ports.lock().values_mut() {
+            for pointer in [&mut port.dhcpv4_options, &mut port.dhcpv6_options] {
+                if pointer.as_ref().is_some_and(|u| uuids.contains(u)) {
+                    *pointer = None;
+                }
+            }
+        }
+        Ok(())
+    }
+    async fn link_dhcp(
+        &self,
+        port: &str,
+        v4: Option<&str>,
+        v6: Option<&str>,
+    ) -> Result<(), NbError> {
+        if let Some(port) = self.ports.lock().get_mut(port) {
+            port.dhcpv4_options = v4.map(str::to_owned);
+            port.dhcpv6_options = v6.map(str::to_owned);
         }
         Ok(())
     }

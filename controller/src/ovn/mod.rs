@@ -15,7 +15,7 @@ mod ovsdb;
 
 pub use measured::Measured;
 pub use northbound::{
-    NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
-    port_spec,
+    DhcpScope, DhcpSpec, NbError, NbFailure, NbOp, Northbound, ObservedDhcp, ObservedPort,
+    PortSpec, SwitchSpec, VENDOR, ids, port_spec,
 };
 pub use ovsdb::{Fence, OvnNorthbound, WRITER_LOCK};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 
+use portkeeper_api::dhcp::Family;
 use portkeeper_engine::MacAddress;
 
 /// `external_ids:vendor` on every row portkeeper creates; GC touches nothing without it.
@@ -20,6 +21,10 @@ pub mod ids {
     pub const LS: &str = "ls";
     /// On switches: the Subnet that owns the switch.
     pub const SUBNET: &str = "subnet";
+    /// On `DHCP_Options` rows: `IPv4` or `IPv6` (Kube-OVN's).
+    pub const PROTOCOL: &str = "protocol";
+    /// On `DHCP_Options` rows of one port's own: the port (Kube-OVN's).
+    pub const PORT: &str = "port";
 }
 
 /// A logical switch port as the Northbound cache has it.
@@ -37,6 +42,10 @@ pub struct ObservedPort {
     pub external_ids: BTreeMap<String, String>,
     /// `options`.
     pub options: BTreeMap<String, String>,
+    /// `dhcpv4_options`: the UUID of the `DHCP_Options` row OVN answers DHCPv4 from.
+    pub dhcpv4_options: Option<String>,
+    /// `dhcpv6_options`: the same for DHCPv6.
+    pub dhcpv6_options: Option<String>,
 }
 
 impl ObservedPort {
@@ -71,7 +80,76 @@ impl ObservedPort {
     }
 }
 
-/// The desired state of a nic's port. Applying it is idempotent by name; `options` (where live
+/// Which `DHCP_Options` row: a Subnet's for one family, or one port's own (from its pod's
+/// annotations). Its `external_ids` are Kube-OVN's: `ls`, `protocol`, and `port` for a port's own,
+/// with portkeeper's vendor id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DhcpScope {
+    /// The logical switch (= Subnet name).
+    pub switch: String,
+    /// DHCPv4 or DHCPv6.
+    pub family: Family,
+    /// The port whose own row it is; `None` for the Subnet's.
+    pub port: Option<String>,
+}
+
+impl DhcpScope {
+    /// The row's `external_ids`.
+    pub fn external_ids(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::from([
+            (ids::VENDOR.to_owned(), VENDOR.to_owned()),
+            (ids::LS.to_owned(), self.switch.clone()),
+            (ids::PROTOCOL.to_owned(), self.family.protocol().to_owned()),
+        ]);
+        if let Some(port) = &self.port {
+            map.insert(ids::PORT.to_owned(), port.clone());
+        }
+        map
+    }
+
+    /// The scope a row's `external_ids` describe, if portkeeper made it.
+    pub fn of(external_ids: &BTreeMap<String, String>) -> Option<Self> {
+        if external_ids.get(ids::VENDOR).map(String::as_str) != Some(VENDOR) {
+            return None;
+        }
+        let family = match external_ids.get(ids::PROTOCOL)?.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            _ => return None,
+        };
+        Some(DhcpScope {
+            switch: external_ids.get(ids::LS)?.clone(),
+            family,
+            port: external_ids.get(ids::PORT).cloned(),
+        })
+    }
+}
+
+/// A `DHCP_Options` row portkeeper made, as the Northbound cache has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDhcp {
+    /// The row's UUID, which ports point at.
+    pub uuid: String,
+    /// Whose row it is.
+    pub scope: DhcpScope,
+    /// `cidr`.
+    pub cidr: String,
+    /// `options`.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The desired state of a `DHCP_Options` row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpSpec {
+    /// Whose row it is (one row per scope).
+    pub scope: DhcpScope,
+    /// `cidr`: the Subnet's block of the family.
+    pub cidr: String,
+    /// `options`.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The desired port of a nic. Applying it is idempotent by name; `options` (where live
 /// migration keeps its state) are never touched by it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
@@ -115,6 +193,12 @@ pub enum NbOp {
     DeleteSwitch,
     /// [`Northbound::update_port_options`].
     UpdatePortOptions,
+    /// [`Northbound::ensure_dhcp`].
+    EnsureDhcp,
+    /// [`Northbound::delete_dhcp`].
+    DeleteDhcp,
+    /// [`Northbound::link_dhcp`].
+    LinkDhcp,
 }
 
 impl NbOp {
@@ -126,6 +210,9 @@ impl NbOp {
             NbOp::DeletePort => "delete_port",
             NbOp::DeleteSwitch => "delete_switch",
             NbOp::UpdatePortOptions => "update_port_options",
+            NbOp::EnsureDhcp => "ensure_dhcp",
+            NbOp::DeleteDhcp => "delete_dhcp",
+            NbOp::LinkDhcp => "link_dhcp",
         }
     }
 }
@@ -148,6 +235,9 @@ pub enum NbFailure {
     /// This replica is not the leader (any more): it writes nothing.
     #[error(transparent)]
     NotLeading(#[from] crate::term::NotLeading),
+    /// A `DHCP_Options` row written a moment ago is gone (deleted by another writer).
+    #[error("the DHCP_Options row of {0:?} vanished after it was written")]
+    Vanished(DhcpScope),
 }
 
 /// A Northbound write that failed: the operation, and why.
@@ -233,6 +323,21 @@ pub trait Northbound: Send + Sync + 'static {
         name: &str,
         set: &BTreeMap<String, String>,
         remove: &[String],
+    ) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Every `DHCP_Options` row portkeeper made.
+    fn dhcp_rows(&self) -> Vec<ObservedDhcp>;
+    /// Creates the row of `spec.scope` or updates its `cidr` and `options`; returns its UUID.
+    fn ensure_dhcp(&self, spec: &DhcpSpec) -> impl Future<Output = Result<String, NbError>> + Send;
+    /// Deletes `DHCP_Options` rows by UUID (ports pointing at them lose the pointer: the
+    /// references are weak); absent rows are fine.
+    fn delete_dhcp(&self, uuids: &[String]) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// Points a port's `dhcpv4_options` and `dhcpv6_options` at these rows (`None` clears). A
+    /// missing port is left missing.
+    fn link_dhcp(
+        &self,
+        port: &str,
+        v4: Option<&str>,
+        v6: Option<&str>,
     ) -> impl Future<Output = Result<(), NbError>> + Send;
 }
 

@@ -13,13 +13,14 @@ use ovsdb_client::protocol::operation::{
 };
 use ovsdb_client::protocol::row::Row;
 use ovsdb_client::protocol::table::Table;
+use ovsdb_client::protocol::table::insert_row;
 use ovsdb_client::runtime::cache::CacheView;
 use ovsdb_client::runtime::client::Lock;
-use ovsdb_client::runtime::transaction::{wait_absent, wait_unchanged};
+use ovsdb_client::runtime::transaction::{new_row_uuid, wait_absent, wait_unchanged};
 use ovsdb_client::runtime::transport::TlsConfig;
 use ovsdb_client::tables::nb::{
-    LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort, add_router_port,
-    add_switch_port, remove_router_port, remove_switch_port,
+    DhcpOptions, LogicalRouter, LogicalRouterPort, LogicalSwitch, LogicalSwitchPort,
+    add_router_port, add_switch_port, remove_router_port, remove_switch_port, schema,
 };
 use parking_lot::Mutex;
 use portkeeper_engine::MacAddress;
@@ -27,7 +28,8 @@ use tokio::time::Instant;
 
 use super::index::{FollowedIndex, PortIndex};
 use super::northbound::{
-    NbError, NbFailure, NbOp, Northbound, ObservedPort, PortSpec, SwitchSpec, VENDOR, ids,
+    DhcpScope, DhcpSpec, NbError, NbFailure, NbOp, Northbound, ObservedDhcp, ObservedPort,
+    PortSpec, SwitchSpec, VENDOR, ids,
 };
 use crate::term::{NotLeading, Term};
 
@@ -112,7 +114,8 @@ impl OvnNorthbound {
             .monitor(LogicalSwitch::TABLE, &[])
             .monitor(LogicalSwitchPort::TABLE, &[])
             .monitor(LogicalRouter::TABLE, &[])
-            .monitor(LogicalRouterPort::TABLE, &[]);
+            .monitor(LogicalRouterPort::TABLE, &[])
+            .monitor(DhcpOptions::TABLE, &[]);
         if let Some(tls) = tls {
             builder = builder.tls(tls);
         }
@@ -281,6 +284,36 @@ impl OvnNorthbound {
         })
         .await
     }
+}
+
+/// portkeeper's `DHCP_Options` rows, each with the cached row it was read from.
+fn dhcp_rows(view: &CacheView<'_>) -> Vec<(Row, ObservedDhcp)> {
+    view.rows(DhcpOptions::TABLE)
+        .iter()
+        .filter_map(|row| {
+            let decoded = DhcpOptions::from_row(row).ok()?;
+            let scope = DhcpScope::of(&decoded.external_ids)?;
+            Some((
+                (**row).clone(),
+                ObservedDhcp {
+                    uuid: decoded.uuid.to_string(),
+                    scope,
+                    cidr: decoded.cidr,
+                    options: decoded.options,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The row of `scope`, if it exists.
+fn dhcp_row(view: &CacheView<'_>, scope: &DhcpScope) -> Option<(Row, ObservedDhcp)> {
+    dhcp_rows(view).into_iter().find(|(_, r)| r.scope == *scope)
+}
+
+/// A UUID as OVSDB takes it in a reference column.
+fn reference(uuid: Option<&str>) -> Value {
+    Value::set(uuid.and_then(|u| u.parse::<Uuid>().ok()))
 }
 
 fn by_name_scan(view: &CacheView<'_>, table: &str, name: &str) -> bool {
@@ -505,5 +538,88 @@ impl Northbound for OvnNorthbound {
             .into();
         self.write(NbOp::UpdatePortOptions, |_| vec![op.clone()])
             .await
+    }
+
+    fn dhcp_rows(&self) -> Vec<ObservedDhcp> {
+        dhcp_rows(&self.client.cache().read())
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    async fn ensure_dhcp(&self, spec: &DhcpSpec) -> Result<String, NbError> {
+        const COLUMNS: [&str; 2] = ["cidr", "options"];
+        let same = |r: &ObservedDhcp| r.cidr == spec.cidr && r.options == spec.options;
+        let wanted = DhcpOptions {
+            uuid: new_row_uuid(),
+            cidr: spec.cidr.clone(),
+            external_ids: spec.scope.external_ids(),
+            options: spec.options.clone(),
+        };
+        let wanted_row = wanted.to_row();
+        let current = dhcp_row(&self.client.cache().read(), &spec.scope);
+        if !current.as_ref().is_some_and(|(_, r)| same(r)) {
+            // A replayed insert fails on its client-chosen uuid and the rebuild finds the row; a
+            // row of the same scope written meanwhile by another writer fails the wait.
+            let absent = wait_absent(
+                DhcpOptions::TABLE,
+                vec![Condition::eq(
+                    "external_ids",
+                    Value::map(spec.scope.external_ids()),
+                )],
+            );
+            self.write(NbOp::EnsureDhcp, |view| match dhcp_row(view, &spec.scope) {
+                Some((_, r)) if same(&r) => Vec::new(),
+                Some((row, _)) => {
+                    let uuid = row.uuid().expect("cached rows have a uuid");
+                    wait_unchanged(DhcpOptions::TABLE, &row, &COLUMNS)
+                        .into_iter()
+                        .chain([update_columns(
+                            DhcpOptions::TABLE,
+                            uuid,
+                            &wanted_row,
+                            &COLUMNS,
+                        )])
+                        .collect()
+                }
+                None => vec![absent.clone(), insert_row(&wanted, schema()).into()],
+            })
+            .await?;
+        }
+        // Read-your-writes: the committed row is in the cache.
+        dhcp_row(&self.client.cache().read(), &spec.scope)
+            .map(|(_, r)| r.uuid)
+            .ok_or_else(|| NbError::new(NbOp::EnsureDhcp, NbFailure::Vanished(spec.scope.clone())))
+    }
+
+    async fn delete_dhcp(&self, uuids: &[String]) -> Result<(), NbError> {
+        let ops: Vec<Operation> = uuids
+            .iter()
+            .filter_map(|u| u.parse::<Uuid>().ok())
+            .map(|uuid| {
+                Delete::new(DhcpOptions::TABLE)
+                    .filter(Condition::uuid_is(uuid))
+                    .into()
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(NbOp::DeleteDhcp, |_| ops.clone()).await
+    }
+
+    async fn link_dhcp(
+        &self,
+        port: &str,
+        v4: Option<&str>,
+        v6: Option<&str>,
+    ) -> Result<(), NbError> {
+        let mut row = Row::new();
+        row.insert("dhcpv4_options", reference(v4));
+        row.insert("dhcpv6_options", reference(v6));
+        let op: Operation = Update::new(LogicalSwitchPort::TABLE, row)
+            .filter(Condition::eq("name", port))
+            .into();
+        self.write(NbOp::LinkDhcp, |_| vec![op.clone()]).await
     }
 }
