@@ -449,25 +449,25 @@ async fn reconcile<N: Northbound>(state: &Migrations<N>, key: &VmKey) -> Result<
         chassis_of(node, known.as_deref())
     });
     let desired = stage.options();
-    // The port every launcher pod of the VM shares; the VMI's own name covers a VM whose pods
-    // are all gone.
-    let ports: BTreeSet<String> = pods
+    // The ports of the launcher pods' nics; the VMI's own name covers a VM whose pods are all
+    // gone. Of these, every port of the VM takes the options.
+    let names: BTreeSet<String> = pods
         .iter()
         .map(|p| nic::key(p).as_str().to_owned())
         .chain([port_name(&key.name, &key.namespace, DEFAULT_PROVIDER)
             .as_str()
             .to_owned()])
         .collect();
-    for name in ports {
-        let Some(port) = ctx.nb.port(&name).filter(|p| p.is_ours()) else {
-            continue;
-        };
+    let candidates: Vec<_> = names.iter().filter_map(|n| ctx.nb.port(n)).collect();
+    let of_vm = plan::vm_ports(&key.namespace, &key.name, &candidates);
+    for port in candidates.iter().filter(|p| of_vm.contains(&p.name)) {
+        let name = &port.name;
         let changes = plan::changes(&port.options, &desired);
         if changes.is_empty() {
             continue;
         }
         ctx.nb
-            .update_port_options(&name, &changes.set, &changes.remove)
+            .update_port_options(name, &changes.set, &changes.remove)
             .await?;
         ctx.metrics.migration_options_written(stage.reason());
         let note = format!("port {name}: {}; {}", render(&desired), stage.describe());

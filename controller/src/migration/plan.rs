@@ -12,9 +12,11 @@
 //!   (its interface could otherwise claim the port back);
 //! - otherwise neither option, so a VM started again on any node binds there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use portkeeper_api::kubevirt::MigrationState;
+
+use crate::ovn::{ObservedPort, ids};
 
 /// `options:requested-chassis`: the chassis allowed to bind the port, main one first.
 pub const REQUESTED_CHASSIS: &str = "requested-chassis";
@@ -331,6 +333,22 @@ fn settled(
         },
         _ => Stage::Idle,
     }
+}
+
+/// The ports the options of the VM `vm` in `namespace` go on, among `candidates`: every port
+/// portkeeper made for the VM, one per NIC (its `pod` external id is `<namespace>/<vm>`, the
+/// rule by which Kube-OVN pins every port of a VM), and no port of another VM or another system.
+pub fn vm_ports<'a>(
+    namespace: &str,
+    vm: &str,
+    candidates: impl IntoIterator<Item = &'a ObservedPort>,
+) -> BTreeSet<String> {
+    let owner = format!("{namespace}/{vm}");
+    candidates
+        .into_iter()
+        .filter(|p| p.is_ours() && p.external_ids.get(ids::POD) == Some(&owner))
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// The writes that turn a port's current `options` into `desired`, touching no other key.
@@ -687,6 +705,107 @@ mod tests {
             activation_strategy: Some("rarp".into()),
         };
         assert!(changes(&current, &same).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod ports {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ovn::VENDOR;
+
+    /// A port named `name` whose `pod` external id is `pod`, made by portkeeper or not.
+    fn port(name: &str, pod: &str, ours: bool) -> ObservedPort {
+        let vendor = if ours { VENDOR } else { "kube-ovn" };
+        ObservedPort {
+            name: name.into(),
+            external_ids: BTreeMap::from([
+                (ids::VENDOR.to_owned(), vendor.to_owned()),
+                (ids::POD.to_owned(), pod.to_owned()),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_nic_of_the_vm_and_nothing_else() {
+        let candidates = [
+            port("vm1.ns", "ns/vm1", true),
+            port("vm1.ns.net1.ns.ovn", "ns/vm1", true),
+            port("vm1.ns.net2.other.ovn", "ns/vm1", true),
+            port("vm10.ns", "ns/vm10", true),
+            port("vm1.other", "other/vm1", true),
+            port("vm1.ns.legacy", "ns/vm1", false),
+        ];
+        assert_eq!(
+            vm_ports("ns", "vm1", &candidates),
+            BTreeSet::from([
+                "vm1.ns".to_owned(),
+                "vm1.ns.net1.ns.ovn".to_owned(),
+                "vm1.ns.net2.other.ovn".to_owned(),
+            ])
+        );
+    }
+
+    proptest! {
+        /// Whatever ports exist (the VM's NICs, other VMs' in the same or another namespace,
+        /// other systems'), every port of the VM is selected and given exactly the stage's
+        /// options, and no other port is touched.
+        #[test]
+        fn the_options_reach_every_port_of_the_vm(
+            ports in proptest::collection::vec(
+                (0..3usize, 0..2usize, 0..4usize, any::<bool>(), any::<bool>()),
+                0..12,
+            ),
+            migrating in any::<bool>(),
+        ) {
+            // Port names are unique in Northbound.
+            let mut names = BTreeSet::new();
+            let candidates: Vec<ObservedPort> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, &(vm, ns, nic, ours, pinned))| {
+                    let (vm, ns) = (["vm", "vm2", "v"][vm], ["ns", "ns2"][ns]);
+                    let name = match nic {
+                        0 => format!("{vm}.{ns}"),
+                        n => format!("{vm}.{ns}.net{n}.{ns}.ovn.{i}"),
+                    };
+                    let mut p = port(&name, &format!("{ns}/{vm}"), ours);
+                    if pinned {
+                        p.options.insert(REQUESTED_CHASSIS.into(), "ch-old".into());
+                    }
+                    p
+                })
+                .filter(|p| names.insert(p.name.clone()))
+                .collect();
+            let desired = if migrating {
+                Stage::Migrating {
+                    migration: "m".into(),
+                    source: "ch-a".into(),
+                    target: "ch-b".into(),
+                }
+            } else {
+                Stage::Idle
+            }
+            .options();
+            let selected = vm_ports("ns", "vm", &candidates);
+            for p in &candidates {
+                let of_vm = p.is_ours() && p.external_ids[ids::POD] == "ns/vm";
+                prop_assert_eq!(selected.contains(&p.name), of_vm, "{}", p.name);
+                let mut options = p.options.clone();
+                if selected.contains(&p.name) {
+                    let c = changes(&options, &desired);
+                    options.extend(c.set);
+                    options.retain(|k, _| !c.remove.contains(k));
+                    prop_assert_eq!(options.get(REQUESTED_CHASSIS), desired.requested_chassis.as_ref());
+                    prop_assert_eq!(
+                        options.get(ACTIVATION_STRATEGY),
+                        desired.activation_strategy.as_ref()
+                    );
+                }
+            }
+        }
     }
 }
 
