@@ -1,5 +1,6 @@
 //! The controller's one error type, and the user-facing rejection a bad request becomes.
 
+use portkeeper_api::dhcp::DhcpOptionsError;
 use portkeeper_api::request::AnnotationError;
 use portkeeper_engine::{EngineError, ErrorKind};
 use thiserror::Error;
@@ -94,6 +95,10 @@ pub enum Error {
     /// A JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// DHCP options (a Subnet's `dhcpV4Options`/`dhcpV6Options` or a pod's annotation) that
+    /// OVN would refuse; nothing was written.
+    #[error(transparent)]
+    Dhcp(#[from] DhcpOptionsError),
 }
 
 impl Error {
@@ -108,6 +113,7 @@ impl Error {
             Error::Cache(_) => "cache",
             Error::LostLeadership(_) => "leadership",
             Error::Json(_) => "json",
+            Error::Dhcp(_) => "dhcp",
         }
     }
 }

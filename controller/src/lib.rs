@@ -11,6 +11,7 @@ pub mod admission;
 pub mod allocate;
 pub mod config;
 pub mod context;
+pub mod dhcp;
 pub mod error;
 pub mod events;
 pub mod http;

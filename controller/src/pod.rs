@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::allocate::claim_checked;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::dhcp;
 use crate::error::{Error, RejectReason, Rejection};
 use crate::nic::holder::{self, live_holder};
 use crate::nic::target::{self, Addressing};
@@ -110,7 +111,7 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
             )
             .await?;
         }
-        return Ok(());
+        return port_dhcp(ctx, pod, &key).await;
     }
 
     let reference = pod.object_ref(&());
@@ -177,7 +178,23 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     patch_annotations(&ctx.client, pod, allocation.to_annotations(keys)).await?;
     ctx.metrics.allocations.inc();
     tracing::debug!(pod = %name, %namespace, addresses = %lease.addresses(), "allocated");
-    Ok(())
+    port_dhcp(ctx, pod, &key).await
+}
+
+/// The port's OVN DHCP as the pod's annotations and its Subnet ask for. Bad options become an
+/// `InvalidAnnotation` Warning Event and leave the port's DHCP as it was; the addresses stand.
+async fn port_dhcp<N: Northbound>(ctx: &Context<N>, pod: &Pod, key: &NicKey) -> Result<(), Error> {
+    match dhcp::apply_port(ctx, key.as_str(), &ctx.keys, pod.annotations()).await {
+        Err(Error::Dhcp(e)) => {
+            let r = Rejection {
+                reason: RejectReason::InvalidAnnotation,
+                message: e.to_string(),
+            };
+            ctx.warn(&pod.object_ref(&()), "Allocate", &r).await;
+            Err(Error::Rejected(r))
+        }
+        other => other,
+    }
 }
 
 /// A running pod that kube-ovn-controller allocated, taken over as it is: its port is rewritten

@@ -120,10 +120,10 @@ pub struct SubnetSpec {
     /// honoured whatever its value.
     #[serde(default, skip_serializing_if = "is_false")]
     pub disable_inter_connection: bool,
-    /// OVN DHCP for the subnet's ports.
+    /// OVN DHCP for the subnet's ports (see `docs/dhcp.md`).
     #[serde(rename = "enableDHCP", default, skip_serializing_if = "is_false")]
     pub enable_dhcp: bool,
-    /// DHCPv4 options (`key=value,…`) of the subnet.
+    /// DHCPv4 options (`key=value,…`) of the subnet; Kube-OVN's defaults fill in the rest.
     #[serde(
         rename = "dhcpV4Options",
         default,
@@ -352,9 +352,9 @@ pub struct SubnetStatus {
         skip_serializing_if = "String::is_empty"
     )]
     pub v6_using_ip_range: String,
-    /// Kube-OVN's status fields for features portkeeper does not implement (centralized
-    /// gateway, DHCP, underlay-to-overlay, NAT rules, multicast): declared so a Subnet exported
-    /// with its status applies, and kept as written.
+    /// Kube-OVN's status fields for its other features (centralized gateway, underlay-to-overlay,
+    /// NAT rules, multicast): declared so a Subnet exported with its status applies, and kept as
+    /// written; and the Subnet's OVN DHCP rows, which portkeeper writes.
     #[serde(flatten)]
     pub kube_ovn: KubeOvnSubnetStatus,
 }
@@ -369,7 +369,7 @@ pub struct KubeOvnSubnetStatus {
         skip_serializing_if = "String::is_empty"
     )]
     pub activate_gateway: String,
-    /// The OVN DHCP_Options row of the subnet's IPv4 DHCP.
+    /// The OVN DHCP_Options row of the subnet's IPv4 DHCP (empty with DHCP off).
     #[serde(
         rename = "dhcpV4OptionsUUID",
         default,
@@ -450,15 +450,13 @@ impl SubnetSpec {
             ),
             ("policyRoutingPriority", s.policy_routing_priority != 0),
             ("policyRoutingTableID", s.policy_routing_table_id != 0),
-            ("mtu", s.mtu != 0),
+            // The pod interface's MTU is the CNI's; the Subnet's is what its DHCP offers.
+            ("mtu", s.mtu != 0 && !s.enable_dhcp),
             ("private", s.private),
             ("allowSubnets", !s.allow_subnets.is_empty()),
             ("vlan", !s.vlan.is_empty()),
             ("vips", !s.vips.is_empty()),
             ("logicalGateway", s.logical_gateway),
-            ("enableDHCP", s.enable_dhcp),
-            ("dhcpV4Options", !s.dhcp_v4_options.is_empty()),
-            ("dhcpV6Options", !s.dhcp_v6_options.is_empty()),
             ("enableIPv6RA", s.enable_ipv6_ra),
             ("ipv6RAConfigs", !s.ipv6_ra_configs.is_empty()),
             ("acls", !s.acls.is_empty()),

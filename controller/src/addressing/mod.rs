@@ -31,6 +31,7 @@ use serde_json::json;
 use crate::admission;
 use crate::config::Config;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::dhcp;
 use crate::error::Error;
 use crate::ovn::{Northbound, SwitchSpec, ids};
 use crate::plan::SubnetNetwork;
@@ -154,8 +155,18 @@ async fn reconcile_subnet<N: Northbound>(
 ) -> Result<Action, Error> {
     let ctx = &state.ctx;
     takeover::drop_kube_ovn_finalizers(&ctx.client, subnet.as_ref()).await?;
-    let result = apply_subnet(ctx, &state.applied, &subnet).await;
-    status::outcome(ctx, subnet.as_ref(), &result).await;
+    let result = match apply_subnet(ctx, &state.applied, &subnet).await {
+        Ok(()) => dhcp::apply_subnet(ctx, &subnet).await,
+        Err(e) => Err(e),
+    };
+    let rows = result.as_ref().ok().cloned();
+    let result = result.map(drop);
+    status::outcome(ctx, subnet.as_ref(), &result, |status| {
+        if let Some(rows) = rows {
+            rows.publish(status);
+        }
+    })
+    .await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
 }
 
@@ -187,7 +198,7 @@ async fn reconcile_pool<N: Northbound>(
                 applied.pools.lock().insert(spec.name.clone(), spec.clone());
             })
     };
-    status::outcome(ctx, pool.as_ref(), &result).await;
+    status::outcome(ctx, pool.as_ref(), &result, |_| {}).await;
     result.map(|()| Action::requeue(STATUS_PERIOD))
 }
 
@@ -249,6 +260,9 @@ async fn removals<N: Northbound>(state: &Arc<Addressing<N>>, mut deleted: Unboun
         }
         while deleted.try_recv().is_ok() {}
         remove_deleted(state).await;
+        if let Err(e) = dhcp::collect_garbage(&state.ctx).await {
+            tracing::warn!(error = %e, "removing unused DHCP_Options rows failed; retrying");
+        }
     }
 }
 

@@ -101,13 +101,20 @@ counted!(
 );
 
 /// Publishes the outcome of applying `object`: on success with the engine's counters, on
-/// failure with the error in its `Ready` condition.
-pub async fn outcome<N, K: Counted>(ctx: &Context<N>, object: &K, result: &Result<(), Error>) {
+/// failure with the error in its `Ready` condition; `amend` adds what else the pass found out
+/// (a Subnet's DHCP rows). Refused DHCP options leave the addresses applied and served, so they
+/// are still counted.
+pub async fn outcome<N, K: Counted>(
+    ctx: &Context<N>,
+    object: &K,
+    result: &Result<(), Error>,
+    amend: impl FnOnce(&mut K::Status),
+) {
     let counters = match result {
-        Ok(()) => K::counters(&ctx.engine, &object.name_any()),
+        Ok(()) | Err(Error::Dhcp(_)) => K::counters(&ctx.engine, &object.name_any()),
         Err(_) => None,
     };
-    publish(ctx, object, counters, result.as_ref().err()).await;
+    publish(ctx, object, counters, result.as_ref().err(), amend).await;
 }
 
 /// Writes the object's status after a pass: the conditions (`Ready`, with `error` when the pass
@@ -119,9 +126,11 @@ async fn publish<N, K: Counted>(
     object: &K,
     counters: Option<AddressStatus>,
     error: Option<&Error>,
+    amend: impl FnOnce(&mut K::Status),
 ) {
     let old = object.status().cloned().unwrap_or_default();
     let mut status = old.clone();
+    amend(&mut status);
     let unsupported = object.unsupported(&ctx.config.cluster_router);
     let previous = K::conditions(&mut status).clone();
     *K::conditions(&mut status) = conditions(&previous, error, &unsupported);
