@@ -1090,7 +1090,6 @@ async fn exported_manifests_apply_unchanged(
         "allowSubnets",
         "gatewayNode",
         "vlan",
-        "enableDHCP",
     ];
     let message = wait_for("Unsupported condition on vlan-prod", async || {
         let subnet = kubeovn_resource(client, "subnets", "Subnet", "vlan-prod").await?;
@@ -1109,6 +1108,9 @@ async fn exported_manifests_apply_unchanged(
         "excludeIps",
         "disableGatewayCheck",
         "logicalGateway",
+        "enableDHCP",
+        "dhcpV4Options",
+        "mtu",
     ] {
         assert!(!message.contains(honoured), "{message:?} names {honoured}");
     }
