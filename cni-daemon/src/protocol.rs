@@ -161,20 +161,28 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<
 }
 
 #[cfg(test)]
+impl DaemonRequest {
+    /// A DEL of container `container_id`'s eth0, naming nothing else.
+    pub(crate) fn del_for_test(container_id: &str) -> Self {
+        DaemonRequest {
+            command: Command::Del,
+            container_id: container_id.into(),
+            netns: None,
+            ifname: "eth0".into(),
+            pod: None,
+            mtu: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn unreachable_daemon_is_try_again_later() {
         let dir = tempfile::tempdir().unwrap();
-        let req = DaemonRequest {
-            command: Command::Del,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            pod: None,
-            mtu: None,
-        };
+        let req = DaemonRequest::del_for_test("c1");
         let err = call(&dir.path().join("none.sock"), &req, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.code, ErrorCode::TryAgainLater);
         assert!(err.msg.contains("none.sock"));

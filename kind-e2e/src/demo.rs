@@ -684,7 +684,7 @@ fn short(uid: Option<&str>) -> &str {
 }
 
 /// The `_uuid` of a Logical_Switch_Port row.
-fn port_row(cluster: &Cluster, port: &str) -> String {
+pub fn port_row(cluster: &Cluster, port: &str) -> String {
     nbctl(
         cluster,
         &[

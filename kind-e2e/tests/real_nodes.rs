@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kind_e2e::dataplane::wait_running;
+use kind_e2e::demo::port_row;
 use kind_e2e::portkeeper::{
     allocated, annotation, kubectl, kubectl_apply, nb_addresses, nbctl, prepare_cluster, wait_for,
 };
@@ -263,16 +264,7 @@ spec:
             p.status.as_ref().and_then(|s| s.pod_ip.clone()),
         )
     };
-    let row = nbctl(
-        cluster,
-        &[
-            "--bare",
-            "--columns=_uuid",
-            "find",
-            "Logical_Switch_Port",
-            &format!("name={port}"),
-        ],
-    );
+    let row = port_row(cluster, &port);
     assert!(!row.is_empty(), "no port {port}");
 
     pods.delete("web-0", &DeleteParams::default())
@@ -285,20 +277,7 @@ spec:
         identity(&after).2,
         "podIP differs from the annotation"
     );
-    assert_eq!(
-        nbctl(
-            cluster,
-            &[
-                "--bare",
-                "--columns=_uuid",
-                "find",
-                "Logical_Switch_Port",
-                &format!("name={port}")
-            ]
-        ),
-        row,
-        "the port row was replaced"
-    );
+    assert_eq!(port_row(cluster, &port), row, "the port row was replaced");
 }
 
 /// The nodes' kubelet and containerd logs, and the pods' logs (the controller's and daemon's).

@@ -136,7 +136,6 @@ fn validated(request: DaemonRequest) -> Result<DaemonRequest, CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::Command;
     use crate::protocol::call;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -156,14 +155,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let req = DaemonRequest {
-            command: Command::Del,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            pod: None,
-            mtu: None,
-        };
+        let req = DaemonRequest::del_for_test("c1");
         let socket = PathBuf::from(name);
         let response =
             tokio::task::spawn_blocking(move || call(&socket, &req, Duration::from_secs(5)))
