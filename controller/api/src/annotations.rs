@@ -37,6 +37,18 @@ pub fn key(provider: &str, suffix: &str) -> String {
     format!("{provider}.kubernetes.io/{suffix}")
 }
 
+/// The providers whose nic `annotations` mark allocated (`<provider>.kubernetes.io/allocated`
+/// is `"true"`): the primary `ovn` and every attachment network, sorted.
+pub fn allocated_providers(annotations: &std::collections::BTreeMap<String, String>) -> Vec<&str> {
+    let suffix = format!(".kubernetes.io/{ALLOCATED}");
+    annotations
+        .iter()
+        .filter(|(_, v)| v.as_str() == "true")
+        .filter_map(|(k, _)| k.strip_suffix(suffix.as_str()))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// Node annotation holding the node's OVN chassis name (its Open_vSwitch
 /// `external_ids:system-id`): written by portkeeper's node daemon, read by live migration.
 pub const NODE_CHASSIS: &str = "ovn.kubernetes.io/chassis";
@@ -112,6 +124,21 @@ mod tests {
         assert_eq!(k.ip_address, "ovn.kubernetes.io/ip_address");
         assert_eq!(k.allocated, "ovn.kubernetes.io/allocated");
         assert_eq!(k.logical_switch, "ovn.kubernetes.io/logical_switch");
+    }
+
+    #[test]
+    fn allocated_providers_are_read_from_the_allocated_keys() {
+        let annotations = [
+            ("ovn.kubernetes.io/allocated", "true"),
+            ("a.ns.ovn.kubernetes.io/allocated", "true"),
+            ("b.ns.ovn.kubernetes.io/allocated", "false"),
+            ("c.ns.ovn.kubernetes.io/ip_address", "10.0.0.1"),
+            (".kubernetes.io/allocated", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(allocated_providers(&annotations), vec!["a.ns.ovn", "ovn"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Kubernetes-facing vocabulary of portkeeper: the `kubeovn.io/v1` addressing CRDs (Subnet, IP,
 //! IPPool), the subset of KubeVirt it reads, Kube-OVN's annotation keys, the typed reading of
-//! a pod's addressing request from those annotations, and the allocation written back (the
-//! contract between the controller and the CNI daemon).
+//! a pod's addressing request from those annotations, its attachment networks, and the
+//! allocation written back (the contract between the controller and the CNI daemon).
 //!
 //! The Rust types here are the source of truth for the CRD YAML in `yamls/`; see [`crdgen`].
 
@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod ip;
 pub mod ippool;
 pub mod kubevirt;
+pub mod networks;
 pub mod request;
 pub mod subnet;
 

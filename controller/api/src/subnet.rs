@@ -63,8 +63,9 @@ pub struct SubnetSpec {
     /// Addresses never handed out at random: entries `ip` or `first..last`. Honoured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_ips: Vec<String>,
-    /// Network provider: `ovn` (the default) is the primary network and honoured; other
-    /// providers (attachment networks) are not implemented.
+    /// Network provider: `ovn` (the default) is the primary network; `<nad>.<ns>.ovn` serves the
+    /// attachment network of the NetworkAttachmentDefinition `<ns>/<nad>` (one port per pod).
+    /// Both are honoured; an IPAM-only provider (`<nad>.<ns>`, no OVN ports) is not implemented.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub provider: String,
     /// `distributed` or `centralized` egress. portkeeper routes no egress; `centralized` is not
@@ -436,10 +437,7 @@ impl SubnetSpec {
         let s = self;
         let fields = [
             ("vpc", !s.vpc.is_empty() && s.vpc != cluster_router),
-            (
-                "provider",
-                s.provider_or_default() != crate::annotations::DEFAULT_PROVIDER,
-            ),
+            ("provider", !s.serves_ovn_ports()),
             ("gatewayType", s.gateway_type == "centralized"),
             ("gatewayNode", !s.gateway_node.trim().is_empty()),
             ("gatewayNodeSelectors", !s.gateway_node_selectors.is_empty()),
@@ -487,12 +485,52 @@ impl SubnetSpec {
             .collect()
     }
 
+    /// Whether the Subnet's nics are OVN ports: the primary provider `ovn`, or an attachment
+    /// network's `<nad>.<ns>.ovn`, as Kube-OVN tells an OVN Subnet from an IPAM-only one.
+    pub fn serves_ovn_ports(&self) -> bool {
+        let provider = self.provider_or_default();
+        provider == crate::annotations::DEFAULT_PROVIDER
+            || provider
+                .strip_suffix(crate::networks::OVN_SUFFIX)
+                .is_some_and(|p| p.ends_with('.') && p.len() > 1)
+    }
+
     /// The provider, with Kube-OVN's default `ovn` when unset.
     pub fn provider_or_default(&self) -> &str {
         if self.provider.is_empty() {
             crate::annotations::DEFAULT_PROVIDER
         } else {
             &self.provider
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ovn_and_attachment_providers_serve_ports_ipam_only_ones_do_not() {
+        let spec = |provider: &str| SubnetSpec {
+            provider: provider.into(),
+            ..Default::default()
+        };
+        for provider in ["", "ovn", "attachnet.default.ovn"] {
+            assert!(spec(provider).serves_ovn_ports(), "{provider}");
+            assert!(
+                !spec(provider)
+                    .unsupported_fields("ovn-cluster")
+                    .contains(&"provider"),
+                "{provider}"
+            );
+        }
+        for provider in ["macvlan.default", ".ovn", "xovn", "ovn.x"] {
+            assert!(!spec(provider).serves_ovn_ports(), "{provider}");
+            assert!(
+                spec(provider)
+                    .unsupported_fields("ovn-cluster")
+                    .contains(&"provider")
+            );
         }
     }
 }
