@@ -109,23 +109,7 @@ pub fn choose_target(
     catalog: &Catalog<'_>,
     has_room: impl Fn(&str) -> bool,
 ) -> Result<Target, Rejection> {
-    let ip = match &request.addresses {
-        AddressRequest::Any => None,
-        AddressRequest::Static(addresses) => Some(IpRequest::Static(*addresses)),
-        AddressRequest::Pool(IpPoolAnnotation::Named(pool)) => {
-            Some(IpRequest::Pools(vec![pool.clone()]))
-        }
-        AddressRequest::Pool(IpPoolAnnotation::List(entries)) => Some(IpRequest::List {
-            entries: entries.clone(),
-            pick: match pod.ordinal {
-                Some(o) => ListPick::Ordinal {
-                    ordinal: o.ordinal,
-                    start: o.start,
-                },
-                None => ListPick::FirstFree,
-            },
-        }),
-    };
+    let ip = ip_request(request, pod.ordinal);
 
     if let Some(name) = &request.logical_switch {
         let subnet = catalog
@@ -188,6 +172,42 @@ pub fn choose_target(
         subnet,
         ip: ip.unwrap_or(IpRequest::Dynamic),
     })
+}
+
+/// The engine request of an explicit `ip_address` or `ip_pool`; `None` when the pod asks for
+/// any address. A StatefulSet pod takes its ordinal's entry of an `ip_pool` list.
+fn ip_request(request: &NetworkRequest, ordinal: Option<Ordinal>) -> Option<IpRequest> {
+    match &request.addresses {
+        AddressRequest::Any => None,
+        AddressRequest::Static(addresses) => Some(IpRequest::Static(*addresses)),
+        AddressRequest::Pool(IpPoolAnnotation::Named(pool)) => {
+            Some(IpRequest::Pools(vec![pool.clone()]))
+        }
+        AddressRequest::Pool(IpPoolAnnotation::List(entries)) => Some(IpRequest::List {
+            entries: entries.clone(),
+            pick: match ordinal {
+                Some(o) => ListPick::Ordinal {
+                    ordinal: o.ordinal,
+                    start: o.start,
+                },
+                None => ListPick::FirstFree,
+            },
+        }),
+    }
+}
+
+/// Where an attachment network's nic is served: always its own Subnet (the one of its
+/// provider, [`crate::nic::network`] finds it), with the addresses its request names. Namespace
+/// bindings are the primary network's, as in Kube-OVN.
+pub fn attachment_target(
+    request: &NetworkRequest,
+    subnet: &str,
+    ordinal: Option<Ordinal>,
+) -> Target {
+    Target {
+        subnet: subnet.to_owned(),
+        ip: ip_request(request, ordinal).unwrap_or(IpRequest::Dynamic),
+    }
 }
 
 /// The primary-network subnets bound to `namespace` (listing it in `spec.namespaces`), in the
@@ -478,6 +498,36 @@ mod tests {
             pools: vec![pool("pool-x", "net1", &[])],
             written_order: None,
         }
+    }
+
+    #[test]
+    fn an_attachment_is_served_by_its_subnet_with_its_own_request() {
+        let keys = NetworkKeys::for_provider("blue.shop.ovn");
+        let read = |pairs: &[(&str, &str)]| {
+            let annotations: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (format!("blue.shop.ovn.kubernetes.io/{k}"), v.to_string()))
+                .collect();
+            NetworkRequest::from_annotations(&keys, &annotations).unwrap()
+        };
+        let ordinal = Some(Ordinal {
+            ordinal: 1,
+            start: 0,
+        });
+        assert_eq!(
+            attachment_target(&read(&[]), "blue", ordinal),
+            Target {
+                subnet: "blue".into(),
+                ip: IpRequest::Dynamic
+            }
+        );
+        let t = attachment_target(&read(&[("ip_pool", "10.9.0.5,10.9.0.6")]), "blue", ordinal);
+        assert!(
+            matches!(&t.ip, IpRequest::List { entries, pick: ListPick::Ordinal { ordinal: 1, start: 0 } } if entries.len() == 2),
+            "{t:?}"
+        );
+        let t = attachment_target(&read(&[("ip_address", "10.9.0.7")]), "blue", None);
+        assert!(matches!(t.ip, IpRequest::Static(_)), "{t:?}");
     }
 
     #[test]

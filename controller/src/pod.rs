@@ -19,7 +19,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::IP;
-use portkeeper_api::annotations::NetworkKeys;
+use portkeeper_api::allocation::port_name;
+use portkeeper_api::annotations::allocated_providers;
 use portkeeper_api::request::{AddressRequest, NetworkRequest};
 use portkeeper_engine::{Engine, IpRequest, Lease, NicKey};
 use serde_json::json;
@@ -30,7 +31,7 @@ use crate::dhcp;
 use crate::error::{Error, RejectReason, Rejection};
 use crate::nic::holder::{self, live_holder};
 use crate::nic::target::{self, Addressing};
-use crate::nic::{self, NicRecord, Owner, reserve};
+use crate::nic::{self, Network, NicRecord, Owner, reserve};
 use crate::ovn::{Northbound, ids};
 use crate::plan::{self, PodFacts, SubnetNetwork, Target};
 use crate::retention::{self, Decision};
@@ -68,16 +69,35 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     if !nic::wants_address(pod) {
         return Ok(());
     }
+    let networks = match nic::networks(pod, &ctx.stores.subnets.state()) {
+        Ok(n) => n,
+        Err(r) => {
+            ctx.warn(&pod.object_ref(&()), "Allocate", &r).await;
+            return Err(Error::Rejected(r));
+        }
+    };
+    for network in &networks {
+        allocate_nic(pod, ctx, network).await?;
+    }
+    Ok(())
+}
+
+/// Allocates one nic of a pod (its primary one or an attachment's), or confirms it is in place.
+async fn allocate_nic<N: Northbound>(
+    pod: &Pod,
+    ctx: &Context<N>,
+    network: &Network,
+) -> Result<(), Error> {
     let (name, namespace, uid) = (
         pod.name_any(),
         pod.namespace().unwrap_or_default(),
         pod.uid().unwrap_or_default(),
     );
-    let key = nic::key(pod);
+    let key = &network.key;
     let owner = holder::owner_of(pod, &ctx.stores);
     let holder = holder::holder_uid(pod, owner.as_ref());
     let nic_name = nic::name(pod);
-    let reserved = reserve::reserved_subnet(&ctx.stores, &key);
+    let reserved = reserve::reserved_subnet(&ctx.stores, key);
     let record = NicRecord {
         name: &nic_name,
         namespace: &namespace,
@@ -86,19 +106,19 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         reserved: reserved.is_some(),
     };
     let _guard = ctx.locks.lock(key.as_str()).await;
-    let keys = &ctx.keys;
+    let keys = &network.keys;
     let annotations = pod.annotations();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let allocated = annotations.get(&keys.allocated).map(String::as_str) == Some("true");
 
-    let held = ctx.engine.lease(&key).filter(|l| l.uid == holder);
+    let held = ctx.engine.lease(key).filter(|l| l.uid == holder);
     if allocated
         && let Some(lease) = held
         && let Some(port) = ctx.nb.port(key.as_str())
     {
         if port.external_ids.get(ids::VENDOR).map(String::as_str) == Some(takeover::KUBE_OVN_VENDOR)
         {
-            adopt(ctx, pod, &record, &lease).await?;
+            adopt(ctx, pod, network, &record, &lease).await?;
         }
         if node.is_some() && annotations.get(&keys.routed).map(String::as_str) != Some("true") {
             record
@@ -111,12 +131,12 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
             )
             .await?;
         }
-        return port_dhcp(ctx, pod, &key).await;
+        return port_dhcp(ctx, pod, network).await;
     }
 
     let reference = pod.object_ref(&());
     let rejected = |r| Error::Rejected(r);
-    let request = match NetworkRequest::from_annotations(keys, annotations) {
+    let request = match network.request(pod) {
         Ok(r) => r,
         Err(e) => {
             let r = e.into();
@@ -126,19 +146,27 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
     };
     let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
-    let target = match choose(ctx, pod, &holder, &request, &catalog) {
+    let chosen = match &network.attachment {
+        None => choose(ctx, pod, &holder, &request, &catalog),
+        Some(served) => Ok(plan::attachment_target(
+            &request,
+            &served.subnet,
+            holder::statefulset_ordinal(pod, &ctx.stores),
+        )),
+    };
+    let target = match chosen {
         Ok(t) => t,
         Err(r) => {
             ctx.warn(&reference, "Allocate", &r).await;
             return Err(rejected(r));
         }
     };
-    if !allocated && let Err(r) = take_over(ctx, pod, &key, &holder).await? {
+    if !allocated && let Err(r) = take_over(ctx, pod, key, &holder).await? {
         ctx.warn(&reference, "Allocate", &r).await;
         return Err(rejected(r));
     }
     let target = match owner.as_ref() {
-        Some(owner) => follow_subnet(ctx, pod, &key, owner, target).await?,
+        Some(owner) => follow_subnet(ctx, pod, key, owner, target).await?,
         None => target,
     };
     let planned = Ok(plan::claim(target, key.clone(), &request, &holder))
@@ -177,14 +205,19 @@ async fn allocate<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Erro
         .await?;
     patch_annotations(&ctx.client, pod, allocation.to_annotations(keys)).await?;
     ctx.metrics.allocations.inc();
-    tracing::debug!(pod = %name, %namespace, addresses = %lease.addresses(), "allocated");
-    port_dhcp(ctx, pod, &key).await
+    tracing::debug!(pod = %name, %namespace, nic = %key, addresses = %lease.addresses(), "allocated");
+    port_dhcp(ctx, pod, network).await
 }
 
 /// The port's OVN DHCP as the pod's annotations and its Subnet ask for. Bad options become an
 /// `InvalidAnnotation` Warning Event and leave the port's DHCP as it was; the addresses stand.
-async fn port_dhcp<N: Northbound>(ctx: &Context<N>, pod: &Pod, key: &NicKey) -> Result<(), Error> {
-    match dhcp::apply_port(ctx, key.as_str(), &ctx.keys, pod.annotations()).await {
+async fn port_dhcp<N: Northbound>(
+    ctx: &Context<N>,
+    pod: &Pod,
+    network: &Network,
+) -> Result<(), Error> {
+    let (key, keys) = (&network.key, &network.keys);
+    match dhcp::apply_port(ctx, key.as_str(), keys, pod.annotations()).await {
         Err(Error::Dhcp(e)) => {
             let r = Rejection {
                 reason: RejectReason::InvalidAnnotation,
@@ -204,11 +237,11 @@ async fn port_dhcp<N: Northbound>(ctx: &Context<N>, pod: &Pod, key: &NicKey) -> 
 async fn adopt<N: Northbound>(
     ctx: &Context<N>,
     pod: &Pod,
+    network: &Network,
     record: &NicRecord<'_>,
     lease: &Lease,
 ) -> Result<(), Error> {
-    let port_security = NetworkRequest::from_annotations(&ctx.keys, pod.annotations())
-        .is_ok_and(|r| r.port_security);
+    let port_security = network.request(pod).is_ok_and(|r| r.port_security);
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     record.write_port(ctx, lease, port_security).await?;
     record.apply_ip(&ctx.client, lease, node).await?;
@@ -308,7 +341,7 @@ async fn follow_subnet<N: Northbound>(
     else {
         return Ok(target);
     };
-    if live_holder(&ctx.stores, key, &pod.name_any()).is_some() {
+    if live_holder(&ctx.stores, &existing, &pod.name_any()).is_some() {
         return Ok(Target {
             subnet: existing.subnet,
             ip: IpRequest::Dynamic,
@@ -342,20 +375,30 @@ async fn patch_annotations(
     Ok(())
 }
 
-/// Settles a deleted pod's nic: compare-and-swap on the holder, so a late delete of an old
-/// incarnation never frees what a new pod of the same name holds. A plain pod's nic is
-/// released; a workload-owned one is decided by [`retention::decide`] (kept while the
+/// Settles a deleted pod's nics, each on its own: compare-and-swap on the holder, so a late
+/// delete of an old incarnation never frees what a new pod of the same name holds. A plain pod's
+/// nic is released; a workload-owned one is decided by [`retention::decide`] (kept while the
 /// workload still needs it, with an Event either way); a launcher pod's nic stays while another
 /// launcher pod of the VM runs.
 pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<(), Error> {
-    let key = nic::key(pod);
+    for key in nic::keys_of(pod) {
+        release_deleted_nic(pod, ctx, &key).await?;
+    }
+    Ok(())
+}
+
+async fn release_deleted_nic<N: Northbound>(
+    pod: &Pod,
+    ctx: &Context<N>,
+    key: &NicKey,
+) -> Result<(), Error> {
     let uid = pod.uid().unwrap_or_default();
     let _guard = ctx.locks.lock(key.as_str()).await;
     let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let Some(lease) = ctx.engine.lease(&key) else {
+    let Some(lease) = ctx.engine.lease(key) else {
         return Ok(());
     };
-    let owner = holder::recorded_owner(ctx, &key).filter(|o| o.uid == lease.uid);
+    let owner = holder::recorded_owner(ctx, key).filter(|o| o.uid == lease.uid);
     if let Some(current) = ctx.stores.pod(&namespace, &name)
         && current.uid().as_deref() != Some(uid.as_str())
     {
@@ -370,16 +413,16 @@ pub async fn release_deleted<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Resu
         return Ok(());
     }
     if nic::launcher_vm(pod).is_some() {
-        if live_holder(&ctx.stores, &key, &name).is_none() {
-            nic::release(ctx, &key, Some(&lease.uid)).await?;
+        if live_holder(&ctx.stores, &lease, &name).is_none() {
+            nic::release(ctx, key, Some(&lease.uid)).await?;
         }
         return Ok(());
     }
     let holder = holder::holder_uid(pod, holder::owner_of(pod, &ctx.stores).as_ref());
-    nic::release(ctx, &key, Some(&holder)).await
+    nic::release(ctx, key, Some(&holder)).await
 }
 
-/// A pod that finished (a Job's pod, `Succeeded` or `Failed`) never runs again: its nic is
+/// A pod that finished (a Job's pod, `Succeeded` or `Failed`) never runs again: its nics are
 /// released now, as Kube-OVN does, not when the pod object is deleted, so Job-heavy namespaces do
 /// not exhaust their subnets. The engine reuses the address only after every never-used one.
 /// A StatefulSet's or VM's identity is not the pod's to give up: its workload replaces the pod,
@@ -388,32 +431,38 @@ async fn release_finished<N: Northbound>(pod: &Pod, ctx: &Context<N>) -> Result<
     if holder::owner_of(pod, &ctx.stores).is_some() || nic::launcher_vm(pod).is_some() {
         return Ok(());
     }
-    let key = nic::key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let _guard = ctx.locks.lock(key.as_str()).await;
-    if ctx.engine.lease(&key).is_some_and(|l| l.uid == uid) {
-        nic::release(ctx, &key, Some(&uid)).await?;
-        tracing::debug!(pod = %pod.name_any(), nic = %key, "finished pod released its addresses");
+    for key in nic::keys_of(pod) {
+        let _guard = ctx.locks.lock(key.as_str()).await;
+        if ctx.engine.lease(&key).is_some_and(|l| l.uid == uid) {
+            nic::release(ctx, &key, Some(&uid)).await?;
+            tracing::debug!(pod = %pod.name_any(), nic = %key, "finished pod released its addresses");
+        }
     }
     Ok(())
 }
 
-/// Allocated pods whose nic the engine holds but whose port is missing from Northbound (someone
-/// ran `ovn-nbctl lsp-del`), with the lease their port must be rebuilt from.
+/// Allocated nics (of any network) whose binding the engine holds but whose port is missing from
+/// Northbound (someone ran `ovn-nbctl lsp-del`), with their pod and the lease their port must be
+/// rebuilt from.
 pub fn vanished_ports<N: Northbound>(
     pods: &[Arc<Pod>],
     engine: &Engine,
     nb: &N,
-    keys: &NetworkKeys,
 ) -> Vec<(Arc<Pod>, Lease)> {
     pods.iter()
-        .filter(|p| p.annotations().get(&keys.allocated).map(String::as_str) == Some("true"))
         .filter(|p| nic::wants_address(p))
-        .filter_map(|p| {
-            let lease = engine.lease(&nic::key(p))?;
-            nb.port(lease.key.as_str())
-                .is_none()
-                .then(|| (p.clone(), lease))
+        .flat_map(|p| {
+            let (name, namespace) = (nic::name(p), p.namespace().unwrap_or_default());
+            allocated_providers(p.annotations())
+                .into_iter()
+                .filter_map(move |provider| {
+                    let lease = engine.lease(&port_name(&name, &namespace, provider))?;
+                    nb.port(lease.key.as_str())
+                        .is_none()
+                        .then(|| (p.clone(), lease))
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -422,7 +471,7 @@ pub fn vanished_ports<N: Northbound>(
 /// it (the pod's reconcile rewrites the port; the claim returns the binding it already has),
 /// with a `PortRestored` Event on the pod. Runs after every garbage collection, at start too.
 pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usize {
-    let vanished = vanished_ports(&ctx.stores.pods.state(), &ctx.engine, &ctx.nb, &ctx.keys);
+    let vanished = vanished_ports(&ctx.stores.pods.state(), &ctx.engine, &ctx.nb);
     let count = vanished.len();
     for (p, lease) in vanished {
         let note = format!(
@@ -525,7 +574,7 @@ mod tests {
                 nb.add_foreign(lease.key.as_str(), "net1", &plan::port_addresses(&lease));
             }
         }
-        let found = vanished_ports(&pods, &engine, &nb, &NetworkKeys::primary());
+        let found = vanished_ports(&pods, &engine, &nb);
         assert_eq!(found.len(), 1, "only the allocated pod without a port");
         let (p, lease) = &found[0];
         assert_eq!(p.name_any(), "vanished");

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::IP;
-use portkeeper_api::annotations::NetworkKeys;
+use portkeeper_api::allocation::port_name;
+use portkeeper_api::annotations::{NetworkKeys, allocated_providers};
 use portkeeper_engine::parse::parse_ip_address;
 use portkeeper_engine::{
     DualAddress, Engine, Lease, MacAddress, NicKey, RebuildReport, Record, RecordSource, Snapshot,
@@ -27,12 +28,7 @@ use crate::plan::SubnetNetwork;
 use crate::stores::Stores;
 
 /// Builds the engine from the synced caches and Northbound.
-pub fn rebuild<N: Northbound>(
-    stores: &Stores,
-    nb: &N,
-    keys: &NetworkKeys,
-    router: &str,
-) -> (Engine, RebuildReport) {
+pub fn rebuild<N: Northbound>(stores: &Stores, nb: &N, router: &str) -> (Engine, RebuildReport) {
     let mut snapshot = Snapshot::default();
     let mut subnet_names = Vec::new();
     for subnet in stores.subnets.state() {
@@ -75,26 +71,30 @@ pub fn rebuild<N: Northbound>(
     }
     for p in stores.pods.state() {
         let a = p.annotations();
-        if a.get(&keys.allocated).map(String::as_str) != Some("true") || !nic::wants_address(&p) {
+        if !nic::wants_address(&p) {
             continue;
         }
-        let (Some(subnet), Some(addresses)) =
-            (a.get(&keys.logical_switch), a.get(&keys.ip_address))
-        else {
-            continue;
-        };
-        let mac = a.get(&keys.mac_address).cloned().unwrap_or_default();
-        if let Some(lease) = lease(
-            subnet,
-            nic::key(&p),
-            holder::holder_uid(&p, holder::owner_of(&p, stores).as_ref()),
-            addresses,
-            &mac,
-        ) {
-            snapshot.records.push(Record {
-                lease,
-                source: RecordSource::PodAnnotation,
-            });
+        let (name, namespace) = (nic::name(&p), p.namespace().unwrap_or_default());
+        for provider in allocated_providers(a) {
+            let keys = NetworkKeys::for_provider(provider);
+            let (Some(subnet), Some(addresses)) =
+                (a.get(&keys.logical_switch), a.get(&keys.ip_address))
+            else {
+                continue;
+            };
+            let mac = a.get(&keys.mac_address).cloned().unwrap_or_default();
+            if let Some(lease) = lease(
+                subnet,
+                port_name(&name, &namespace, provider),
+                holder::holder_uid(&p, holder::owner_of(&p, stores).as_ref()),
+                addresses,
+                &mac,
+            ) {
+                snapshot.records.push(Record {
+                    lease,
+                    source: RecordSource::PodAnnotation,
+                });
+            }
         }
     }
     for port in nb.ports() {
@@ -165,16 +165,17 @@ pub async fn collect_garbage<N: Northbound>(ctx: &Arc<Context<N>>) -> Result<usi
         if lease.uid == FOREIGN_PORT_OWNER {
             continue;
         }
-        let Some((name, namespace)) = lease.key.as_str().rsplit_once('.') else {
+        let Some((name, namespace, provider)) = nic::holder_of(&ctx.stores, &lease) else {
             continue;
         };
+        let allocated = NetworkKeys::for_provider(&provider).allocated;
         let _guard = ctx.locks.lock(lease.key.as_str()).await;
-        let current = ctx.stores.pod(namespace, name);
+        let current = ctx.stores.pod(&namespace, &name);
         let orphaned = match &current {
             None => true,
             Some(p) => {
                 p.uid().as_deref() != Some(lease.uid.as_str())
-                    && p.annotations().get(&ctx.keys.allocated).map(String::as_str) != Some("true")
+                    && p.annotations().get(&allocated).map(String::as_str) != Some("true")
             }
         };
         if !orphaned || ctx.engine.lease(&lease.key) != Some(lease.clone()) {
@@ -262,7 +263,10 @@ pub fn report(report: &RebuildReport) {
 /// The Warning Event text for each pod a rebuild conflict involves: (namespace, pod, message).
 /// Both sides are told: the kept holder keeps the address, the other has lost it and will be
 /// reallocated or collected.
-pub fn conflict_notices(report: &RebuildReport) -> Vec<(String, String, String)> {
+pub fn conflict_notices(
+    report: &RebuildReport,
+    provider_of: impl Fn(&str) -> String,
+) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for c in &report.conflicts {
         let on = match c.on {
@@ -290,7 +294,8 @@ pub fn conflict_notices(report: &RebuildReport) -> Vec<(String, String, String)>
             ),
         ];
         for (record, message) in sides {
-            if let Some((name, namespace)) = record.lease.key.as_str().rsplit_once('.') {
+            let provider = provider_of(&record.lease.subnet);
+            if let Some((name, namespace)) = nic::split(&record.lease.key, &provider) {
                 out.push((namespace.to_owned(), name.to_owned(), message));
             }
         }
@@ -300,7 +305,8 @@ pub fn conflict_notices(report: &RebuildReport) -> Vec<(String, String, String)>
 
 /// Publishes [`conflict_notices`] as Warning Events on the pods that exist.
 pub async fn announce_conflicts<N: Northbound>(ctx: &Context<N>, report: &RebuildReport) {
-    for (namespace, name, message) in conflict_notices(report) {
+    let provider_of = |subnet: &str| nic::provider_of(&ctx.stores, subnet);
+    for (namespace, name, message) in conflict_notices(report, provider_of) {
         if let Some(p) = ctx.stores.pod(&namespace, &name) {
             let rejection = crate::error::Rejection {
                 reason: crate::error::RejectReason::AddressConflict,
@@ -409,7 +415,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let notices = conflict_notices(&report);
+        let notices = conflict_notices(&report, |_| "ovn".to_owned());
         assert_eq!(notices.len(), 2);
         for (namespace, name, message) in &notices {
             assert_eq!(namespace, "shop");

@@ -67,8 +67,8 @@ pub async fn deleted<N: Northbound>(ctx: &Context<N>, ip: &IP) -> Result<(), Err
     let key = NicKey::from(ip.name_any().as_str());
     let uid = ip.uid().unwrap_or_default();
     let _guard = ctx.locks.lock(key.as_str()).await;
-    if ctx.engine.lease(&key).is_some_and(|l| l.uid == uid)
-        && holder::live_holder(&ctx.stores, &key, "").is_none()
+    if let Some(lease) = ctx.engine.lease(&key).filter(|l| l.uid == uid)
+        && holder::live_holder(&ctx.stores, &lease, "").is_none()
     {
         nic::release(ctx, &key, Some(&uid)).await?;
     }

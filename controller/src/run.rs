@@ -97,7 +97,7 @@ pub async fn run<N: Northbound>(
     metrics.synced("northbound");
 
     let keys = NetworkKeys::primary();
-    let (engine, report) = rebuild::rebuild(&stores, nb.as_ref(), &keys, &config.cluster_router);
+    let (engine, report) = rebuild::rebuild(&stores, nb.as_ref(), &config.cluster_router);
     rebuild::report(&report);
     let events = EventPublisher::new(client.clone(), identity.clone());
     let ctx = Arc::new(Context {

@@ -449,16 +449,22 @@ async fn reconcile<N: Northbound>(state: &Migrations<N>, key: &VmKey) -> Result<
         chassis_of(node, known.as_deref())
     });
     let desired = stage.options();
-    // The ports of the launcher pods' nics; the VMI's own name covers a VM whose pods are all
-    // gone. Of these, every port of the VM takes the options.
-    let names: BTreeSet<String> = pods
-        .iter()
-        .map(|p| nic::key(p).as_str().to_owned())
-        .chain([port_name(&key.name, &key.namespace, DEFAULT_PROVIDER)
-            .as_str()
-            .to_owned()])
-        .collect();
-    let candidates: Vec<_> = names.iter().filter_map(|n| ctx.nb.port(n)).collect();
+    // The ports of the launcher pods' nics, every network's; a VM whose pods are all gone is
+    // looked for among all ports (rare: only an orphan pass gets here). Of these, every port of
+    // the VM takes the options.
+    let candidates: Vec<_> = if pods.is_empty() {
+        ctx.nb.ports()
+    } else {
+        let names: BTreeSet<String> = pods
+            .iter()
+            .flat_map(|p| nic::keys_of(p))
+            .map(|k| k.as_str().to_owned())
+            .chain([port_name(&key.name, &key.namespace, DEFAULT_PROVIDER)
+                .as_str()
+                .to_owned()])
+            .collect();
+        names.iter().filter_map(|n| ctx.nb.port(n)).collect()
+    };
     let of_vm = plan::vm_ports(&key.namespace, &key.name, &candidates);
     for port in candidates.iter().filter(|p| of_vm.contains(&p.name)) {
         let name = &port.name;

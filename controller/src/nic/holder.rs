@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use portkeeper_engine::{Lease, NicKey};
 
 use super::naming::{self, launcher_vm, wants_address};
+use super::network::keys_of;
 use crate::context::Context;
 use crate::ovn::Northbound;
 use crate::plan::Ordinal;
@@ -198,19 +199,22 @@ pub fn recorded_owner<N: Northbound>(ctx: &Context<N>, key: &NicKey) -> Option<O
 /// decides those) or a live pod of its key. Garbage collection leaves such nics alone.
 pub fn keeps_identity<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> bool {
     recorded_owner(ctx, &lease.key).is_some_and(|o| o.uid == lease.uid)
-        || live_holder(&ctx.stores, &lease.key, "").is_some()
+        || live_holder(&ctx.stores, lease, "").is_some()
 }
 
-/// A live pod (other than `except`) whose nic is `key`: the pod of that name, or a launcher pod
-/// of the VM of that name.
-pub fn live_holder(stores: &Stores, key: &NicKey, except: &str) -> Option<String> {
-    let (name, namespace) = key.as_str().rsplit_once('.')?;
-    let live = |p: &Pod| p.name_any() != except && wants_address(p) && naming::key(p) == *key;
-    if let Some(p) = stores.pod(namespace, name) {
+/// A live pod (other than `except`) one of whose nics is the lease's: the pod of that name, or
+/// a launcher pod of the VM of that name.
+pub fn live_holder(stores: &Stores, lease: &Lease, except: &str) -> Option<String> {
+    let (name, namespace, _) = naming::holder_of(stores, lease)?;
+    let key = &lease.key;
+    let live = |p: &Pod| p.name_any() != except && wants_address(p) && keys_of(p).contains(key);
+    if let Some(p) = stores.pod(&namespace, &name) {
         return live(&p).then(|| p.name_any());
     }
     stores
-        .pods_where(namespace, |p| launcher_vm(p) == Some(name) && live(p))
+        .pods_where(&namespace, |p| {
+            launcher_vm(p) == Some(name.as_str()) && live(p)
+        })
         .first()
         .map(|p| p.name_any())
 }

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use portkeeper_api::IP;
+use portkeeper_api::annotations::DEFAULT_PROVIDER;
 use portkeeper_api::request::NetworkRequest;
 use portkeeper_engine::{Lease, NicKey};
 
@@ -107,7 +108,12 @@ fn fit<N: Northbound>(
     owner: &Owner,
     ordinal: Option<u64>,
     lease: &Lease,
+    provider: &str,
 ) -> SubnetFit {
+    if provider != DEFAULT_PROVIDER {
+        // An attachment's Subnet is fixed by its provider: only its address can stop fitting.
+        return stranded_fit(ctx, lease);
+    }
     let annotations = template_annotations(&ctx.stores, namespace, owner);
     let Ok(request) = NetworkRequest::from_annotations(&ctx.keys, &annotations) else {
         return SubnetFit::Fits;
@@ -128,17 +134,20 @@ fn fit<N: Northbound>(
     match plan::choose_target(&request, &facts, &catalog, room) {
         Err(_) => SubnetFit::Fits,
         Ok(t) if t.subnet != lease.subnet => SubnetFit::Moved { to: t.subnet },
-        Ok(_) => {
-            let stranded = ctx
-                .engine
-                .stranded(&lease.subnet)
-                .map_or(true, |s| s.iter().any(|x| x.key == lease.key));
-            if stranded {
-                SubnetFit::Outside
-            } else {
-                SubnetFit::Fits
-            }
-        }
+        Ok(_) => stranded_fit(ctx, lease),
+    }
+}
+
+/// `Outside` when the held address no longer fits its Subnet (or the Subnet is gone).
+fn stranded_fit<N: Northbound>(ctx: &Context<N>, lease: &Lease) -> SubnetFit {
+    let stranded = ctx
+        .engine
+        .stranded(&lease.subnet)
+        .map_or(true, |s| s.iter().any(|x| x.key == lease.key));
+    if stranded {
+        SubnetFit::Outside
+    } else {
+        SubnetFit::Fits
     }
 }
 
@@ -150,20 +159,21 @@ pub fn decide_nic<N: Northbound>(
     owner: &Owner,
     except: &str,
 ) -> Decision {
-    let (name, namespace) = lease.key.as_str().rsplit_once('.').unwrap_or_default();
-    let live = live_holder(&ctx.stores, &lease.key, except);
+    let (name, namespace, provider) = nic::holder_of(&ctx.stores, lease)
+        .unwrap_or_else(|| (String::new(), String::new(), DEFAULT_PROVIDER.to_owned()));
+    let live = live_holder(&ctx.stores, lease, except);
     let ordinal = match owner.kind {
-        OwnerKind::StatefulSet => ordinal_of(name, &owner.name),
+        OwnerKind::StatefulSet => ordinal_of(&name, &owner.name),
         OwnerKind::VirtualMachine => None,
     };
     let fit = match live {
         Some(_) => SubnetFit::Fits,
-        None => fit(ctx, namespace, owner, ordinal, lease),
+        None => fit(ctx, &namespace, owner, ordinal, lease, &provider),
     };
     decide(&Facts {
         owner,
         ordinal,
-        observed: observe(&ctx.stores, namespace, owner),
+        observed: observe(&ctx.stores, &namespace, owner),
         fit,
         live_pod: live.as_deref(),
     })
@@ -189,8 +199,8 @@ pub async fn announce<N: Northbound>(
     decision: &Decision,
     pod: Option<&Pod>,
 ) {
-    let namespace = lease.key.as_str().rsplit_once('.').map_or("", |(_, ns)| ns);
-    let reference = pod.map_or_else(|| owner_reference(owner, namespace), |p| p.object_ref(&()));
+    let namespace = nic::holder_of(&ctx.stores, lease).map_or_else(String::new, |(_, ns, _)| ns);
+    let reference = pod.map_or_else(|| owner_reference(owner, &namespace), |p| p.object_ref(&()));
     let addresses = format!(
         "{} ({}, MAC {})",
         lease.key,
@@ -252,7 +262,7 @@ pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
         .state()
         .iter()
         .filter(|p| nic::wants_address(p))
-        .map(|p| nic::key(p))
+        .flat_map(|p| nic::keys_of(p))
         .collect();
     let mut released = 0;
     for (name, owner) in owned {
@@ -269,8 +279,8 @@ pub async fn sweep<N: Northbound>(ctx: &Context<N>) -> Result<usize, Error> {
             continue;
         }
         nic::release(ctx, &key, Some(&lease.uid)).await?;
-        let (pod_name, namespace) = name.rsplit_once('.').unwrap_or_default();
-        let pod = ctx.stores.pod(namespace, pod_name);
+        let (pod_name, namespace, _) = nic::holder_of(&ctx.stores, &lease).unwrap_or_default();
+        let pod = ctx.stores.pod(&namespace, &pod_name);
         announce(ctx, &lease, &owner, &decision, pod.as_deref()).await;
         released += 1;
     }
@@ -292,7 +302,7 @@ pub async fn ip_deleted<N: Northbound>(ctx: &Context<N>, ip: &IP) -> Result<(), 
     let Some(lease) = ctx.engine.lease(&key).filter(|l| l.uid == owner.uid) else {
         return Ok(());
     };
-    if live_holder(&ctx.stores, &key, "").is_some() {
+    if live_holder(&ctx.stores, &lease, "").is_some() {
         return Ok(());
     }
     let api: Api<IP> = Api::all(ctx.client.clone());
