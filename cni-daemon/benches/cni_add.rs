@@ -51,6 +51,7 @@ async fn bench(pods: usize) {
             uid: None,
         }),
         mtu: None,
+        provider: "ovn".into(),
     };
 
     let mut totals = Vec::with_capacity(pods);

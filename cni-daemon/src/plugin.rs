@@ -43,6 +43,7 @@ pub fn run(
         ifname: invocation.ifname,
         pod: invocation.pod,
         mtu: invocation.config.mtu,
+        provider: invocation.config.provider.clone(),
     };
     let version = invocation.config.cni_version;
     match (

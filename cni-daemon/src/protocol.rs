@@ -3,7 +3,7 @@
 //! The plugin writes the request and shuts down its write half; the daemon reads to end-of-stream,
 //! answers and closes. Both sides cap messages at [`MAX_MESSAGE_BYTES`].
 
-use crate::cni::config::{MAX_MTU, MIN_MTU, abstract_name};
+use crate::cni::config::{DEFAULT_PROVIDER, MAX_MTU, MIN_MTU, abstract_name, is_valid_provider};
 use crate::cni::invocation::{is_valid_container_id, validate_ifname};
 use crate::cni::{AddResult, CniError, Command, ErrorCode, PodRef};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,14 @@ pub struct DaemonRequest {
     pub pod: Option<PodRef>,
     /// MTU from the network configuration.
     pub mtu: Option<u32>,
+    /// The network of the interface: `ovn` (primary) or an attachment network's provider. Its
+    /// allocation is read from `<provider>.kubernetes.io/...` and its port is that nic's.
+    #[serde(default = "primary_provider")]
+    pub provider: String,
+}
+
+fn primary_provider() -> String {
+    DEFAULT_PROVIDER.to_owned()
 }
 
 impl DaemonRequest {
@@ -47,6 +55,9 @@ impl DaemonRequest {
         }
         if let Some(pod) = &self.pod {
             pod.validate().map_err(|e| e.msg)?;
+        }
+        if !is_valid_provider(&self.provider) {
+            return Err(format!("provider {:?} is not valid", self.provider));
         }
         if let Some(mtu) = self.mtu
             && !(MIN_MTU..=MAX_MTU).contains(&mtu)
@@ -171,6 +182,7 @@ impl DaemonRequest {
             ifname: "eth0".into(),
             pod: None,
             mtu: None,
+            provider: "ovn".into(),
         }
     }
 }
@@ -201,9 +213,18 @@ mod tests {
                 uid: None,
             }),
             mtu: Some(1400),
+            provider: "ovn".into(),
         };
         let bytes = serde_json::to_vec(&req).unwrap();
         assert_eq!(decode::<DaemonRequest>(&bytes, "request").unwrap(), req);
+        let mut older = serde_json::to_value(&req).unwrap();
+        older.as_object_mut().unwrap().remove("provider");
+        let older = serde_json::to_vec(&older).unwrap();
+        assert_eq!(
+            decode::<DaemonRequest>(&older, "request").unwrap(),
+            req,
+            "a plugin that names no provider asks for the primary network"
+        );
         assert_eq!(req.validate(), Ok(()));
         for bad in [
             DaemonRequest {
@@ -220,6 +241,10 @@ mod tests {
             },
             DaemonRequest {
                 mtu: Some(1),
+                ..req.clone()
+            },
+            DaemonRequest {
+                provider: "Not A Provider".into(),
                 ..req.clone()
             },
             DaemonRequest {

@@ -11,7 +11,8 @@ use portkeeper_cni::daemon::netdev::VethNames;
 use portkeeper_cni::protocol::{DaemonRequest, DaemonResponse};
 use std::time::Duration;
 use support::{
-    Fixture, TestNetns, allocate, assert_nothing_left, fixture, host_link_exists, on_fresh_node,
+    Fixture, TestNetns, allocate, assert_interface_gone, assert_nothing_left, fixture,
+    host_link_exists, on_fresh_node,
 };
 
 fn request(command: Command, container: &str, netns: &TestNetns, pod: &str) -> DaemonRequest {
@@ -26,6 +27,7 @@ fn request(command: Command, container: &str, netns: &TestNetns, pod: &str) -> D
             uid: None,
         }),
         mtu: None,
+        provider: "ovn".into(),
     }
 }
 
@@ -185,6 +187,119 @@ async fn dual_stack_pods_ping_each_other_and_del_leaves_nothing_on_node() {
         };
         assert_eq!(f.daemon.handle(bare).await, DaemonResponse::Done);
     }
+}
+
+#[test]
+fn an_attachment_nic_binds_its_own_port_and_never_touches_eth0() {
+    if support::prerequisites_met() {
+        on_fresh_node(an_attachment_nic_binds_its_own_port_and_never_touches_eth0_on_node);
+    }
+}
+
+/// A pod with eth0 on the primary network and net1 on an attachment network (provider
+/// `blue.default.ovn`, as a NetworkAttachmentDefinition's netconf names it): net1 is wired to its
+/// own port with its own addresses and no default route, and its DEL leaves eth0 bound.
+async fn an_attachment_nic_binds_its_own_port_and_never_touches_eth0_on_node() {
+    let f = fixture(Duration::from_secs(20)).await;
+    let ns = TestNetns::new();
+    allocate(
+        &f,
+        "pod1",
+        [0x0a, 0x58, 0x0a, 0x10, 0, 0x0f],
+        "10.16.0.15",
+        None,
+    );
+    let port = "pod1.default.blue.default.ovn";
+    f.ovn.nbctl(&[
+        "ls-add",
+        "blue",
+        "--",
+        "lsp-add",
+        "blue",
+        port,
+        "--",
+        "lsp-set-addresses",
+        port,
+        "02:00:00:09:00:07 10.9.0.7",
+    ]);
+    f.allocations.set_on(
+        "default",
+        "pod1",
+        "blue.default.ovn",
+        Allocation {
+            addresses: vec!["10.9.0.7/24".parse().unwrap()],
+            gateways: vec![],
+            mac: [2, 0, 0, 9, 0, 7],
+            iface_id: port.into(),
+        },
+    );
+    let net1 = |command| DaemonRequest {
+        ifname: "net1".into(),
+        provider: "blue.default.ovn".into(),
+        ..request(command, "c1", &ns, "pod1")
+    };
+    expect_added(
+        f.daemon
+            .handle(request(Command::Add, "c1", &ns, "pod1"))
+            .await,
+        &f,
+    );
+    let r = expect_added(f.daemon.handle(net1(Command::Add)).await, &f);
+    assert_eq!(r.interfaces[1].name, "net1");
+    assert_eq!(r.interfaces[1].mac, "02:00:00:09:00:07");
+    assert!(r.routes.is_empty(), "{:?}", r.routes);
+
+    let addrs = ns.ip(&["addr", "show", "net1"]);
+    assert!(addrs.contains("10.9.0.7/24"), "{addrs}");
+    let routes = ns.ip(&["route"]);
+    assert!(
+        routes.contains("default via 10.16.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert_eq!(routes.matches("default").count(), 1, "{routes}");
+    assert!(routes.contains("10.9.0.0/24 dev net1"), "{routes}");
+
+    let iface_id = |ifname| {
+        let host = VethNames::for_container("c1", ifname).host;
+        let id = f
+            .ovn
+            .vsctl(&["get", "interface", &host, "external_ids:iface-id"]);
+        id.trim().trim_matches('"').to_owned()
+    };
+    assert_eq!(iface_id("eth0"), "pod1.default");
+    assert_eq!(iface_id("net1"), port);
+    for lsp in ["pod1.default", port] {
+        assert!(
+            f.ovn.nbctl(&["lsp-get-up", lsp]).contains("up"),
+            "{lsp} is not up"
+        );
+    }
+
+    // net1's CHECK and DEL are net1's alone: eth0 stays bound and up.
+    assert_eq!(
+        f.daemon.handle(net1(Command::Check)).await,
+        DaemonResponse::Done
+    );
+    assert_eq!(
+        f.daemon.handle(net1(Command::Del)).await,
+        DaemonResponse::Done
+    );
+    assert_interface_gone(&f, "c1", "net1", Some(&ns));
+    assert_eq!(iface_id("eth0"), "pod1.default");
+    assert!(ns.ip(&["addr", "show", "eth0"]).contains("10.16.0.15/16"));
+    assert_eq!(
+        f.daemon
+            .handle(request(Command::Check, "c1", &ns, "pod1"))
+            .await,
+        DaemonResponse::Done
+    );
+    assert_eq!(
+        f.daemon
+            .handle(request(Command::Del, "c1", &ns, "pod1"))
+            .await,
+        DaemonResponse::Done
+    );
+    assert_nothing_left(&f, "c1", Some(&ns));
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn request(command: Command, container: &str, pod_ns: &TestNetns, pod: &str) -> 
             uid: None,
         }),
         mtu: None,
+        provider: "ovn".into(),
     }
 }
 

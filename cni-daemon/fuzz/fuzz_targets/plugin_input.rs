@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(socket.is_absolute() || portkeeper_cni::cni::config::abstract_name(socket).is_some());
         assert!(validate_ifname(&request.ifname).is_ok());
         assert!(!request.container_id.is_empty());
+        assert!(portkeeper_cni::cni::config::is_valid_provider(&request.provider));
         if let Some(netns) = &request.netns {
             assert!(netns.is_absolute());
         }

@@ -8,6 +8,13 @@ use std::path::PathBuf;
 /// Where the daemon listens when the configuration names no socket.
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/portkeeper/cni.sock";
 
+/// Kube-OVN's daemon socket, as NetworkAttachmentDefinitions written for Kube-OVN name it in
+/// `server_socket`: portkeeper's daemon takes its place, so it means [`DEFAULT_DAEMON_SOCKET`].
+pub const KUBE_OVN_SERVER_SOCKET: &str = "/run/openvswitch/kube-ovn-daemon.sock";
+
+/// The provider of the primary network.
+pub const DEFAULT_PROVIDER: &str = "ovn";
+
 /// Smallest MTU accepted: the IPv4 minimum (IPv6 needs 1280; the daemon checks that with the addresses).
 pub const MIN_MTU: u32 = 68;
 
@@ -23,6 +30,10 @@ struct RawConfig {
     #[serde(rename = "type")]
     plugin_type: Option<String>,
     daemon_socket: Option<PathBuf>,
+    /// Kube-OVN's spelling of the daemon socket.
+    #[serde(rename = "server_socket")]
+    server_socket: Option<PathBuf>,
+    provider: Option<String>,
     mtu: Option<u32>,
 }
 
@@ -35,6 +46,9 @@ pub struct NetworkConfig {
     pub name: String,
     /// The daemon's unix socket.
     pub daemon_socket: PathBuf,
+    /// The network this interface is on: `ovn` (the primary network, the default) or an
+    /// attachment network's provider (`<nad>.<ns>.ovn`), whose allocation the daemon wires.
+    pub provider: String,
     /// MTU for the pod interface; `None` leaves the daemon's default.
     pub mtu: Option<u32>,
 }
@@ -62,15 +76,28 @@ impl NetworkConfig {
             Some("") => return Err(invalid("network configuration field \"type\" is empty")),
             Some(_) => {}
         }
-        let daemon_socket = raw
-            .daemon_socket
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET));
+        let daemon_socket = match (raw.daemon_socket, raw.server_socket) {
+            (Some(socket), _) => socket,
+            (None, Some(socket)) if socket != std::path::Path::new(KUBE_OVN_SERVER_SOCKET) => {
+                socket
+            }
+            _ => PathBuf::from(DEFAULT_DAEMON_SOCKET),
+        };
         if !daemon_socket.is_absolute() && abstract_name(&daemon_socket).is_none() {
             return Err(invalid(format!(
                 "daemonSocket {} must be an absolute path or @name (an abstract socket)",
                 daemon_socket.display()
             )));
         }
+        let provider = match raw.provider.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_PROVIDER.to_owned(),
+            Some(p) if is_valid_provider(p) => p.to_owned(),
+            Some(p) => {
+                return Err(invalid(format!(
+                    "provider {p:?} must be lower-case letters, digits, '-' and '.', like <nad>.<namespace>.ovn"
+                )));
+            }
+        };
         if let Some(mtu) = raw.mtu
             && !(MIN_MTU..=MAX_MTU).contains(&mtu)
         {
@@ -82,6 +109,7 @@ impl NetworkConfig {
             cni_version,
             name,
             daemon_socket,
+            provider,
             mtu: raw.mtu,
         })
     }
@@ -115,6 +143,20 @@ fn is_valid_network_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// A provider is a network's annotation prefix (`<provider>.kubernetes.io/...`): DNS labels
+/// joined by `.`.
+pub fn is_valid_provider(provider: &str) -> bool {
+    provider.len() <= 253
+        && provider.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn missing(field: &str) -> CniError {
     invalid(format!("network configuration has no {field:?} field"))
 }
@@ -137,7 +179,29 @@ mod tests {
             parse(r#"{"cniVersion":"1.0.0","name":"portkeeper","type":"portkeeper-cni"}"#).unwrap();
         assert_eq!(cfg.cni_version, CniVersion::V1_0_0);
         assert_eq!(cfg.daemon_socket, PathBuf::from(DEFAULT_DAEMON_SOCKET));
+        assert_eq!(cfg.provider, "ovn");
         assert_eq!(cfg.mtu, None);
+    }
+
+    #[test]
+    fn a_netconf_written_for_kube_ovn_works_unchanged() {
+        let cfg = parse(
+            r#"{"cniVersion":"0.3.1","name":"attachnet","type":"kube-ovn",
+                "server_socket":"/run/openvswitch/kube-ovn-daemon.sock","provider":"attachnet.default.ovn"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.provider, "attachnet.default.ovn");
+        assert_eq!(cfg.daemon_socket, PathBuf::from(DEFAULT_DAEMON_SOCKET));
+        let own = parse(
+            r#"{"cniVersion":"1.0.0","name":"a","type":"kube-ovn","server_socket":"/run/other.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(own.daemon_socket, PathBuf::from("/run/other.sock"));
+        let both = parse(
+            r#"{"cniVersion":"1.0.0","name":"a","type":"portkeeper-cni","daemonSocket":"@pk","server_socket":"/run/other.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.daemon_socket, PathBuf::from("@pk"));
     }
 
     #[test]
@@ -202,6 +266,18 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"a","type":"t","mtu":-1}"#,
                 ErrorCode::DecodingFailure,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a","type":"t","provider":"A.b.ovn"}"#,
+                ErrorCode::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a","type":"t","provider":"a..ovn"}"#,
+                ErrorCode::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a","type":"t","server_socket":"rel.sock"}"#,
+                ErrorCode::InvalidNetworkConfig,
             ),
         ];
         for (json, code) in cases {

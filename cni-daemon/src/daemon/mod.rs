@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 /// Where the daemon learns a pod's allocation: the API server in production, fixed data in tests.
 pub trait AllocationSource: Send + Sync + 'static {
-    /// Waits up to `timeout` for `pod`'s allocation.
+    /// Waits up to `timeout` for `pod`'s allocation on `provider`'s network.
     fn wait(
         &self,
         pod: &PodRef,
+        provider: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Allocation, CniError>> + Send;
 }
@@ -43,9 +44,10 @@ impl AllocationSource for KubeAllocations {
     fn wait(
         &self,
         pod: &PodRef,
+        provider: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<Allocation, CniError>> + Send {
-        allocation::wait(self.0.clone(), pod, timeout)
+        allocation::wait(self.0.clone(), pod, provider, timeout)
     }
 }
 
@@ -129,7 +131,7 @@ impl<A: AllocationSource> Daemon<A> {
         let started = Instant::now();
         let allocation = self
             .allocations
-            .wait(pod, self.settings.allocation_timeout)
+            .wait(pod, &request.provider, self.settings.allocation_timeout)
             .await;
         phases.allocation = started.elapsed();
         let allocation = allocation?;
@@ -226,7 +228,7 @@ impl<A: AllocationSource> Daemon<A> {
         let (pod, netns) = pod_and_netns(request)?;
         let allocation = self
             .allocations
-            .wait(pod, self.settings.allocation_timeout)
+            .wait(pod, &request.provider, self.settings.allocation_timeout)
             .await?;
         let ifname = request.ifname.clone();
         let observed = netns.run(move || netdev::observe_pod_side(ifname)).await?;

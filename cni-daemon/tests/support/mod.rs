@@ -462,16 +462,26 @@ pub fn host_link_exists(name: &str) -> bool {
     succeeds("ip", &["link", "show", "dev", name])
 }
 
-/// Allocations set by the test, standing in for the controller's annotations.
+/// Allocations set by the test per pod and network (provider), standing in for the controller's
+/// annotations.
 #[derive(Clone, Default)]
-pub struct FixedAllocations(Arc<Mutex<HashMap<(String, String), Allocation>>>);
+pub struct FixedAllocations(Arc<Mutex<HashMap<NetworkOfPod, Allocation>>>);
+
+/// (namespace, pod, provider).
+type NetworkOfPod = (String, String, String);
 
 impl FixedAllocations {
+    /// The pod's allocation on the primary network.
     pub fn set(&self, namespace: &str, name: &str, allocation: Allocation) {
+        self.set_on(namespace, name, "ovn", allocation);
+    }
+
+    /// The pod's allocation on `provider`'s network.
+    pub fn set_on(&self, namespace: &str, name: &str, provider: &str, allocation: Allocation) {
         self.0
             .lock()
             .unwrap()
-            .insert((namespace.into(), name.into()), allocation);
+            .insert((namespace.into(), name.into(), provider.into()), allocation);
     }
 }
 
@@ -479,13 +489,14 @@ impl AllocationSource for FixedAllocations {
     fn wait(
         &self,
         pod: &PodRef,
+        provider: &str,
         _timeout: Duration,
     ) -> impl Future<Output = Result<Allocation, CniError>> + Send {
         let found = self
             .0
             .lock()
             .unwrap()
-            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .get(&(pod.namespace.clone(), pod.name.clone(), provider.to_owned()))
             .cloned();
         async move {
             found.ok_or_else(|| {
@@ -561,9 +572,19 @@ pub fn allocate(f: &Fixture, pod: &str, mac: [u8; 6], v4: &str, v6: Option<&str>
     );
 }
 
-/// Asserts that no OVS port, host veth or pod interface of `container` remains.
+/// Asserts that no OVS port, host veth or pod interface of `container`'s eth0 remains.
 pub fn assert_nothing_left(f: &Fixture, container: &str, netns: Option<&TestNetns>) {
-    let names = VethNames::for_container(container, "eth0");
+    assert_interface_gone(f, container, "eth0", netns);
+}
+
+/// Asserts that no OVS port, host veth or pod interface of `container`'s `ifname` remains.
+pub fn assert_interface_gone(
+    f: &Fixture,
+    container: &str,
+    ifname: &str,
+    netns: Option<&TestNetns>,
+) {
+    let names = VethNames::for_container(container, ifname);
     assert!(
         !f.ovn.ports().contains(&names.host),
         "OVS port {} left on br-int",
@@ -581,8 +602,8 @@ pub fn assert_nothing_left(f: &Fixture, container: &str, netns: Option<&TestNetn
     );
     if let Some(ns) = netns {
         assert!(
-            !ns.ip(&["link"]).contains("eth0"),
-            "eth0 left in the pod: {}",
+            !ns.ip(&["link"]).contains(&format!(" {ifname}@")),
+            "{ifname} left in the pod: {}",
             ns.ip(&["link"])
         );
     }
