@@ -29,6 +29,8 @@ pub struct Metrics {
     connects: AtomicU64,
     disconnects: AtomicU64,
     connect_failures: AtomicU64,
+    wait_after_loss_micros: AtomicU64,
+    backoff_micros: AtomicU64,
     full_resyncs: AtomicU64,
     incremental_resyncs: AtomicU64,
     update_messages: AtomicU64,
@@ -52,6 +54,12 @@ pub struct MetricsSnapshot {
     pub disconnects: u64,
     /// Connection attempts that failed (dial, TLS, schema, leader checks).
     pub connect_failures: u64,
+    /// Time waited after established connections were lost, before the next
+    /// attempt: a few ms of jitter after one that proved itself, the backoff after
+    /// one that ended too soon.
+    pub wait_after_loss: Duration,
+    /// Time spent backing off after rounds in which every remote failed.
+    pub backoff: Duration,
     /// Monitor (re)starts that loaded the whole database (`found=false` or no resume).
     pub full_resyncs: u64,
     /// Monitor resumes that applied only the changes since the last transaction id.
@@ -90,6 +98,11 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+fn add_micros(counter: &AtomicU64, duration: Duration) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    counter.fetch_add(micros, Ordering::Relaxed);
+}
+
 impl Metrics {
     pub(crate) fn connected(&self) {
         bump(&self.connects);
@@ -99,6 +112,12 @@ impl Metrics {
     }
     pub(crate) fn connect_failed(&self) {
         bump(&self.connect_failures);
+    }
+    pub(crate) fn waited_after_loss(&self, pause: Duration) {
+        add_micros(&self.wait_after_loss_micros, pause);
+    }
+    pub(crate) fn backed_off(&self, pause: Duration) {
+        add_micros(&self.backoff_micros, pause);
     }
     pub(crate) fn resynced(&self, full: bool) {
         bump(if full {
@@ -129,10 +148,7 @@ impl Metrics {
             bump(&self.latency_buckets[i]);
         }
         bump(&self.latency_count);
-        self.latency_sum_micros.fetch_add(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        add_micros(&self.latency_sum_micros, latency);
     }
 
     /// Copies every counter.
@@ -151,6 +167,8 @@ impl Metrics {
             connects: load(&self.connects),
             disconnects: load(&self.disconnects),
             connect_failures: load(&self.connect_failures),
+            wait_after_loss: Duration::from_micros(load(&self.wait_after_loss_micros)),
+            backoff: Duration::from_micros(load(&self.backoff_micros)),
             full_resyncs: load(&self.full_resyncs),
             incremental_resyncs: load(&self.incremental_resyncs),
             update_messages: load(&self.update_messages),

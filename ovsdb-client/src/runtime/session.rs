@@ -6,9 +6,13 @@
 //! resuming from the last transaction id. Only then is the connection handed to
 //! callers. When the connection ends (server gone, probe unanswered, leadership
 //! moved, cache inconsistent) in-flight calls fail with a retriable error and the
-//! session starts over with the other remotes first, sleeping with jittered
-//! exponential backoff after a round in which every remote failed. It never gives
-//! up and never panics; it stops only when the client is dropped.
+//! session starts over with the other remotes first. It sleeps with jittered
+//! exponential backoff after a round in which every remote failed, and after a
+//! connection that ended too soon to prove itself (see [`Backoff::after_session`]);
+//! a connection lost because its server went away or stopped being usable is
+//! followed at once by the other remotes, so a raft leader change costs an
+//! election, not a backoff. It never gives up and never panics; it stops only when
+//! the client is dropped.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +35,7 @@ use crate::protocol::schema::DatabaseSchema;
 use crate::runtime::cache::{Cache, MonitorTables};
 use crate::runtime::cluster::{ClusterView, Refusal, SERVER_COLUMNS, ServerDatabase};
 use crate::runtime::connection::{
-    CallError, Coalescing, Connection, ConnectionOptions, NotificationHandler,
+    CallError, CloseReason, Coalescing, Connection, ConnectionOptions, NotificationHandler,
 };
 use crate::runtime::error::Error;
 use crate::runtime::lock::LockRegistry;
@@ -39,8 +43,17 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::monitor::{self, Decoded, MonitorMethod, MonitorState};
 use crate::runtime::transport::{self, Remote};
 
-/// How long a connection must have lived for its loss to reset the backoff.
+/// How long a connection must have lived for a loss on the client's side (an
+/// update it could not apply, a caller's request) to reset the backoff: such a
+/// fault may recur with every server.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// The least a connection must have lived for its server's going away to reset
+/// the backoff (and the current backoff window, whichever is longer): a server
+/// that drops connections right after accepting them gets no reconnect storm.
+const PROVEN_CONNECTION: Duration = Duration::from_secs(1);
+/// The most a reconnection waits after a lost connection that proved itself, so
+/// many clients that lost the same server do not all arrive at once.
+const RECONNECT_JITTER: Duration = Duration::from_millis(50);
 
 /// Prefix of the data monitor's ids; each new monitor (after a condition change,
 /// a cancellation or a reconnection) gets the next number.
@@ -104,7 +117,8 @@ pub(crate) struct Session {
     current_server: Mutex<Option<ServerDatabase>>,
     generation: AtomicU64,
     last_error: Mutex<Option<String>>,
-    /// Why the last connection attempt's server was refused, if it was.
+    /// Why the last connection attempt's server was refused, or why the server
+    /// of the live connection stopped being usable, if it was or did.
     last_refusal: Mutex<Option<Refusal>>,
     shutdown: CancellationToken,
     /// Data monitor ids whose updates are applied: the current one, plus the
@@ -253,29 +267,24 @@ impl Session {
                         return;
                     }
                 };
+                let moved = self.last_refusal.lock().take();
                 self.link.send_replace(Link::Down);
                 self.locks.disconnected();
                 self.metrics.disconnected();
                 *self.last_error.lock() = Some(format!("{remote}: {reason}"));
                 warn!(%remote, %reason, "disconnected; reconnecting");
-                used = Some((i, up_since.elapsed()));
+                used = Some((i, up_since.elapsed(), Ending::of(&reason, moved.is_some())));
                 break;
             }
             match used {
                 // Try the other remotes before this one again: a server that just
                 // lost leadership may be busy writing a snapshot.
-                Some((i, lived)) => {
+                Some((i, lived, ending)) => {
                     let remote = order.remove(i);
                     order.push(remote);
-                    // A connection that dies soon after it came up (a server that
-                    // keeps failing the monitor, say) must not become a reconnect
-                    // storm: only a connection that lived keeps the backoff reset.
-                    let pause = if lived >= STABLE_CONNECTION {
-                        backoff.reset();
-                        Duration::from_millis(rand::rng().random_range(0..=50))
-                    } else {
-                        backoff.next_delay()
-                    };
+                    let pause = backoff.after_session(ending, lived);
+                    debug!(?pause, ?lived, ?ending, "reconnecting");
+                    self.metrics.waited_after_loss(pause);
                     self.sleep(pause).await;
                 }
                 None => {
@@ -288,6 +297,7 @@ impl Session {
                     }
                     let pause = backoff.next_delay();
                     debug!(?pause, "every remote failed; backing off");
+                    self.metrics.backed_off(pause);
                     self.sleep(pause).await;
                 }
             }
@@ -479,8 +489,11 @@ impl Session {
                     .on_update(generation, update, &watch.cache)
                     .map_err(|e| e.to_string())?;
                 if watch.state.established {
-                    self.check_server(&watch.cache)
-                        .map_err(|e| format!("leadership moved: {e}"))?;
+                    self.check_server(&watch.cache).map_err(|refusal| {
+                        let message = format!("leadership moved: {refusal}");
+                        *self.last_refusal.lock() = Some(refusal);
+                        message
+                    })?;
                 }
                 Ok(())
             }
@@ -725,6 +738,32 @@ impl Session {
     }
 }
 
+/// Why an established connection ended, as far as reconnecting is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The server went away (closed, reset, stopped answering the probe) or
+    /// stopped being one we use (it lost the raft leadership or its cluster):
+    /// another member can serve at once.
+    ServerSide,
+    /// The client dropped it (an update it could not apply, a message it could
+    /// not read, a caller's request): the same may happen with every server.
+    ClientSide,
+}
+
+impl Ending {
+    /// Classifies a close reason; `refused` is true when the server was dropped
+    /// because its `_Server.Database` row stopped qualifying.
+    pub(crate) fn of(reason: &CloseReason, refused: bool) -> Self {
+        match reason {
+            CloseReason::Eof | CloseReason::Io(_) | CloseReason::ProbeTimeout(_) => {
+                Ending::ServerSide
+            }
+            CloseReason::Handler(_) if refused => Ending::ServerSide,
+            _ => Ending::ClientSide,
+        }
+    }
+}
+
 /// Exponential backoff with jitter: each delay is drawn from the upper half of a
 /// window that doubles from `min` to `max`.
 #[derive(Debug, Clone)]
@@ -754,6 +793,27 @@ impl Backoff {
         let half = window / 2;
         half + window.mul_f64(rand::rng().random_range(0.0..=0.5))
     }
+
+    /// The pause before reconnecting after an established connection that lived
+    /// `lived` ended. A connection proves itself by living at least as long as
+    /// the wait the backoff would now impose (and [`PROVEN_CONNECTION`]) when its
+    /// server went away, [`STABLE_CONNECTION`] when the client dropped it; its loss
+    /// then resets the backoff and the next connection is tried at once (after a
+    /// few ms of jitter). Any other loss counts as one more failed attempt, so a
+    /// server that keeps dropping fresh connections is retried no faster than the
+    /// backoff allows.
+    pub(crate) fn after_session(&mut self, ending: Ending, lived: Duration) -> Duration {
+        let proven = match ending {
+            Ending::ServerSide => lived >= self.window.max(PROVEN_CONNECTION),
+            Ending::ClientSide => lived >= STABLE_CONNECTION,
+        };
+        if proven {
+            self.reset();
+            RECONNECT_JITTER.mul_f64(rand::rng().random_range(0.0..=1.0))
+        } else {
+            self.next_delay()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -774,6 +834,88 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(8);
+
+    /// The window a fresh backoff has reached after `attempts` failed ones.
+    fn grown(attempts: usize) -> Backoff {
+        let mut b = Backoff::new(MIN, MAX);
+        for _ in 0..attempts {
+            b.next_delay();
+        }
+        b
+    }
+
+    #[test]
+    fn a_server_lost_after_a_short_proven_session_is_followed_at_once_every_time() {
+        // Raft leader kills a few seconds apart, each followed by an election
+        // during which three rounds of attempts fail.
+        let mut b = Backoff::new(MIN, MAX);
+        for kill in 0..20 {
+            let pause = b.after_session(Ending::ServerSide, Duration::from_secs(3));
+            assert!(pause <= RECONNECT_JITTER, "kill {kill}: {pause:?}");
+            let election: Duration = (0..3).map(|_| b.next_delay()).sum();
+            assert!(
+                election <= Duration::from_millis(1750),
+                "kill {kill}: the election's failed rounds back off from the minimum: {election:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_must_outlive_the_current_window_and_the_floor() {
+        // After four failed rounds the window is 4 s: a 3 s session is not proof.
+        let mut b = grown(4);
+        let pause = b.after_session(Ending::ServerSide, Duration::from_secs(3));
+        assert!(pause >= Duration::from_secs(2), "{pause:?}");
+        let mut b = grown(4);
+        assert!(b.after_session(Ending::ServerSide, Duration::from_secs(5)) <= RECONNECT_JITTER);
+        // A fresh backoff's window is 250 ms, but the floor is 1 s.
+        let mut b = Backoff::new(MIN, MAX);
+        assert!(b.after_session(Ending::ServerSide, Duration::from_millis(500)) >= MIN / 2);
+    }
+
+    #[test]
+    fn a_server_that_drops_fresh_connections_gets_no_storm() {
+        let mut b = Backoff::new(MIN, MAX);
+        let pauses: Vec<Duration> = (0..8)
+            .map(|_| b.after_session(Ending::ServerSide, Duration::from_millis(100)))
+            .collect();
+        assert!(pauses[0] >= MIN / 2, "{pauses:?}");
+        assert!(pauses[7] >= MAX / 2, "grew to the cap: {pauses:?}");
+    }
+
+    #[test]
+    fn a_client_side_loss_needs_a_stable_connection() {
+        let mut b = Backoff::new(MIN, MAX);
+        assert!(b.after_session(Ending::ClientSide, Duration::from_secs(5)) >= MIN / 2);
+        assert!(b.after_session(Ending::ClientSide, Duration::from_secs(5)) >= MIN);
+        assert!(b.after_session(Ending::ClientSide, STABLE_CONNECTION) <= RECONNECT_JITTER);
+        assert!(b.next_delay() <= MIN, "the loss reset the backoff");
+    }
+
+    #[test]
+    fn losses_are_classified_by_who_ended_the_connection() {
+        let server = [
+            CloseReason::Eof,
+            CloseReason::Io("connection reset by peer".into()),
+            CloseReason::ProbeTimeout(Duration::from_secs(5)),
+        ];
+        for reason in &server {
+            assert_eq!(Ending::of(reason, false), Ending::ServerSide, "{reason}");
+        }
+        let moved = CloseReason::Handler("leadership moved: not the leader".into());
+        assert_eq!(Ending::of(&moved, true), Ending::ServerSide);
+        let client = [
+            CloseReason::Handler("row does not exist".into()),
+            CloseReason::Decode("not JSON".into()),
+            CloseReason::Requested("test".into()),
+        ];
+        for reason in &client {
+            assert_eq!(Ending::of(reason, false), Ending::ClientSide, "{reason}");
+        }
     }
 
     #[test]
