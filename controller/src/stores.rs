@@ -7,6 +7,12 @@
 //! and deleted IP resources go to the retention worker. Nothing is acted on until every cache
 //! reports synced.
 //!
+//! A watch that cannot resume (410 Gone after an etcd compaction, an API server restarted with a
+//! new watch cache) lists again, and a list has no delete events: an object deleted meanwhile
+//! just is not in it. Each watch therefore compares the list with what it held before and
+//! reports every object that vanished as deleted, so a pod deleted during a relist is released
+//! at once rather than by the next garbage collection.
+//!
 //! KubeVirt is optional: VirtualMachines are watched once the `kubevirt.io/v1` API is served,
 //! from start-up or, when KubeVirt is installed later, from the next check (every 10 s).
 
@@ -155,7 +161,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         notify(workloads_tx.clone()),
     );
     let virtual_machines = Arc::new(OnceLock::new());
-    if kubevirt_served(client, true).await {
+    if kubevirt_served(client, true).await != Served::No {
         let store = watch(
             Api::<VirtualMachine>::all(client.clone()),
             watcher::Config::default(),
@@ -217,7 +223,8 @@ async fn watch_virtual_machines_once_served(
     check.tick().await;
     loop {
         check.tick().await;
-        if kubevirt_served(&client, false).await {
+        // Only a real answer: an API server restarting meanwhile is no sign of KubeVirt.
+        if kubevirt_served(&client, false).await == Served::Yes {
             break;
         }
     }
@@ -238,24 +245,36 @@ async fn watch_virtual_machines_once_served(
     futures::future::join(publish, futures::future::join_all(watches)).await;
 }
 
-/// Whether the API server serves `kubevirt.io/v1` VirtualMachines that portkeeper may read. 404
-/// (not installed) and 403 (no RBAC, logged when `warn_forbidden`) mean no; any other error
-/// counts as served, so a transient error cannot switch VM retention off (the watch then
-/// retries).
-async fn kubevirt_served(client: &Client, warn_forbidden: bool) -> bool {
+/// What the API server answered about `kubevirt.io/v1` VirtualMachines.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    /// Served, and portkeeper may read them.
+    Yes,
+    /// Not installed (404), or portkeeper may not read them (403).
+    No,
+    /// No answer (an error of the connection or the server).
+    Unknown,
+}
+
+/// Whether the API server serves `kubevirt.io/v1` VirtualMachines that portkeeper may read; a 403
+/// is logged when `warn_forbidden`. At start-up an unknown answer counts as served, so a transient
+/// error cannot switch VM retention off (the watch then retries); the later checks wait for a
+/// real answer.
+async fn kubevirt_served(client: &Client, warn_forbidden: bool) -> Served {
     let api: Api<VirtualMachine> = Api::all(client.clone());
     match api
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await
     {
-        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Ok(_) => Served::Yes,
+        Err(kube::Error::Api(e)) if e.code == 404 => Served::No,
         Err(kube::Error::Api(e)) if e.code == 403 => {
             if warn_forbidden {
                 tracing::warn!(error = %e, "may not list kubevirt.io VirtualMachines (see yamls/rbac.yaml)");
             }
-            false
+            Served::No
         }
-        Ok(_) | Err(_) => true,
+        Err(_) => Served::Unknown,
     }
 }
 
@@ -290,7 +309,8 @@ fn notify<K>(tx: UnboundedSender<()>) -> impl FnMut(&watcher::Event<K>) + Send +
 }
 
 /// A store of the objects `api` and `config` select, kept by a watch pushed onto `watches`;
-/// `on_event` sees every event after the store has applied it.
+/// `on_event` sees every event after the store has applied it, and a `Delete` for each object
+/// a relist found gone (see the module's comment).
 pub(crate) fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -303,18 +323,54 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let held = reader.clone();
+    let mut before_relist = Vec::new();
     let stream = watcher(api, config)
         .default_backoff()
         .reflect(writer)
         .for_each(move |event| {
             match event {
-                Ok(event) => on_event(&event),
+                Ok(event) => {
+                    on_event(&event);
+                    match event {
+                        // The store keeps the old objects until the list is complete.
+                        watcher::Event::Init => before_relist = held.state(),
+                        watcher::Event::InitDone => {
+                            let gone = vanished(std::mem::take(&mut before_relist), &held);
+                            if !gone.is_empty() {
+                                tracing::info!(%kind, count = gone.len(), "deleted while the watch listed again");
+                            }
+                            for object in gone {
+                                on_event(&watcher::Event::Delete(object));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 Err(e) => tracing::warn!(%kind, error = %e, "watch error; retrying"),
             }
             futures::future::ready(())
         });
     watches.push(stream.boxed());
     reader
+}
+
+/// The objects of `before` that `after` no longer holds: gone, or replaced by a new object of
+/// the same name (another uid).
+fn vanished<K>(before: Vec<Arc<K>>, after: &Store<K>) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    before
+        .into_iter()
+        .filter(|old| {
+            after
+                .get(&reflector::ObjectRef::from_obj(old.as_ref()))
+                .is_none_or(|now| now.uid() != old.uid())
+        })
+        .map(Arc::unwrap_or_clone)
+        .collect()
 }
 
 impl Stores {
@@ -407,5 +463,55 @@ impl Stores {
             .filter(|p| namespace.is_empty() || p.namespace().as_deref() == Some(namespace))
             .filter(|p| keep(p))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("ns".into());
+        pod.metadata.uid = Some(uid.into());
+        pod
+    }
+
+    fn listed(writer: &mut reflector::store::Writer<Pod>, pods: &[Pod]) {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for pod in pods {
+            writer.apply_watcher_event(&watcher::Event::InitApply(pod.clone()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    #[test]
+    fn a_relist_reports_the_objects_it_no_longer_holds() {
+        let (reader, mut writer) = reflector::store();
+        listed(&mut writer, &[pod("a", "1"), pod("b", "2"), pod("c", "3")]);
+        let before = reader.state();
+        // b was deleted, c deleted and created again under the same name, d is new.
+        listed(&mut writer, &[pod("a", "1"), pod("c", "4"), pod("d", "5")]);
+        let mut gone: Vec<(String, String)> = vanished(before, &reader)
+            .iter()
+            .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                ("b".to_owned(), "2".to_owned()),
+                ("c".to_owned(), "3".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_list_reports_nothing() {
+        let (reader, mut writer) = reflector::store();
+        let before = reader.state();
+        listed(&mut writer, &[pod("a", "1")]);
+        assert!(vanished(before, &reader).is_empty());
     }
 }
