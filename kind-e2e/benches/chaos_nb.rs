@@ -4,11 +4,10 @@
 //! allocation never comes or the check fails. Run as root:
 //! `cargo test -p portkeeper-kind-e2e --bench chaos_nb` (a debug build, as the e2e tests;
 //! `PORTKEEPER_CHAOS_ROUNDS`, default 5; `PORTKEEPER_CHAOS_PAUSE`, seconds between a round's
-//! allocation and the next kill, default 15: a client connection that lived under 10 s does not
-//! reset `ovsdb-client`'s reconnect backoff, so kills closer together measure that backoff too).
+//! allocation and the next kill, default 15; kills closer together also measure how
+//! `ovsdb-client` backs off when connections keep being lost).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -43,12 +42,12 @@ async fn cases(cluster: &Cluster) -> Controller {
     allocated(&pods, "warm").await;
     let mut figures = Vec::new();
     for round in 0..rounds {
-        let leader = (1..=3)
-            .find(|&i| cluster.nb_raft_role(i) == "leader")
-            .expect("a raft leader");
+        let leader = cluster.nb_raft_leader().expect("a raft leader");
         let name = format!("after-kill-{round}");
         let killed = Instant::now();
-        kill_9(cluster.run_dir(), leader);
+        cluster
+            .kill(&format!("nb-{leader}"))
+            .expect("SIGKILL the NB leader");
         create(&pods, &name).await;
         allocated(&pods, &name).await;
         let took = killed.elapsed();
@@ -75,12 +74,4 @@ async fn cases(cluster: &Cluster) -> Controller {
 
 async fn create(pods: &Api<Pod>, name: &str) {
     create_pod(pods, NS, name).await;
-}
-
-/// SIGKILL to NB server `server`, whose pid the local cluster recorded.
-fn kill_9(run_dir: &Path, server: usize) {
-    let record = std::fs::read_to_string(run_dir.join(format!("pid/nb-{server}"))).unwrap();
-    let pid = record.split_whitespace().next().expect("a pid");
-    let status = Command::new("kill").args(["-9", pid]).status().unwrap();
-    assert!(status.success(), "kill -9 {pid}");
 }

@@ -316,6 +316,29 @@ impl Cluster {
             .to_owned()
     }
 
+    /// The NB raft server (1..=3) that is the leader now, if one is.
+    pub fn nb_raft_leader(&self) -> Option<usize> {
+        (1..=3).find(|&server| self.nb_raft_role(server) == "leader")
+    }
+
+    /// SIGKILL to a component (`nb-2`, `apiserver`, …), by the pid the local cluster recorded, as
+    /// a crash would; [`Cluster::start`] starts it again.
+    pub fn kill(&self, component: &str) -> Result<(), HarnessError> {
+        let record = std::fs::read_to_string(self.run_dir.join("pid").join(component))?;
+        let pid = record
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| HarnessError::Env(format!("no pid recorded for {component}")))?;
+        let status = Command::new("kill").args(["-9", pid]).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Env(format!(
+                "kill -9 {pid} ({component}) failed"
+            )))
+        }
+    }
+
     /// A kube client for the cluster's admin user.
     pub async fn client(&self) -> Result<kube::Client, HarnessError> {
         client_from_kubeconfig(&self.kubeconfig).await
@@ -401,6 +424,24 @@ impl Cluster {
             .arg(format!("--db={}", self.sb))
             .arg("--timeout=20")
             .args(args)
+            .output()?)
+    }
+
+    /// Runs `etcdctl` (v3 API) against the local cluster's etcd (`ETCDCTL_ENDPOINTS` of its env
+    /// file), for faults below the API server: keys deleted behind its back, compaction.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        if self.provider != Provider::Local {
+            return Err(HarnessError::Unsupported(self.provider, "etcdctl"));
+        }
+        let env = read_env_file(&self.run_dir.join("env"))?;
+        let endpoints = env.get("ETCDCTL_ENDPOINTS").ok_or_else(|| {
+            HarnessError::Env("ETCDCTL_ENDPOINTS missing from the env file".into())
+        })?;
+        Ok(Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_ENDPOINTS", endpoints)
+            .args(args)
+            .stdin(Stdio::null())
             .output()?)
     }
 
