@@ -240,35 +240,50 @@ pub fn run_on_cluster_with<T>(
     }
 }
 
-/// The controller's service account, as the API server's audit log names it.
-const CONTROLLER_USER: &str = "system:serviceaccount:kube-system:portkeeper-controller";
+/// portkeeper's service accounts as the API server's audit log names them, each with the shipped
+/// file and the name of its roles: the e2e controllers authenticate as the first
+/// ([`Controller::start`]), the local cluster's CNI daemons as the second.
+const ACCOUNTS: [(&str, &str, &str); 2] = [
+    (
+        "system:serviceaccount:kube-system:portkeeper-controller",
+        "yamls/rbac.yaml",
+        "portkeeper-controller",
+    ),
+    (
+        "system:serviceaccount:kube-system:portkeeper-cni",
+        "yamls/daemonset.yaml",
+        "portkeeper-cni",
+    ),
+];
 
-/// Fails the test if the API server refused any request of the controller's service account (the
-/// e2e controllers authenticate as it, [`Controller::start`]): the shipped roles in
-/// `yamls/rbac.yaml` must be enough. Prints the permissions used and those the run left unused.
+/// Fails the test if the API server refused any request of portkeeper's service accounts (the
+/// controller's and the CNI daemon's): the shipped roles must be enough. Prints, per account,
+/// the permissions used and those the run left unused.
 pub fn assert_roles_sufficient(cluster: &Cluster) {
     let audit = cluster.run_dir().join("log/audit.log");
     if !audit.exists() {
         return; // not the local cluster: no audit log to read
     }
-    let usage = rbac::usage(&audit, CONTROLLER_USER);
-    assert!(
-        usage.refused.is_empty(),
-        "yamls/rbac.yaml does not grant what the controller needed; refused:\n{}",
-        usage.refused.join("\n")
-    );
-    let shipped = std::fs::read_to_string(repo_root().join("yamls/rbac.yaml")).unwrap();
-    let granted = rbac::granted(&shipped, "portkeeper-controller");
-    let list = |set: &mut dyn Iterator<Item = &rbac::Permission>| {
-        set.map(ToString::to_string).collect::<Vec<_>>().join(", ")
-    };
-    println!(
-        "rbac: the controller used {} of {} granted permissions, none refused; used: {}; unused in this run: {}",
-        usage.used.intersection(&granted).count(),
-        granted.len(),
-        list(&mut usage.used.iter()),
-        list(&mut granted.difference(&usage.used))
-    );
+    for (user, file, role) in ACCOUNTS {
+        let usage = rbac::usage(&audit, user);
+        assert!(
+            usage.refused.is_empty(),
+            "{file} does not grant what {role} needed; refused:\n{}",
+            usage.refused.join("\n")
+        );
+        let shipped = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let granted = rbac::granted(&shipped, role);
+        let list = |set: &mut dyn Iterator<Item = &rbac::Permission>| {
+            set.map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        println!(
+            "rbac: {role} used {} of {} granted permissions, none refused; used: {}; unused in this run: {}",
+            usage.used.intersection(&granted).count(),
+            granted.len(),
+            list(&mut usage.used.iter()),
+            list(&mut granted.difference(&usage.used))
+        );
+    }
 }
 
 /// How long [`assert_consistent`] lets changes in flight settle.
@@ -540,17 +555,31 @@ pub fn setting<T: std::str::FromStr>(var: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Creates the plain pod `namespace/name` (one busybox container, no service account token).
-pub async fn create_pod(pods: &Api<Pod>, namespace: &str, name: &str) {
-    let pod = serde_json::from_value(serde_json::json!({
+/// The plain pod `namespace/name`: one busybox container, no service account token.
+pub fn plain_pod(namespace: &str, name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"automountServiceAccountToken": false,
             "containers": [{"name": "c", "image": "busybox"}]},
     }))
+    .unwrap()
+}
+
+/// Creates the [`plain_pod`] `namespace/name`.
+pub async fn create_pod(pods: &Api<Pod>, namespace: &str, name: &str) {
+    pods.create(
+        &kube::api::PostParams::default(),
+        &plain_pod(namespace, name),
+    )
+    .await
     .unwrap();
-    pods.create(&kube::api::PostParams::default(), &pod)
-        .await
-        .unwrap();
+}
+
+/// The 1-, 5- and 15-minute load averages, for a benchmark's record of the machine's load.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Waits until the controller has marked the pod allocated, and returns it.
