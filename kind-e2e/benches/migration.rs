@@ -19,7 +19,7 @@ use std::time::Duration;
 use kind_e2e::dataplane::Peers;
 use kind_e2e::kubevirt::VirtController;
 use kind_e2e::migration::{Ending, LiveVm, Mode, Outcome};
-use kind_e2e::portkeeper::{Controller, controller_binary, prepare_cluster};
+use kind_e2e::portkeeper::{Controller, controller_binary, load_average, prepare_cluster};
 use kind_e2e::probe::{Verdict, quantile};
 use kind_e2e::vm::INTERVAL;
 use kind_e2e::{Cluster, ClusterOptions};
@@ -135,11 +135,4 @@ fn total(outcomes: &[Outcome], count: impl Fn(&Verdict) -> u64) -> u64 {
         .iter()
         .map(|o| count(&o.judged.to_vm) + count(&o.judged.to_prober))
         .sum()
-}
-
-/// The 1-, 5- and 15-minute load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

@@ -114,6 +114,16 @@ impl<'a> LiveVm<'a> {
         &self.running.0
     }
 
+    /// The traffic's position now, to judge a stretch of it with [`LiveVm::judge_since`].
+    pub fn mark(&self) -> Mark {
+        self.traffic.mark()
+    }
+
+    /// What the traffic between the VM and its prober lost since `from`.
+    pub fn judge_since(&self, from: Mark) -> Judged {
+        self.traffic.judge(from, self.traffic.mark())
+    }
+
     /// The VM's port.
     pub fn port(&self) -> String {
         let namespace = self.running.0.namespace().unwrap_or_default();
