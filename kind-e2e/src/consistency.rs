@@ -110,6 +110,8 @@ impl fmt::Display for Finding {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub pods: usize,
+    /// Allocated nics of those pods, every network's.
+    pub nics: usize,
     pub ip_resources: usize,
     pub ports: usize,
     pub subnets: usize,
@@ -141,8 +143,9 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "checked {} allocated pods, {} IP resources, {} ports, {} subnets: {} duplicates, {} leaks, {} other findings",
+            "checked {} allocated pods ({} nics), {} IP resources, {} ports, {} subnets: {} duplicates, {} leaks, {} other findings",
             self.pods,
+            self.nics,
             self.ip_resources,
             self.ports,
             self.subnets,
@@ -189,19 +192,32 @@ fn is_live(pod: &Pod) -> bool {
         && pod.meta().deletion_timestamp.is_none()
 }
 
-/// The primary nic of a live pod the controller marked allocated.
-fn pod_nic(pod: &Pod, keys: &NetworkKeys) -> Option<PodNic> {
+/// Every nic of a live pod the controller marked allocated: the primary one (provider `ovn`,
+/// `ovn.kubernetes.io/...`, nic `<name>.<ns>`) and each attachment network's (provider `P`,
+/// `P.kubernetes.io/...`, nic `<name>.<ns>.P`), as Kube-OVN names them.
+fn pod_nics(pod: &Pod) -> Vec<PodNic> {
     let a = pod.annotations();
-    if !is_live(pod) || a.get(&keys.allocated).map(String::as_str) != Some("true") {
-        return None;
+    if !is_live(pod) {
+        return Vec::new();
     }
-    let get = |key: &str| a.get(key).cloned().unwrap_or_default();
-    Some(PodNic {
-        nic: format!("{}.{}", nic_name(pod), pod.namespace().unwrap_or_default()),
-        ips: parse_ips(get(&keys.ip_address).split(',')),
-        mac: get(&keys.mac_address).to_ascii_lowercase(),
-        switch: get(&keys.logical_switch),
-    })
+    let base = format!("{}.{}", nic_name(pod), pod.namespace().unwrap_or_default());
+    a.iter()
+        .filter(|(_, v)| v.as_str() == "true")
+        .filter_map(|(k, _)| k.strip_suffix(".kubernetes.io/allocated"))
+        .map(|provider| {
+            let keys = NetworkKeys::for_provider(provider);
+            let get = |key: &str| a.get(key).cloned().unwrap_or_default();
+            PodNic {
+                nic: match provider {
+                    "ovn" => base.clone(),
+                    other => format!("{base}.{other}"),
+                },
+                ips: parse_ips(get(&keys.ip_address).split(',')),
+                mac: get(&keys.mac_address).to_ascii_lowercase(),
+                switch: get(&keys.logical_switch),
+            }
+        })
+        .collect()
 }
 
 /// Addresses as written in annotations and IP resources, a prefix length allowed.
@@ -257,17 +273,17 @@ impl Holders {
 
 /// Checks a snapshot (see the module documentation for the rules).
 pub fn check(s: &Snapshot) -> Report {
-    let keys = NetworkKeys::primary();
-    let pod_nics: Vec<PodNic> = s.pods.iter().filter_map(|p| pod_nic(p, &keys)).collect();
+    let all_nics: Vec<PodNic> = s.pods.iter().flat_map(pod_nics).collect();
     let mut report = Report {
-        pods: pod_nics.len(),
+        pods: s.pods.iter().filter(|p| !pod_nics(p).is_empty()).count(),
+        nics: all_nics.len(),
         ip_resources: s.ips.len(),
         ports: s.ports.len(),
         subnets: s.subnets.len(),
         findings: Vec::new(),
     };
     let mut holders = Holders::default();
-    for nic in &pod_nics {
+    for nic in &all_nics {
         for ip in &nic.ips {
             holders.add(ip, &nic.nic, "pod annotations");
         }
@@ -304,7 +320,7 @@ pub fn check(s: &Snapshot) -> Report {
         }
     }
     report.findings.extend(holders.duplicates());
-    report.findings.extend(mismatches(s, &pod_nics));
+    report.findings.extend(mismatches(s, &all_nics));
     report.findings.extend(leaks(s));
     report.findings.extend(counters(s, &holders));
     report
@@ -869,6 +885,67 @@ mod tests {
                     expected: 241.0
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn every_attachment_nic_is_checked_like_the_primary_one() {
+        let mut s = consistent();
+        let attach = |p: &mut Pod, ip: &str, mac: &str| {
+            p.annotations_mut().extend(
+                [
+                    ("allocated", "true"),
+                    ("ip_address", ip),
+                    ("mac_address", mac),
+                    ("logical_switch", "net"),
+                ]
+                .map(|(k, v)| (format!("blue.ns.ovn.kubernetes.io/{k}"), v.to_owned())),
+            );
+        };
+        attach(&mut s.pods[0], "10.0.0.4", "0a:00:00:00:00:04");
+        s.ips.push(ip_resource(
+            "a.ns.blue",
+            "a",
+            "10.0.0.4",
+            "0a:00:00:00:00:04",
+        ));
+        s.ips.last_mut().unwrap().metadata.name = Some("a.ns.blue.ns.ovn".into());
+        let mut p = port("a", "a", "10.0.0.4", "0a:00:00:00:00:04");
+        p.name = "a.ns.blue.ns.ovn".into();
+        s.ports.push(p);
+        s.subnets = vec![subnet(3.0)];
+        let report = check(&s);
+        assert!(report.is_consistent(), "{report}");
+        assert_eq!((report.pods, report.nics), (2, 3));
+
+        // The attachment's address on the other pod's primary nic is a duplicate; without its
+        // port the attachment is a mismatch; with the pod gone, its records are leaks.
+        attach(&mut s.pods[1], "10.0.0.3", "0a:00:00:00:00:05");
+        let report = check(&s);
+        assert!(
+            report.to_string().contains("10.0.0.3 is held by b.ns (IP resource, pod annotations, port), b.ns.blue.ns.ovn (pod annotations)"),
+            "{report}"
+        );
+        let mut s2 = consistent();
+        attach(&mut s2.pods[0], "10.0.0.4", "0a:00:00:00:00:04");
+        let report = check(&s2);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::Mismatch { nic, .. } if nic == "a.ns.blue.ns.ovn")),
+            "{report}"
+        );
+        s.pods.remove(0);
+        s.pods[0]
+            .annotations_mut()
+            .retain(|k, _| !k.starts_with("blue."));
+        let report = check(&s);
+        assert!(
+            report
+                .to_string()
+                .contains("leak: port a.ns.blue.ns.ovn: no pod ns/a"),
+            "{report}"
         );
     }
 
