@@ -26,6 +26,7 @@ use futures::StreamExt;
 use ovsdb_client::Client;
 use ovsdb_client::protocol::datum::Uuid;
 use ovsdb_client::runtime::connection::Coalescing;
+use ovsdb_client::runtime::group::{GroupCommit, GroupConfig};
 use ovsdb_client::tables::nb::{LogicalSwitch, LogicalSwitchPort, add_switch_port};
 use serde_json::{Value, json};
 use support::{ServerProcess, Standalone};
@@ -338,13 +339,15 @@ fn floor(ports: usize, window: usize, monitor: bool) -> Measurement {
 /// The client as a controller uses it: one `add_switch_port` transaction per port, `window` in
 /// flight. With `monitor`, the cache follows Logical_Switch and Logical_Switch_Port and every
 /// transaction returns only once the cache shows it (read-your-writes); without, only NB_Global
-/// is monitored.
+/// is monitored. With `grouped`, the transactions go through a [`GroupCommit`], so those waiting
+/// while one is in flight go together as one.
 fn client(
     runtime: &tokio::runtime::Runtime,
     ports: usize,
     window: usize,
     monitor: bool,
     coalescing: bool,
+    grouped: bool,
 ) -> (Measurement, Option<Lookups>) {
     let fixture = Fixture::start();
     let switch: Uuid = fixture.switch.parse().expect("switch uuid");
@@ -360,6 +363,14 @@ fn client(
             builder.monitor("NB_Global", &[])
         };
         let client = builder.connect().await.expect("connect");
+        let group = grouped.then(|| {
+            std::sync::Arc::new(GroupCommit::new(
+                client.clone(),
+                GroupConfig::default(),
+                vec![],
+                vec![],
+            ))
+        });
         let wanted: Vec<LogicalSwitchPort> = (0..ports).map(|i| Port::new(i).typed()).collect();
         let (server0, client0) = (fixture.server().cpu_time(), rusage_cpu(libc::RUSAGE_SELF));
         let start = Instant::now();
@@ -367,16 +378,22 @@ fn client(
         // controller runs its reconcilers (a `FuturesUnordered` inside one stream), not on
         // the thread blocked in `block_on`.
         let driver = {
-            let client = client.clone();
+            let (client, group) = (client.clone(), group.clone());
             tokio::spawn(async move {
                 futures::stream::iter(wanted)
                     .for_each_concurrent(window, |port| {
-                        let client = &client;
+                        let (client, group) = (&client, &group);
                         async move {
-                            client
-                                .transact(&add_switch_port(switch, &port, None))
-                                .await
-                                .expect("port committed");
+                            let operations = add_switch_port(switch, &port, None);
+                            match group {
+                                Some(group) => {
+                                    let deadline =
+                                        tokio::time::Instant::now() + Duration::from_secs(60);
+                                    group.transact_until(operations, deadline).await
+                                }
+                                None => client.transact(&operations).await,
+                            }
+                            .expect("port committed");
                         }
                     })
                     .await;
@@ -392,7 +409,7 @@ fn client(
         });
         let measurement = Measurement {
             scenario: format!(
-                "portkeeper client, {}{}",
+                "portkeeper client, {}{}{}",
                 if monitor {
                     "LS+LSP monitored (read-your-writes)"
                 } else {
@@ -402,13 +419,24 @@ fn client(
                     ""
                 } else {
                     ", no reply coalescing"
-                }
+                },
+                if grouped { ", group commit" } else { "" },
             ),
             ports,
             wall,
             client_cpu: client1 - client0,
             server_cpu: server1 - server0,
-            note: format!("{window} in flight; one add_switch_port transaction per port"),
+            note: match &group {
+                Some(group) => {
+                    let stats = group.stats();
+                    format!(
+                        "{window} in flight; one add_switch_port per port, {} transactions ({:.1} ports each)",
+                        stats.transactions,
+                        stats.members as f64 / stats.transactions.max(1) as f64
+                    )
+                }
+                None => format!("{window} in flight; one add_switch_port transaction per port"),
+            },
         };
         (measurement, lookups)
     })
@@ -632,6 +660,8 @@ const ALL_SCENARIOS: &[&str] = &[
     "client-eager",
     "client-monitor",
     "client-monitor-eager",
+    "client-grouped",
+    "client-monitor-grouped",
     "nbctl-daemon",
     "nbctl",
     "memory",
@@ -667,13 +697,21 @@ fn main() {
         match scenario {
             "floor" => results.push(floor(ports, window, false)),
             "floor-monitor" => results.push(floor(ports, window, true)),
-            "client" => results.push(client(&runtime, ports, window, false, true).0),
-            "client-eager" => results.push(client(&runtime, ports, window, false, false).0),
+            "client" => results.push(client(&runtime, ports, window, false, true, false).0),
+            "client-eager" => {
+                results.push(client(&runtime, ports, window, false, false, false).0);
+            }
             "client-monitor-eager" => {
-                results.push(client(&runtime, ports, window, true, false).0);
+                results.push(client(&runtime, ports, window, true, false, false).0);
+            }
+            "client-grouped" => {
+                results.push(client(&runtime, ports, window, false, true, true).0);
+            }
+            "client-monitor-grouped" => {
+                results.push(client(&runtime, ports, window, true, true, true).0);
             }
             "client-monitor" => {
-                let (measurement, lookups) = client(&runtime, ports, window, true, true);
+                let (measurement, lookups) = client(&runtime, ports, window, true, true, false);
                 results.push(measurement);
                 lookup_results = lookups;
             }

@@ -91,15 +91,34 @@ impl Client {
     pub async fn transact_with_retry<F>(
         &self,
         deadline: Instant,
-        mut build: F,
+        build: F,
     ) -> Result<Vec<OperationResult>, Error>
     where
         F: FnMut(&CacheView<'_>) -> Vec<Operation>,
     {
+        self.retry_until(deadline, build, |operations| async move {
+            self.transact_until(&operations, deadline).await
+        })
+        .await
+    }
+
+    /// The loop of [`Client::transact_with_retry`], each attempt sent by `send` (alone, or in a
+    /// [group](crate::runtime::group)).
+    pub(crate) async fn retry_until<F, S, R>(
+        &self,
+        deadline: Instant,
+        mut build: F,
+        mut send: S,
+    ) -> Result<Vec<OperationResult>, Error>
+    where
+        F: FnMut(&CacheView<'_>) -> Vec<Operation>,
+        S: FnMut(Vec<Operation>) -> R,
+        R: std::future::Future<Output = Result<Vec<OperationResult>, Error>>,
+    {
         loop {
             let version = self.cache().version();
             let operations = build(&self.cache().read());
-            let error = match self.transact_until(&operations, deadline).await {
+            let error = match send(operations).await {
                 Err(e) if e.is_retriable() && Instant::now() < deadline => e,
                 other => return other,
             };
