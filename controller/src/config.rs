@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use ovsdb_client::runtime::group::GroupConfig;
 use ovsdb_client::runtime::transport::TlsArgs;
 
 /// portkeeper-controller: pod addresses as OVN logical switch ports, Kube-OVN compatible.
@@ -48,6 +49,24 @@ pub struct Config {
     /// Parallel pod reconciles.
     #[arg(long, env = "PORTKEEPER_WORKERS", default_value_t = 16)]
     pub workers: u16,
+
+    /// Group commit: concurrent Northbound writes (of different pods) sent as one OVSDB
+    /// transaction, each with its own result and error.
+    #[arg(long, env = "PORTKEEPER_NB_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub nb_group_commit: bool,
+
+    /// Most writes in one grouped Northbound transaction.
+    #[arg(long, env = "PORTKEEPER_NB_GROUP_MAX_WRITES", default_value_t = 256)]
+    pub nb_group_max_writes: u16,
+
+    /// Grouped Northbound transactions outstanding at once; a write that finds fewer is sent
+    /// at once, the others wait for the next one.
+    #[arg(long, env = "PORTKEEPER_NB_GROUP_IN_FLIGHT", default_value_t = 1)]
+    pub nb_group_in_flight: u16,
+
+    /// Milliseconds the first write of a grouped transaction waits for others (0: none).
+    #[arg(long, env = "PORTKEEPER_NB_GROUP_LINGER_MS", default_value_t = 0)]
+    pub nb_group_linger_ms: u64,
 
     /// Address of the metrics and health server (plain HTTP, unauthenticated): loopback unless
     /// set, e.g. to the node's address for the kubelet's probes (the shipped Deployment does).
@@ -100,6 +119,16 @@ impl Config {
     /// The Lease duration.
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration.max(3))
+    }
+
+    /// How Northbound writes are grouped, if they are.
+    pub fn nb_group(&self) -> Option<GroupConfig> {
+        self.nb_group_commit.then(|| GroupConfig {
+            max_members: usize::from(self.nb_group_max_writes.max(1)),
+            in_flight: usize::from(self.nb_group_in_flight.max(1)),
+            linger: Duration::from_millis(self.nb_group_linger_ms),
+            ..GroupConfig::default()
+        })
     }
 
     /// The GC period, if periodic GC is on.

@@ -31,7 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = leader::fenced_client(kube_config.clone(), term.clone())?;
     let lease_client = kube::Client::try_from(kube_config)?;
     let fence = Fence::new(term.clone(), &config.identity());
-    let nb = OvnNorthbound::start(&config.ovn_nb_db, config.tls.config()?, Some(fence))?;
+    let mut nb = OvnNorthbound::start(&config.ovn_nb_db, config.tls.config()?, Some(fence))?;
+    if let Some(group) = config.nb_group() {
+        nb = nb.grouped(group);
+    }
     let nb = Arc::new(nb);
     // In a container the controller is PID 1, which ignores a signal it does not handle: without
     // this, `kubectl delete pod` waits the whole grace period and then SIGKILLs it.

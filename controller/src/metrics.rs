@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on `/metrics`.
 
+use ovsdb_client::runtime::group::GroupStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Northbound transaction duration, by operation.
     pub nb_transaction_seconds: Family<ReasonLabel, Histogram>,
+    /// Northbound group commit: transactions sent, writes they carried, failed batches split.
+    pub nb_group: Family<ReasonLabel, Gauge>,
     /// 1 once a watched cache is synced.
     pub cache_synced: Family<ResourceLabel, Gauge>,
     /// Seconds from process start to ready (caches synced, engine rebuilt).
@@ -59,6 +62,7 @@ impl Metrics {
             failures: Family::default(),
             reconcile_seconds: latency(),
             nb_transaction_seconds: Family::new_with_constructor(latency),
+            nb_group: Family::default(),
             cache_synced: Family::default(),
             startup_seconds: Gauge::default(),
             garbage_collected: Family::default(),
@@ -86,6 +90,11 @@ impl Metrics {
             "nb_transaction_seconds",
             "OVN Northbound transaction duration by operation",
             m.nb_transaction_seconds.clone(),
+        );
+        r.register(
+            "nb_group_commit",
+            "Northbound group commit so far: transactions sent, writes carried, failed batches split",
+            m.nb_group.clone(),
         );
         r.register(
             "cache_synced",
@@ -144,6 +153,21 @@ impl Metrics {
                 reason: op.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Publishes the group commit's counters.
+    pub fn nb_group(&self, stats: GroupStats) {
+        for (what, value) in [
+            ("transactions", stats.transactions),
+            ("writes", stats.members),
+            ("splits", stats.splits),
+        ] {
+            self.nb_group
+                .get_or_create(&ReasonLabel {
+                    reason: what.to_owned(),
+                })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
 
     /// Marks a cache synced.

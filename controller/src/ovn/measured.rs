@@ -1,5 +1,6 @@
 //! The Northbound as the reconcilers hold it: reads go straight to the replica, and every write
-//! is timed into `nb_transaction_seconds` under its [`NbOp`], failed or not. One place measures,
+//! is timed into `nb_transaction_seconds` under its [`NbOp`], failed or not (and the group
+//! commit's counters, when writes are grouped, published after it). One place measures,
 //! so no caller can forget to.
 
 use std::collections::BTreeMap;
@@ -8,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ovsdb_client::runtime::group::GroupStats;
 use portkeeper_engine::MacAddress;
 
 use super::northbound::{
@@ -36,6 +38,9 @@ impl<N: Northbound> Measured<N> {
         let result = write.await;
         self.metrics
             .nb_transaction(op.as_str(), started.elapsed().as_secs_f64());
+        if let Some(stats) = self.nb.group_stats() {
+            self.metrics.nb_group(stats);
+        }
         result
     }
 }
@@ -71,6 +76,10 @@ impl<N: Northbound> Northbound for Measured<N> {
 
     fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
         self.nb.router_port_mac(name)
+    }
+
+    fn group_stats(&self) -> Option<GroupStats> {
+        self.nb.group_stats()
     }
 
     async fn ensure_switch(&self, spec: &SwitchSpec) -> Result<(), NbError> {

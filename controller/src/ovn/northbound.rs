@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 
+use ovsdb_client::runtime::group::GroupStats;
 use portkeeper_api::dhcp::Family;
 use portkeeper_engine::MacAddress;
 
@@ -324,6 +325,10 @@ pub trait Northbound: Send + Sync + 'static {
         set: &BTreeMap<String, String>,
         remove: &[String],
     ) -> impl Future<Output = Result<(), NbError>> + Send;
+    /// The group commit's counters, when writes are grouped.
+    fn group_stats(&self) -> Option<GroupStats> {
+        None
+    }
     /// Every `DHCP_Options` row portkeeper made.
     fn dhcp_rows(&self) -> Vec<ObservedDhcp>;
     /// Creates the row of `spec.scope` or updates its `cidr` and `options`; returns its UUID.

@@ -16,6 +16,7 @@ use ovsdb_client::protocol::table::Table;
 use ovsdb_client::protocol::table::insert_row;
 use ovsdb_client::runtime::cache::CacheView;
 use ovsdb_client::runtime::client::Lock;
+use ovsdb_client::runtime::group::{GroupCommit, GroupConfig, GroupStats};
 use ovsdb_client::runtime::transaction::{new_row_uuid, wait_absent, wait_unchanged};
 use ovsdb_client::runtime::transport::TlsConfig;
 use ovsdb_client::tables::nb::{
@@ -45,6 +46,7 @@ pub struct OvnNorthbound {
     client: Client,
     index: Mutex<FollowedIndex>,
     fence: Option<Fence>,
+    group: Option<GroupCommit>,
 }
 
 /// What makes a Northbound write this replica's to make: its leader [`Term`], checked before
@@ -84,18 +86,26 @@ impl Fence {
         Ok(deadline.min(term_end))
     }
 
-    /// `operations` asserting the lock and carrying the comment; nothing stays nothing.
-    fn wrap(&self, mut operations: Vec<Operation>) -> Vec<Operation> {
-        if !operations.is_empty() {
-            operations.insert(
-                0,
-                Operation::Assert {
-                    lock: WRITER_LOCK.to_owned(),
-                },
-            );
-            operations.push(Operation::comment(self.comment.clone()));
+    /// What goes before and after the operations of every transaction: the lock's `assert`,
+    /// and the comment.
+    fn envelope(&self) -> (Vec<Operation>, Vec<Operation>) {
+        let assert = Operation::Assert {
+            lock: WRITER_LOCK.to_owned(),
+        };
+        (vec![assert], vec![Operation::comment(self.comment.clone())])
+    }
+}
+
+/// `operations` in `fence`'s envelope, if any; nothing stays nothing.
+fn wrap(fence: Option<&Fence>, operations: Vec<Operation>) -> Vec<Operation> {
+    match fence {
+        Some(fence) if !operations.is_empty() => {
+            let (mut wrapped, suffix) = fence.envelope();
+            wrapped.extend(operations);
+            wrapped.extend(suffix);
+            wrapped
         }
-        operations
+        _ => operations,
     }
 }
 
@@ -125,8 +135,28 @@ impl OvnNorthbound {
             client,
             index,
             fence,
+            group: None,
         })
     }
+
+    /// Sends the writes of concurrent callers as one transaction (group commit, see
+    /// [`ovsdb_client::runtime::group`]); each write still gets its own result and only its
+    /// own error. Needs a tokio runtime.
+    pub fn grouped(mut self, config: GroupConfig) -> Self {
+        let (prefix, suffix) = self
+            .fence
+            .as_ref()
+            .map(Fence::envelope)
+            .unwrap_or_default();
+        self.group = Some(GroupCommit::new(
+            self.client.clone(),
+            config,
+            prefix,
+            suffix,
+        ));
+        self
+    }
+
 
     /// Runs `read` on the index brought up to date with `view`.
     fn indexed<T>(&self, view: &CacheView<'_>, read: impl FnOnce(&PortIndex) -> T) -> T {
@@ -174,23 +204,27 @@ fn update_columns(table: &str, uuid: Uuid, wanted: &Row, columns: &[&str]) -> Op
 const PORT_COLUMNS: [&str; 4] = ["addresses", "port_security", "external_ids", "type"];
 
 impl OvnNorthbound {
-    /// The one way anything is written to Northbound: fenced (when there is a [`Fence`]) and
-    /// retried until [`WRITE_DEADLINE`] (or the end of the term).
+    /// The one way anything is written to Northbound: fenced (when there is a [`Fence`]), sent
+    /// with concurrent writes (when [grouped](Self::grouped)) and retried until [`WRITE_DEADLINE`] (or the end of the term).
     async fn write(
         &self,
         op: NbOp,
         mut build: impl FnMut(&CacheView<'_>) -> Vec<Operation>,
     ) -> Result<(), NbError> {
-        let deadline = Instant::now() + WRITE_DEADLINE;
-        let result = match &self.fence {
-            None => self.client.transact_with_retry(deadline, build).await,
-            Some(fence) => {
-                let deadline = fence
-                    .claim(&self.client, deadline)
-                    .await
-                    .map_err(|e| NbError::new(op, e))?;
+        let mut deadline = Instant::now() + WRITE_DEADLINE;
+        if let Some(fence) = &self.fence {
+            deadline = fence
+                .claim(&self.client, deadline)
+                .await
+                .map_err(|e| NbError::new(op, e))?;
+        }
+        let result = match &self.group {
+            // The group wraps every transaction in the fence's envelope.
+            Some(group) => group.transact_with_retry(deadline, build).await,
+            None => {
+                let fence = self.fence.as_ref();
                 self.client
-                    .transact_with_retry(deadline, |view| fence.wrap(build(view)))
+                    .transact_with_retry(deadline, |view| wrap(fence, build(view)))
                     .await
             }
         };
@@ -364,6 +398,10 @@ impl Northbound for OvnNorthbound {
             .filter(|row| external_id(row, ids::VENDOR) == Some(VENDOR))
             .filter_map(|row| external_id(row, ids::SUBNET).map(str::to_owned))
             .collect()
+    }
+
+    fn group_stats(&self) -> Option<GroupStats> {
+        self.group.as_ref().map(GroupCommit::stats)
     }
 
     fn router_port_mac(&self, name: &str) -> Option<MacAddress> {
