@@ -1,8 +1,9 @@
 //! Start-up sequence and the long-running tasks.
 //!
-//! 1. Serve `/healthz`, `/readyz` and `/metrics`; wait for the leader Lease.
-//! 2. Start the watches; wait until every cache is synced and Northbound is synced with the
-//!    raft leader. Nothing is allocated before this point.
+//! 1. Serve `/healthz`, `/readyz` and `/metrics`; start the watches (their triggers shut); wait
+//!    for the leader Lease.
+//! 2. Wait until every cache is synced and Northbound is synced with the raft leader; open the
+//!    triggers. Nothing is allocated before this point.
 //! 3. Rebuild the engine from IP resources, pod annotations and Northbound ports together.
 //! 4. Apply Subnets and IPPools, collect garbage and sweep retained identities once, then start
 //!    the pod controller, the release worker, the retention worker, periodic GC and the admission
@@ -68,6 +69,12 @@ pub async fn run<N: Northbound>(
         // A standby's label on its own pod is written outside any term.
         webhook::mark_role(&lease_client, &config.lease_namespace, &identity, false).await;
     }
+    // Watching is reading: a standby fills its stores before it leads (their triggers stay shut
+    // until then), so a takeover does not wait for the initial lists.
+    let (stores, triggers, watches, gate) = stores::start(&client).await;
+    for w in watches {
+        tasks.spawn(w);
+    }
     let leadership = leader::acquire(
         lease_client,
         LeaseConfig {
@@ -86,11 +93,9 @@ pub async fn run<N: Northbound>(
     });
 
     addressing::ensure_default_subnet(&client, &config).await?;
-    let (stores, triggers, watches) = stores::start(&client).await;
-    for w in watches {
-        tasks.spawn(w);
-    }
     stores.wait_synced(&metrics).await?;
+    stores.wait_for_default_subnet(&config).await;
+    gate.open(&stores);
     while !nb.ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

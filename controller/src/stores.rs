@@ -5,7 +5,8 @@
 //! trigger their controllers, any Subnet or IPPool change re-annotates every namespace, and a
 //! deleted one is removed; StatefulSet and VirtualMachine events trigger the retention sweep,
 //! and deleted IP resources go to the retention worker. Nothing is acted on until every cache
-//! reports synced.
+//! reports synced, and the triggers stay shut until this replica leads ([`Gate`]): a standby
+//! fills its stores ahead, so a takeover does not wait for the initial lists.
 //!
 //! A watch that cannot resume (410 Gone after an etcd compaction, an API server restarted with a
 //! new watch cache) lists again, and a list has no delete events: an object deleted meanwhile
@@ -18,6 +19,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -89,19 +92,97 @@ pub struct AddressingTriggers {
 /// The running watches.
 pub type Watches = Vec<BoxFuture<'static, ()>>;
 
-/// Starts one watch per resource. The returned futures must be polled (spawned) for the stores
-/// to fill.
-pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
-    let (applied_tx, applied_pods) = unbounded();
-    let (deleted_tx, deleted_pods) = unbounded();
-    let (subnets_tx, applied_subnets) = unbounded();
-    let (pools_tx, applied_pools) = unbounded();
-    let (namespaces_tx, applied_namespaces) = unbounded();
-    let (changed_tx, changed) = unbounded();
-    let (removed_tx, removed) = unbounded();
-    let (workloads_tx, workloads) = unbounded();
-    let (applied_ip_tx, applied_ips) = unbounded();
-    let (deleted_ip_tx, deleted_ips) = unbounded();
+/// A trigger's sender that passes nothing on until the triggers are [opened](Gate::open).
+#[derive(Clone)]
+struct Gated<T> {
+    tx: UnboundedSender<T>,
+    open: Arc<AtomicBool>,
+}
+
+impl<T> Gated<T> {
+    fn send(&self, item: T) {
+        if self.open.load(Ordering::SeqCst) {
+            let _ = self.tx.unbounded_send(item);
+        }
+    }
+
+    /// Passes `item` on whether or not the gate is open (what opening it replays).
+    fn force(&self, item: T) {
+        let _ = self.tx.unbounded_send(item);
+    }
+}
+
+fn gated<T>(open: &Arc<AtomicBool>) -> (Gated<T>, UnboundedReceiver<T>) {
+    let (tx, rx) = unbounded();
+    let open = open.clone();
+    (Gated { tx, open }, rx)
+}
+
+/// Holds the triggers shut while the stores fill, so a standby can watch (reads only) before it
+/// leads without queueing every change it sees. See [`Gate::open`].
+pub struct Gate {
+    open: Arc<AtomicBool>,
+    pods: Gated<Pod>,
+    ips: Gated<IP>,
+    subnets: Gated<Subnet>,
+    pools: Gated<IPPool>,
+    namespaces: Gated<Namespace>,
+    changed: Gated<()>,
+    workloads: Gated<()>,
+}
+
+impl Gate {
+    /// Opens the triggers: every change from now on is passed on, and every object already in a
+    /// store is passed on once, as its initial list would have been. A store applies a change
+    /// before its trigger looks at the gate, so a change either finds the gate open or is in the
+    /// stores read here. Deletions seen while shut are not replayed: the start-up garbage
+    /// collection finds what they left.
+    pub fn open(&self, stores: &Stores) {
+        self.open.store(true, Ordering::SeqCst);
+        for pod in stores.pods.state() {
+            self.pods.force(pod_trigger(&pod));
+        }
+        for ip in stores.ips.state() {
+            self.ips.force(ip_trigger(&ip));
+        }
+        for subnet in stores.subnets.state() {
+            self.subnets.force(Subnet::clone(&subnet));
+        }
+        for pool in stores.pools.state() {
+            self.pools.force(IPPool::clone(&pool));
+        }
+        for namespace in stores.namespaces.state() {
+            self.namespaces.force(Namespace::clone(&namespace));
+        }
+        self.changed.force(());
+        self.workloads.force(());
+    }
+}
+
+/// Starts one watch per resource, its triggers shut until [`Gate::open`]. The returned futures
+/// must be polled (spawned) for the stores to fill.
+pub async fn start(client: &Client) -> (Stores, Triggers, Watches, Gate) {
+    let open = Arc::new(AtomicBool::new(false));
+    let (applied_tx, applied_pods) = gated(&open);
+    let (deleted_tx, deleted_pods) = gated(&open);
+    let (subnets_tx, applied_subnets) = gated(&open);
+    let (pools_tx, applied_pools) = gated(&open);
+    let (namespaces_tx, applied_namespaces) = gated(&open);
+    let (changed_tx, changed) = gated(&open);
+    let (removed_tx, removed) = gated(&open);
+    let (workloads_tx, workloads) = gated(&open);
+    let (applied_ip_tx, applied_ips) = gated(&open);
+    let (deleted_ip_tx, deleted_ips) = gated(&open);
+    let gate = Gate {
+        open,
+        pods: applied_tx.clone(),
+        ips: applied_ip_tx.clone(),
+        subnets: subnets_tx.clone(),
+        pools: pools_tx.clone(),
+        namespaces: namespaces_tx.clone(),
+        changed: changed_tx.clone(),
+        workloads: workloads_tx.clone(),
+    };
     let mut watches = Watches::new();
 
     let pods = watch(
@@ -110,11 +191,9 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         &mut watches,
         move |event| match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                let _ = applied_tx.unbounded_send(pod.clone());
+                applied_tx.send(pod_trigger(pod));
             }
-            watcher::Event::Delete(pod) => {
-                let _ = deleted_tx.unbounded_send(pod.clone());
-            }
+            watcher::Event::Delete(pod) => deleted_tx.send(pod.clone()),
             watcher::Event::Init | watcher::Event::InitDone => {}
         },
     );
@@ -136,7 +215,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         &mut watches,
         move |event| {
             if let watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) = event {
-                let _ = namespaces_tx.unbounded_send(ns.clone());
+                namespaces_tx.send(ns.clone());
             }
         },
     );
@@ -146,11 +225,9 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
         &mut watches,
         move |event| match event {
             watcher::Event::Apply(ip) | watcher::Event::InitApply(ip) => {
-                let _ = applied_ip_tx.unbounded_send(ip.clone());
+                applied_ip_tx.send(ip_trigger(ip));
             }
-            watcher::Event::Delete(ip) => {
-                let _ = deleted_ip_tx.unbounded_send(ip.clone());
-            }
+            watcher::Event::Delete(ip) => deleted_ip_tx.send(ip.clone()),
             watcher::Event::Init | watcher::Event::InitDone => {}
         },
     );
@@ -205,6 +282,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches) {
             deleted_ips,
         },
         watches,
+        gate,
     )
 }
 
@@ -217,7 +295,7 @@ const KUBEVIRT_CHECK: Duration = Duration::from_secs(10);
 async fn watch_virtual_machines_once_served(
     client: Client,
     slot: Arc<OnceLock<Store<VirtualMachine>>>,
-    workloads: UnboundedSender<()>,
+    workloads: Gated<()>,
 ) {
     let mut check = tokio::time::interval(KUBEVIRT_CHECK);
     check.tick().await;
@@ -239,7 +317,7 @@ async fn watch_virtual_machines_once_served(
         if store.wait_until_ready().await.is_ok() {
             let _ = slot.set(store);
             tracing::info!("kubevirt.io/v1 VirtualMachines are served; VM retention is on");
-            let _ = workloads.unbounded_send(());
+            workloads.send(());
         }
     };
     futures::future::join(publish, futures::future::join_all(watches)).await;
@@ -281,29 +359,56 @@ async fn kubevirt_served(client: &Client, warn_forbidden: bool) -> Served {
 /// A Subnet or IPPool watch callback: an applied object goes to its controller, every change
 /// pings `changed`, and a deletion pings `removed`.
 fn addressing_event<K: Clone + Send + 'static>(
-    applied: UnboundedSender<K>,
-    changed: UnboundedSender<()>,
-    removed: UnboundedSender<()>,
+    applied: Gated<K>,
+    changed: Gated<()>,
+    removed: Gated<()>,
 ) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
     move |event| {
         match event {
             watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                let _ = applied.unbounded_send(object.clone());
+                applied.send(object.clone());
             }
-            watcher::Event::Delete(_) => {
-                let _ = removed.unbounded_send(());
-            }
+            watcher::Event::Delete(_) => removed.send(()),
             watcher::Event::Init | watcher::Event::InitDone => return,
         }
-        let _ = changed.unbounded_send(());
+        changed.send(());
+    }
+}
+
+/// What a trigger needs of an object: which one it is. The controllers fed by triggers read the
+/// object itself from the store; a whole copy in the trigger was a second copy of every pod and
+/// IP resource of the initial list, queued until the controllers started.
+fn reference(meta: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The pod controller's trigger for `pod` (see [`reference`]).
+fn pod_trigger(pod: &Pod) -> Pod {
+    Pod {
+        metadata: reference(&pod.metadata),
+        ..Pod::default()
+    }
+}
+
+/// The reservation controller's trigger for `ip` (see [`reference`]).
+fn ip_trigger(ip: &IP) -> IP {
+    IP {
+        metadata: reference(&ip.metadata),
+        spec: Default::default(),
     }
 }
 
 /// A watch callback that pings `tx` on every change.
-fn notify<K>(tx: UnboundedSender<()>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+fn notify<K>(tx: Gated<()>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
     move |event| {
         if !matches!(event, watcher::Event::Init) {
-            let _ = tx.unbounded_send(());
+            tx.send(());
         }
     }
 }
@@ -327,6 +432,8 @@ where
     let mut before_relist = Vec::new();
     let stream = watcher(api, config)
         .default_backoff()
+        // Nothing reads who wrote which field, and every stored object carried it.
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
         .for_each(move |event| {
             match event {
@@ -397,6 +504,22 @@ impl Stores {
             metrics.synced("virtualmachines");
         }
         Ok(())
+    }
+
+    /// Waits (at most 10 s) until the default Subnet, when the controller makes it, is in the
+    /// store: it may have been created after the initial list.
+    pub async fn wait_for_default_subnet(&self, config: &crate::config::Config) {
+        if config.default_cidr.is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.subnet(&config.default_ls).is_none() {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(subnet = %config.default_ls, "the default Subnet is not in the watch cache yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A pod by namespace and name.
