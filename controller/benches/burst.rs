@@ -7,14 +7,22 @@
 //!    resource by server-side apply, the allocation annotations by PATCH. The minimal floor
 //!    (the figure of earlier rounds) omits the IP resource and creates, inserts and patches in
 //!    one sequence per pod with 32 in flight.
-//! 2. Burst: N pods created at once; time from the first creation to every pod annotated
-//!    `allocated=true` (written only after the pod's port is in NB and its IP resource exists),
-//!    and p50/p99 per pod. The controller's own metrics (reconcile and NB transaction time,
-//!    rejections, failures) are printed beside it.
-//! 3. Fill: more pods until TOTAL are allocated (a sustained rate).
-//! 4. Restart: the controller SIGKILLed and started again; time from process start to
-//!    `/readyz` 200 with TOTAL allocated pods, and its memory. The start-up floor is a minimal
-//!    client's list of every pod and IP resource plus a full NB replica load.
+//! 2. Bursts, one per variant (`PORTKEEPER_BENCH_VARIANTS`, default `single,grouped`: the
+//!    controller with one NB transaction per write, then with group commit; `default` passes
+//!    no flag, for another commit's build), each by its own
+//!    controller into its own namespace: N pods created at once; time from the first creation
+//!    to every pod annotated `allocated=true` (written only after the pod's port is in NB and
+//!    its IP resource exists), and p50/p99 per pod. The controller's own metrics (reconcile and
+//!    NB transaction time, rejections, failures) are printed beside it.
+//! 3. Scale, at each checkpoint (`PORTKEEPER_BENCH_CHECKPOINTS`, default TOTAL): more pods until
+//!    that many are allocated (a sustained rate), the memory, `PORTKEEPER_BENCH_SAMPLE` (20)
+//!    pods allocated one at a time (latency without queueing), then (a) a restart from a fresh
+//!    Lease: the controller SIGKILLed and started again, time from process start to `/readyz`
+//!    200 and its memory. The start-up floor is a minimal client's list of every pod and IP
+//!    resource plus a full NB replica load.
+//! 4. Takeovers at the last checkpoint: (b) a standby waiting on the leader's Lease, the leader
+//!    SIGKILLed; (c) a rolling update, the old replica SIGTERMed once the new one runs. Time from
+//!    the signal to the new leader's `/readyz` 200.
 //!
 //! Pods name a scheduler that does not exist, so they stay unscheduled: no node work, and the
 //! machine stays within limits at 10,000 pods. Floor pods use the host network, so the
@@ -23,6 +31,7 @@
 //! ```sh
 //! cargo bench -p portkeeper-controller --bench burst          # N = 1000, TOTAL = 10000
 //! PORTKEEPER_BENCH_PODS=200 PORTKEEPER_BENCH_TOTAL_PODS=1000 cargo bench -p portkeeper-controller --bench burst
+//! PORTKEEPER_BENCH_CHECKPOINTS=10000,25000,50000 PORTKEEPER_BENCH_VARIANTS=grouped cargo bench -p portkeeper-controller --bench burst
 //! ```
 //!
 //! `PORTKEEPER_CONTROLLER_BIN=<path>` runs another build of the controller (another commit's,
@@ -102,18 +111,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn start_controller(cluster: &Cluster, generation: u32, lease: &str) -> Controller {
+fn start_controller(cluster: &Cluster, generation: u32, lease: &str, extra: &[&str]) -> Controller {
     let bin = std::env::var_os("PORTKEEPER_CONTROLLER_BIN").map_or_else(
         || Path::new(env!("CARGO_BIN_EXE_portkeeper-controller")).to_path_buf(),
         std::path::PathBuf::from,
     );
-    Controller::start(
-        &bin,
-        cluster,
-        CIDR,
-        generation,
-        &["--lease-name", lease, "--gc-interval", "0"],
-    )
+    let duration = LEASE_SECONDS.to_string();
+    let mut args = vec![
+        "--lease-name",
+        lease,
+        "--lease-duration",
+        &duration,
+        "--gc-interval",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Controller::start(&bin, cluster, CIDR, generation, &args)
 }
 
 /// `curl` of one controller URL: (HTTP status, body).
@@ -425,7 +438,11 @@ async fn print_metrics(controller: &Controller, label: &str) {
         {
             let key = format!("{base}{}", labels(name));
             histograms.entry(key).or_default().1 = value(rest).unwrap_or(0.0);
-        } else if name.ends_with("_total") || name.contains("_total{") || name.contains("startup") {
+        } else if name.ends_with("_total")
+            || name.contains("_total{")
+            || name.contains("startup")
+            || name.contains("nb_group_commit")
+        {
             println!("  {line}");
         }
     }
@@ -462,17 +479,58 @@ fn millis(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
+/// One burst of the controller: group commit of Northbound writes on or off, or the binary's
+/// defaults (no flag: another commit's build may not know it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// One transaction per write.
+    Single,
+    /// Concurrent writes in one transaction.
+    Grouped,
+    /// No flag given.
+    Default,
+}
+
+impl Variant {
+    fn parse(name: &str) -> Self {
+        match name.trim() {
+            "single" => Variant::Single,
+            "grouped" => Variant::Grouped,
+            "default" => Variant::Default,
+            other => panic!("PORTKEEPER_BENCH_VARIANTS: unknown variant {other:?}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Single => "single",
+            Variant::Grouped => "grouped",
+            Variant::Default => "default",
+        }
+    }
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Variant::Single => &["--nb-group-commit=false"],
+            Variant::Grouped => &["--nb-group-commit=true"],
+            Variant::Default => &[],
+        }
+    }
+}
+
+/// The bursts to run, in order (`PORTKEEPER_BENCH_VARIANTS`, default `single,grouped`).
+fn variants() -> Vec<Variant> {
+    std::env::var("PORTKEEPER_BENCH_VARIANTS")
+        .unwrap_or_else(|_| "single,grouped".to_owned())
+        .split(',')
+        .map(Variant::parse)
+        .collect()
+}
+
 async fn run(cluster: &Cluster, n: usize, total: usize) {
     let client = cluster.client().await.unwrap();
     let floor = floor(cluster, &client, n).await;
     let (fair, fair_latencies) = fair_floor(cluster, &client, n).await;
-
-    namespace(&client, NS).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let controller = start_controller(cluster, 0, "portkeeper-bench");
-    ready_after(&controller, Instant::now()).await;
-    let mut allocated = watch_allocated(pods.clone());
-    let (elapsed, latencies) = burst(&mut allocated, &pods, 0..n).await;
     println!("pods: {n}, client concurrency {CONCURRENCY}");
     println!(
         "minimal floor (create + NB insert + PATCH per pod): {:.2} s",
@@ -485,59 +543,165 @@ async fn run(cluster: &Cluster, n: usize, total: usize) {
         millis(percentile(&fair_latencies, 0.99)),
         millis(*fair_latencies.last().unwrap()),
     );
-    println!(
-        "controller burst: {:.2} s total, per pod p50 {}, p99 {}, max {}",
-        elapsed.as_secs_f64(),
-        millis(percentile(&latencies, 0.50)),
-        millis(percentile(&latencies, 0.99)),
-        millis(*latencies.last().unwrap()),
-    );
-    println!(
-        "ratio controller / fair floor: {:.2}; controller / minimal floor: {:.2}",
-        elapsed.as_secs_f64() / fair.as_secs_f64(),
-        elapsed.as_secs_f64() / floor.as_secs_f64()
-    );
-    print_metrics(&controller, "after the burst").await;
 
-    if total > n {
-        let (elapsed, _) = burst(&mut allocated, &pods, n..total).await;
+    // Each variant bursts into its own namespace with its own controller; the last one's
+    // controller goes on to the fill.
+    let variants = variants();
+    let mut generation = 0;
+    let mut last = None;
+    for (i, variant) in variants.iter().enumerate() {
+        let namespace_name = format!("{NS}-{}", variant.name());
+        namespace(&client, &namespace_name).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace_name);
+        let lease = format!("portkeeper-bench-{}", variant.name());
+        let controller = start_controller(cluster, generation, &lease, variant.flags());
+        ready_after(&controller, Instant::now()).await;
+        let mut allocated = watch_allocated(pods.clone());
+        let (elapsed, latencies) = burst(&mut allocated, &pods, 0..n).await;
         println!(
-            "fill to {total} pods: {} more allocated in {:.2} s ({:.0} pods/s)",
-            total - n,
+            "controller burst, {} NB writes: {:.2} s total, per pod p50 {}, p99 {}, max {}",
+            variant.name(),
             elapsed.as_secs_f64(),
-            (total - n) as f64 / elapsed.as_secs_f64()
+            millis(percentile(&latencies, 0.50)),
+            millis(percentile(&latencies, 0.99)),
+            millis(*latencies.last().unwrap()),
         );
+        println!(
+            "  ratio to the fair floor: {:.2}; to the minimal floor: {:.2}",
+            elapsed.as_secs_f64() / fair.as_secs_f64(),
+            elapsed.as_secs_f64() / floor.as_secs_f64()
+        );
+        print_metrics(&controller, &format!("after the {} burst", variant.name())).await;
+        println!(
+            "controller warnings logged: {}",
+            warnings_in_log(cluster, generation)
+        );
+        if i + 1 == variants.len() {
+            last = Some((controller, pods, allocated, generation));
+        } else {
+            controller.kill();
+        }
+        generation += 1;
     }
-    let (rss, peak) = memory(controller.pid());
-    println!(
-        "controller memory with {total} pods after allocating them: RSS {rss:.1} MiB, peak {peak:.1} MiB"
-    );
+    let (mut controller, pods, mut allocated, last_generation) =
+        last.expect("at least one variant");
     println!(
         "controller warnings logged: {}",
-        warnings_in_log(cluster, 0)
+        warnings_in_log(cluster, last_generation)
     );
-    controller.kill();
+    // Every variant allocated n pods; the fill goes on in the last one's namespace.
+    let mut count = n * variants.len();
+    let mut next = n;
+    let sample = env_usize("PORTKEEPER_BENCH_SAMPLE", 20);
+    for checkpoint in checkpoints(total) {
+        if checkpoint > count {
+            let more = checkpoint - count;
+            let (elapsed, _) = burst(&mut allocated, &pods, next..next + more).await;
+            (next, count) = (next + more, checkpoint);
+            println!(
+                "[{count} pods] fill: {more} more allocated in {:.2} s ({:.0} pods/s)",
+                elapsed.as_secs_f64(),
+                more as f64 / elapsed.as_secs_f64()
+            );
+        }
+        let (rss, peak) = memory(controller.pid());
+        println!(
+            "[{count} pods] controller memory after allocating them: RSS {rss:.1} MiB, peak {peak:.1} MiB"
+        );
+        let latencies = one_by_one(&mut allocated, &pods, next..next + sample).await;
+        (next, count) = (next + sample, count + sample);
+        println!(
+            "[{count} pods] allocation latency, {sample} pods one at a time: p50 {}, p99 {}, max {}",
+            millis(percentile(&latencies, 0.50)),
+            millis(percentile(&latencies, 0.99)),
+            millis(*latencies.last().unwrap()),
+        );
+        controller.kill();
 
-    let (listed, objects) = startup_floor(cluster, &client).await;
-    let started = Instant::now();
-    let controller = start_controller(cluster, 1, "portkeeper-bench-restart");
-    let startup = ready_after(&controller, started).await;
-    let (rss, peak) = memory(controller.pid());
-    println!(
-        "controller start to ready with {total} allocated pods: {:.3} s",
-        startup.as_secs_f64()
-    );
-    println!(
-        "start-up floor: list {objects} pods and IP resources + load the NB replica: {:.3} s (ratio {:.2})",
-        listed.as_secs_f64(),
-        startup.as_secs_f64() / listed.as_secs_f64()
-    );
-    println!("controller memory at ready with {total} pods: RSS {rss:.1} MiB, peak {peak:.1} MiB");
-    print_metrics(&controller, "after the restart").await;
-    println!(
-        "controller warnings logged after the restart: {}",
-        warnings_in_log(cluster, 1)
-    );
+        // (a) A fresh Lease: no takeover to wait for.
+        let (listed, objects) = startup_floor(cluster, &client).await;
+        generation += 1;
+        let started = Instant::now();
+        let lease = format!("portkeeper-bench-{generation}");
+        controller = start_controller(cluster, generation, &lease, &[]);
+        let startup = ready_after(&controller, started).await;
+        let (rss, peak) = memory(controller.pid());
+        println!(
+            "[{count} pods] (a) start to ready, fresh Lease: {:.3} s; start-up floor (list {objects} pods and IP resources + load the NB replica) {:.3} s, ratio {:.2}",
+            startup.as_secs_f64(),
+            listed.as_secs_f64(),
+            startup.as_secs_f64() / listed.as_secs_f64()
+        );
+        println!(
+            "[{count} pods] controller memory at ready: RSS {rss:.1} MiB, peak {peak:.1} MiB"
+        );
+        print_metrics(&controller, &format!("after the restart at {count} pods")).await;
+        println!(
+            "controller warnings logged after the restart: {}",
+            warnings_in_log(cluster, generation)
+        );
+    }
+
+    // (b) The leader crashes; a standby waiting on the same Lease takes over. (c) A rolling
+    // update: the new replica starts, then the old one gets SIGTERM.
+    let lease = format!("portkeeper-bench-{generation}");
+    for (label, signal) in [("(b) leader SIGKILLed", "KILL"), ("(c) rolling update, old replica SIGTERMed", "TERM")] {
+        generation += 1;
+        let standby = start_controller(cluster, generation, &lease, &[]);
+        while get(&standby.url("readyz")).await.0 != "200" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let signalled = Instant::now();
+        controller.signal(signal);
+        let takeover = ready_after(&standby, signalled).await;
+        controller.kill();
+        println!(
+            "[{count} pods] {label} -> standby ready: {:.3} s (Lease duration {LEASE_SECONDS} s)",
+            takeover.as_secs_f64()
+        );
+        controller = standby;
+    }
+    print_metrics(&controller, "after the takeovers").await;
+    controller.kill();
+}
+
+/// The Lease duration the benchmark's controllers run with (`Controller::start`'s default).
+const LEASE_SECONDS: u64 = 5;
+
+/// The pod counts at which the scale figures are taken (`PORTKEEPER_BENCH_CHECKPOINTS`, comma
+/// separated; default the total alone), ascending.
+fn checkpoints(total: usize) -> Vec<usize> {
+    let mut points: Vec<usize> = std::env::var("PORTKEEPER_BENCH_CHECKPOINTS")
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![total]);
+    points.sort_unstable();
+    points
+}
+
+/// Creates the pods of `range` one after another, each once the previous one is allocated: the
+/// allocation latency without queueing, sorted.
+async fn one_by_one(
+    allocated: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    pods: &Api<Pod>,
+    range: Range<usize>,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for i in range {
+        let name = format!("p-{i}");
+        let at = Instant::now();
+        pods.create(&PostParams::default(), &pod(&name, false))
+            .await
+            .unwrap();
+        loop {
+            let (done, when) = allocated.recv().await.expect("watch ended");
+            if done == name {
+                latencies.push(when.duration_since(at));
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    latencies
 }
 
 fn main() {
