@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
+use ovsdb_client::runtime::group::GroupConfig;
 use portkeeper_api::dhcp::Family;
 use portkeeper_controller::ovn::{
     DhcpScope, DhcpSpec, Fence, Northbound, OvnNorthbound, PortSpec, SwitchSpec, WRITER_LOCK,
     port_spec,
 };
-use ovsdb_client::runtime::group::GroupConfig;
 use portkeeper_controller::term::Term;
 use portkeeper_engine::MacAddress;
 
@@ -451,8 +451,7 @@ async fn grouped_upserts_share_transactions_and_each_lands() {
             )
         })
         .collect();
-    let results =
-        futures::future::join_all(specs.iter().map(|spec| nb.upsert_port(spec))).await;
+    let results = futures::future::join_all(specs.iter().map(|spec| nb.upsert_port(spec))).await;
     for (spec, result) in specs.iter().zip(&results) {
         assert!(result.is_ok(), "{}: {result:?}", spec.name);
         assert_eq!(
@@ -466,7 +465,10 @@ async fn grouped_upserts_share_transactions_and_each_lands() {
         stats.transactions - before.transactions,
     );
     assert!(writes >= 40, "{stats:?}");
-    assert!(transactions < writes, "no write shared a transaction: {stats:?}");
+    assert!(
+        transactions < writes,
+        "no write shared a transaction: {stats:?}"
+    );
     // Every transaction is the fenced writer's.
     let log = Command::new("ovsdb-tool")
         .arg("show-log")

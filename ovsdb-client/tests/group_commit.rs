@@ -75,7 +75,9 @@ fn names(client: &Client) -> BTreeSet<String> {
         .collect()
 }
 
-fn error_kind(result: &Result<Vec<ovsdb_client::protocol::operation::OperationResult>, Error>) -> Option<ErrorKind> {
+fn error_kind(
+    result: &Result<Vec<ovsdb_client::protocol::operation::OperationResult>, Error>,
+) -> Option<ErrorKind> {
     match result {
         Err(Error::Transaction(e)) => e.ovsdb_error().map(|e| e.kind.clone()),
         _ => None,
@@ -199,7 +201,12 @@ async fn envelope_failure_reaches_every_caller_and_waiting_callers_share_a_batch
     }
     assert!(names(&client).iter().all(|n| !n.starts_with('f')));
 
-    let group = GroupCommit::new(client.clone(), GroupConfig::default(), Vec::new(), Vec::new());
+    let group = GroupCommit::new(
+        client.clone(),
+        GroupConfig::default(),
+        Vec::new(),
+        Vec::new(),
+    );
     let calls = (0..64).map(|i| group.transact_until(vec![insert(&format!("g{i}"))], deadline));
     for result in futures::future::join_all(calls).await {
         result.expect("commits");
@@ -208,7 +215,10 @@ async fn envelope_failure_reaches_every_caller_and_waiting_callers_share_a_batch
     assert_eq!(stats.members, 64);
     // No linger: the first caller goes alone, the others queue behind it.
     assert!(stats.transactions < 64, "{stats:?}");
-    assert_eq!(names(&client).iter().filter(|n| n.starts_with('g')).count(), 64);
+    assert_eq!(
+        names(&client).iter().filter(|n| n.starts_with('g')).count(),
+        64
+    );
 }
 
 /// `transact_with_retry` through the group rebuilds after another writer got in between, as the
@@ -221,7 +231,12 @@ async fn retry_rebuilds_after_a_concurrent_writer() {
         .connect()
         .await
         .expect("connect");
-    let group = GroupCommit::new(client.clone(), GroupConfig::default(), Vec::new(), Vec::new());
+    let group = GroupCommit::new(
+        client.clone(),
+        GroupConfig::default(),
+        Vec::new(),
+        Vec::new(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut attempts = 0;
     let result = group

@@ -143,11 +143,7 @@ impl OvnNorthbound {
     /// [`ovsdb_client::runtime::group`]); each write still gets its own result and only its
     /// own error. Needs a tokio runtime.
     pub fn grouped(mut self, config: GroupConfig) -> Self {
-        let (prefix, suffix) = self
-            .fence
-            .as_ref()
-            .map(Fence::envelope)
-            .unwrap_or_default();
+        let (prefix, suffix) = self.fence.as_ref().map(Fence::envelope).unwrap_or_default();
         self.group = Some(GroupCommit::new(
             self.client.clone(),
             config,
@@ -156,7 +152,6 @@ impl OvnNorthbound {
         ));
         self
     }
-
 
     /// Runs `read` on the index brought up to date with `view`.
     fn indexed<T>(&self, view: &CacheView<'_>, read: impl FnOnce(&PortIndex) -> T) -> T {

@@ -253,10 +253,7 @@ async fn send(shared: Arc<Shared>, batch: Vec<Member>) {
         }
         let deadline = group.iter().map(|m| m.deadline).min().expect("not empty");
         let (operations, ranges) = shared.envelope(&mut group);
-        shared
-            .counters
-            .transactions
-            .fetch_add(1, Ordering::Relaxed);
+        shared.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let result = shared.client.transact_until(&operations, deadline).await;
         let mut operations = operations;
         // Give every caller its operations back (in order), for a re-send.
@@ -323,8 +320,7 @@ impl Shared {
     /// operations are in it.
     fn envelope(&self, group: &mut [Member]) -> (Vec<Operation>, Vec<std::ops::Range<usize>>) {
         let total: usize = group.iter().map(|m| m.operations.len()).sum();
-        let mut operations =
-            Vec::with_capacity(self.prefix.len() + total + self.suffix.len());
+        let mut operations = Vec::with_capacity(self.prefix.len() + total + self.suffix.len());
         operations.extend(self.prefix.iter().cloned());
         let mut ranges = Vec::with_capacity(group.len());
         for member in group.iter_mut() {
