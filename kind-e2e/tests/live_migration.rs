@@ -214,12 +214,21 @@ impl KubeVirt<'_> {
     }
 
     /// The reasons of the Events on the VMI `vm`.
-    async fn reasons(&self, vm: &str) -> Vec<String> {
-        events(&self.client, NS, vm)
-            .await
-            .into_iter()
-            .map(|(_, reason, _)| reason)
-            .collect()
+    /// Waits until the VM has an Event of each reason (an Event is recorded after the change it
+    /// reports, so it may trail the Northbound state the test saw).
+    async fn recorded(&self, vm: &str, reasons: &[&str]) {
+        wait_for(&format!("{reasons:?} Events on {vm}"), async || {
+            let seen: Vec<String> = events(&self.client, NS, vm)
+                .await
+                .into_iter()
+                .map(|(_, reason, _)| reason)
+                .collect();
+            reasons
+                .iter()
+                .all(|r| seen.iter().any(|s| s == r))
+                .then_some(())
+        })
+        .await
     }
 }
 
@@ -303,13 +312,7 @@ async fn full_migration(kv: &KubeVirt<'_>) {
     kv.virt.finish(vm, &f.migration, true, "node2").await;
     kv.options_become(vm, &kv.pinned("node2")).await;
     kv.southbound_binds(vm, "node2", &[]);
-    let reasons = kv.reasons(vm).await;
-    for reason in ["PortMigrating", "PortMigrated"] {
-        assert!(
-            reasons.iter().any(|r| r == reason),
-            "{reason} in {reasons:?}"
-        );
-    }
+    kv.recorded(vm, &["PortMigrating", "PortMigrated"]).await;
     // Once the source pod is gone nothing can contend: a VM started again anywhere binds.
     kv.virt.delete_pod(&f.source).await;
     kv.options_become(vm, &Options::new()).await;
@@ -331,7 +334,7 @@ async fn failed_migration(kv: &KubeVirt<'_>) {
     kv.virt.finish(vm, &f.migration, false, "node1").await;
     kv.options_become(vm, &kv.pinned("node1")).await;
     kv.southbound_binds(vm, "node1", &[]);
-    assert!(kv.reasons(vm).await.iter().any(|r| r == "PortRolledBack"));
+    kv.recorded(vm, &["PortRolledBack"]).await;
     kv.virt.delete_pod(&f.target).await;
     kv.options_become(vm, &Options::new()).await;
     kv.one_identity(vm, &[&f.source]).await;
