@@ -1,7 +1,7 @@
 //! The daemon against a real OVN chassis (userspace datapath) and real network namespaces:
-//! ADD wires pods that ping each other over IPv4 and IPv6, DEL leaves nothing, failed ADDs roll back,
-//! and a pod recreated with a new MAC answers the very first ping. Needs root; fails when OVN cannot
-//! start (`PORTKEEPER_ALLOW_SKIP=1` skips instead).
+//! ADD wires pods that ping each other and talk TCP over IPv4 and IPv6, DEL leaves nothing, failed
+//! ADDs roll back, and a pod recreated with a new MAC answers the very first ping. Needs root;
+//! fails when OVN cannot start (`PORTKEEPER_ALLOW_SKIP=1` skips instead).
 
 mod support;
 
@@ -155,6 +155,11 @@ async fn dual_stack_pods_ping_each_other_and_del_leaves_nothing_on_node() {
         ns2.ping_once("fd00:10:16::f", 5),
         "IPv6 ping pod2 -> pod1 failed"
     );
+    // TCP too, which needs the pods' transmit checksum offload off on this userspace datapath.
+    ns1.tcp_round_trip(&ns2, "10.16.0.16")
+        .unwrap_or_else(|e| panic!("IPv4 TCP pod1 -> pod2: {e}"));
+    ns2.tcp_round_trip(&ns1, "fd00:10:16::f")
+        .unwrap_or_else(|e| panic!("IPv6 TCP pod2 -> pod1: {e}"));
 
     // CHECK agrees with what ADD made.
     let mut check = request(Command::Check, "c1", &ns1, "pod1");

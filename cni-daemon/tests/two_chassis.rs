@@ -1,8 +1,8 @@
 //! Two chassis on one machine with the userspace datapath: each node namespace runs its own
 //! ovs-vswitchd, and the nodes reach each other over a veth underlay whose addresses sit on a netdev
-//! `br-phy` bridge, as OVS's userspace tunnelling requires. The daemon of each node wires one pod; both
-//! ports bind on their own chassis and the pods ping each other through a Geneve tunnel. Needs root;
-//! fails when OVN cannot start (`PORTKEEPER_ALLOW_SKIP=1` skips instead).
+//! `br-phy` bridge, as OVS's userspace tunnelling requires. The daemon of each node wires one pod;
+//! both ports bind on their own chassis and the pods ping each other and talk TCP through a Geneve
+//! tunnel. Needs root; fails when OVN cannot start (`PORTKEEPER_ALLOW_SKIP=1` skips instead).
 
 mod support;
 
@@ -169,6 +169,9 @@ fn pods_on_two_chassis_bind_locally_and_ping_through_geneve() {
         "cross-chassis ping failed: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    pod_netns[0]
+        .tcp_round_trip(&pod_netns[1], "10.17.0.12")
+        .unwrap_or_else(|e| panic!("cross-chassis TCP failed: {e}"));
 
     for ((pod, node, chassis, _, _), netns) in pods.iter().zip(&pod_netns) {
         let response = on_node(

@@ -1,7 +1,7 @@
 //! The node daemon: turns ADD, DEL and CHECK requests into a wired (or unwired) pod interface.
 //!
-//! ADD waits for the controller's allocation, builds the veth pair, configures the pod side,
-//! attaches the host side to `br-int`, waits for ovn-controller's `ovn-installed` and announces the
+//! ADD waits for the controller's allocation, builds the veth pair, configures the pod side (with
+//! transmit checksum offload off on OVS's userspace datapath, see [`offload`]), attaches the host side to `br-int`, waits for ovn-controller's `ovn-installed` and announces the
 //! addresses. Any failure undoes everything the attempt made. DEL is idempotent.
 
 pub mod allocation;
@@ -9,6 +9,7 @@ pub mod announce;
 pub mod chassis;
 pub mod netdev;
 pub mod netns;
+pub mod offload;
 pub mod ovs;
 pub mod server;
 
@@ -185,8 +186,24 @@ impl<A: AllocationSource> Daemon<A> {
         let mut lap = || std::mem::replace(&mut mark, Instant::now()).elapsed();
         let host_mac = netdev::create_veth(&self.host, names, &nic, netns).await?;
         let pod_side = nic.clone();
+        let checksum_off = offload::needed_for(&self.ovs.datapath_type());
         netns
-            .run(move || netdev::configure_pod_side(pod_side))
+            .run(move || async move {
+                let ifname = pod_side.ifname.clone();
+                netdev::configure_pod_side(pod_side).await?;
+                if checksum_off {
+                    offload::disable_tx_checksum(&ifname).map_err(|e| {
+                        CniError::new(
+                            ErrorCode::IoFailure,
+                            format!(
+                                "cannot turn transmit checksum offload off on {ifname} in the pod"
+                            ),
+                        )
+                        .with_details(e)
+                    })?;
+                }
+                Ok(())
+            })
             .await?;
         phases.interface = lap();
         let netns_path = request

@@ -40,7 +40,7 @@ impl Ovs {
             .connect_timeout(timeout)
             .request_timeout(timeout)
             .monitor(OpenVswitch::TABLE, &["external_ids", "bridges"])
-            .monitor(Bridge::TABLE, &["name", "ports"])
+            .monitor(Bridge::TABLE, &["name", "ports", "datapath_type"])
             .monitor(Port::TABLE, &["name", "interfaces"])
             .monitor(Interface::TABLE, &["name", "external_ids"])
             .index(Interface::TABLE, &["external_ids:iface-id"]);
@@ -205,6 +205,23 @@ impl Ovs {
                 ),
             ))
         })
+    }
+
+    /// The bridge's `datapath_type` (`netdev` for OVS's userspace datapath; empty for the default,
+    /// the kernel's, and when the bridge is missing).
+    pub fn datapath_type(&self) -> String {
+        self.client
+            .cache()
+            .find(
+                Bridge::TABLE,
+                &["name"],
+                &[Value::from(Atom::string(self.bridge.as_str()))],
+            )
+            .and_then(|rows| {
+                let kind = rows.first()?.get("datapath_type")?.as_atom()?.as_str()?;
+                Some(kind.to_owned())
+            })
+            .unwrap_or_default()
     }
 
     fn ensure_bridge(&self) -> Result<(), CniError> {

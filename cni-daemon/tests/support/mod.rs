@@ -391,6 +391,79 @@ impl TestNetns {
             .success()
     }
 
+    /// Connects over TCP from this namespace to a listener in `server` on `addr` (either family),
+    /// sends a line and reads it echoed back: pings alone do not show that TCP's checksums survive
+    /// the datapath. The error says which side failed and how.
+    pub fn tcp_round_trip(&self, server: &TestNetns, addr: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+        const TIMEOUT: Duration = Duration::from_secs(10);
+        const LINE: &[u8] = b"portkeeper tcp\n";
+        let ip: IpAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let unspecified: IpAddr = if ip.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        };
+        let listener = in_netns(&server.name, move || async move {
+            TcpListener::bind(SocketAddr::new(unspecified, 0))
+        })
+        .map_err(|e| format!("listen in {}: {e}", server.name))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        // The listening socket stays in the server's namespace; accepting needs no setns.
+        let echo = std::thread::spawn(move || -> Result<(), String> {
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + TIMEOUT;
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(format!("server: no connection ({e})")),
+                }
+            };
+            stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            let mut line = vec![0; LINE.len()];
+            stream
+                .read_exact(&mut line)
+                .map_err(|e| format!("server: read: {e}"))?;
+            stream
+                .write_all(&line)
+                .map_err(|e| format!("server: write: {e}"))
+        });
+        let to = SocketAddr::new(ip, port);
+        let sent = in_netns(&self.name, move || async move {
+            let mut stream = TcpStream::connect_timeout(&to, TIMEOUT)
+                .map_err(|e| format!("client: connect to {to}: {e}"))?;
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            stream
+                .write_all(LINE)
+                .map_err(|e| format!("client: write: {e}"))?;
+            let mut back = vec![0; LINE.len()];
+            stream
+                .read_exact(&mut back)
+                .map_err(|e| format!("client: read: {e}"))?;
+            if back == LINE {
+                Ok(())
+            } else {
+                Err(format!("client: got {back:?} back"))
+            }
+        });
+        let echoed = echo
+            .join()
+            .map_err(|_| "the echo thread panicked".to_owned())?;
+        sent.and(echoed)
+    }
+
     /// `ip -o` output of `what` (e.g. `addr`, `route`, `-6 route`) inside the namespace.
     pub fn ip(&self, what: &[&str]) -> String {
         let mut args = vec!["ip", "-o"];
