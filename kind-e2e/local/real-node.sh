@@ -27,6 +27,8 @@ pk_node_paths=(
 # apiserver; 10.96.0.2:6641 stands for the OVN NB Service of yamls/controller.yaml.
 PK_API_SERVICE=10.96.0.1
 PK_NB_SERVICE=10.96.0.2
+# The node's image registry (registry-serve), on its loopback.
+PK_REGISTRY=127.0.0.1:5000
 
 # The mount namespace of a node, pinned on a file so that processes can join it.
 pk_node_mntns() { # N
@@ -64,6 +66,19 @@ pk_node_exec() { # N netns cmd...
 # this cluster's prefix: the kubelets' cgroup roots and the runtimes' cgroups.
 pk_cgroup_dirs() { # prefix
 	find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d -name "$1*" 2>/dev/null
+}
+
+# A process of a real node's pod (its sandbox's pause, or a container's), by the pod's UID; empty
+# when none runs. The kubelet (cgroupfs driver) puts each pod in a cgroup `pod<uid>` under its node's
+# cgroup root.
+pk_pod_pid() { # prefix uid
+	local dirs pod
+	mapfile -t dirs < <(pk_cgroup_dirs "$1")
+	[ "${#dirs[@]}" -gt 0 ] || return 0
+	while read -r pod; do
+		find "$pod" -name cgroup.procs -exec cat {} + 2>/dev/null | head -n1
+		return 0
+	done < <(find "${dirs[@]}" -type d -name "pod$2" 2>/dev/null)
 }
 
 # Leave a node's mount namespace: unpin it (it ends with its last process).
@@ -153,12 +168,33 @@ TOML
 }
 
 # No registry is reachable, and none may be asked: each registry an image here could name is
-# redirected to a closed loopback port, so a missing image fails at once and sends nothing out.
+# redirected to the node's own read-only registry (registry-serve on PK_REGISTRY), which serves the
+# images of kind-e2e/images/build and answers 404 for any other, so a missing image fails at once
+# and nothing goes out. containerd 1.6 ignores a hosts.toml without a [host] table (it logs
+# "invalid `host` tree" and asks the registry itself), hence the table.
 pk_containerd_registries() { # N
 	local r
 	for r in docker.io k8s.gcr.io registry.k8s.io gcr.io quay.io ghcr.io; do
 		mkdir -p "$1/registries/$r"
-		printf 'server = "http://127.0.0.1:1"\n' >"$1/registries/$r/hosts.toml"
+		printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+			"$PK_REGISTRY" "$PK_REGISTRY" >"$1/registries/$r/hosts.toml"
+	done
+}
+
+# The registry's folder (see registry-serve): every image's blobs, and per image name the digest
+# of its manifest. Images: lines `NAME ARCHIVE` of kind-e2e/images/build, NAME fully qualified.
+pk_registry_fill() { # dir image...
+	local dir=$1 image name archive registry rest digest
+	shift
+	mkdir -p "$dir"
+	for image in "$@"; do
+		name=${image%% *} archive=${image#* }
+		tar -xf "$archive" -C "$dir" ./blobs
+		digest=$(tar -xOf "$archive" ./index.json | jq -r '.manifests[0].digest')
+		[[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] || pk_die "$archive: no manifest digest in index.json"
+		registry=${name%%/*} rest=${name#*/}
+		mkdir -p "$dir/tags/$registry/${rest%:*}"
+		printf '%s\n' "$digest" >"$dir/tags/$registry/${rest%:*}/${rest##*:}"
 	done
 }
 

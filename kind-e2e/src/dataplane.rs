@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Cluster;
-use crate::portkeeper::{annotation, kubectl_apply, sbctl, wait_for};
+use crate::portkeeper::{annotation, kubectl_apply, sbctl, sleeping_container, wait_for};
 
 /// Runs `cmd` in the pod's network namespace; (success, stdout and stderr).
 pub fn exec(cluster: &Cluster, namespace: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
@@ -37,6 +37,60 @@ pub fn assert_pings(cluster: &Cluster, p: &Pod, to: &str, what: &str) {
     let namespace = p.namespace().unwrap_or_default();
     let (ok, out) = ping(cluster, &namespace, &p.name_any(), to);
     assert!(ok, "{namespace}/{} -> {to} ({what}): {out}", p.name_any());
+}
+
+/// The port of [`tcp`]'s listener, and the line it answers with.
+const TCP_PORT: &str = "7007";
+const TCP_GREETING: &str = "portkeeper-tcp";
+
+/// Checks that a TCP connection from pod `from` to `addr`, an address of pod `to`, reaches a
+/// listener there and carries its line back: this machine's busybox `nc -l` in `to`'s network
+/// namespace (run as [`exec`] runs `ip` and `ping`) answers one connection. Pings alone do not show
+/// that TCP's checksums survive the datapath. Fails with what the client saw.
+pub fn assert_tcp(cluster: &Cluster, from: &Pod, to: &Pod, addr: &str) {
+    let (to_ns, to_name) = (to.namespace().unwrap_or_default(), to.name_any());
+    let (from_ns, from_name) = (from.namespace().unwrap_or_default(), from.name_any());
+    let mut listener = cluster
+        .pod_command(
+            &to_ns,
+            &to_name,
+            &[
+                "busybox",
+                "nc",
+                "-l",
+                "-p",
+                TCP_PORT,
+                "-e",
+                "echo",
+                TCP_GREETING,
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start a listener in {to_ns}/{to_name}: {e}"));
+    // Until the listener listens the connection is refused; a datapath that breaks TCP makes each
+    // attempt time out instead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let (_, out) = exec(
+            cluster,
+            &from_ns,
+            &from_name,
+            &["timeout", "5", "busybox", "nc", "-w", "4", addr, TCP_PORT],
+        );
+        if out.trim() == TCP_GREETING || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(
+        seen.trim(),
+        TCP_GREETING,
+        "TCP {from_ns}/{from_name} -> {to_name} at {addr}:{TCP_PORT}"
+    );
 }
 
 /// Whether the pod runs: `Running`, `Ready` and an address in its status.
@@ -211,7 +265,7 @@ impl Peers {
                     "nodeName": node,
                     "terminationGracePeriodSeconds": 0,
                     "automountServiceAccountToken": false,
-                    "containers": [{"name": "c", "image": "busybox"}],
+                    "containers": [sleeping_container("c")],
                 },
             }))
             .expect("a pod");
@@ -226,6 +280,13 @@ impl Peers {
             by_node.insert(node.clone(), p);
         }
         Self { by_node }
+    }
+
+    /// The peer on `node`.
+    pub fn on_node(&self, node: &str) -> &Pod {
+        self.by_node
+            .get(node)
+            .unwrap_or_else(|| panic!("no peer on {node}"))
     }
 
     /// The peer on a node other than `node`.

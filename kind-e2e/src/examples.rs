@@ -11,9 +11,9 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 use crate::Cluster;
-use crate::dataplane::{is_running, wait_running};
+use crate::dataplane::{self, Peers, is_running, wait_running};
 use crate::kubevirt::VirtController;
-use crate::portkeeper::{repo_root, wait_for};
+use crate::portkeeper::{install_kubevirt, repo_root, wait_for};
 
 /// The example manifests, in name order.
 pub fn manifests() -> Vec<PathBuf> {
@@ -100,4 +100,37 @@ async fn workload_pods(pods: &Api<Pod>, workload: &Value) -> Vec<Pod> {
         (live.len() == replicas && live.iter().all(is_running)).then_some(live)
     })
     .await
+}
+
+/// Applies every example manifest in name order (VMs started on node1) and checks each pod they
+/// make: wired as annotated ([`dataplane::assert_wired_as_annotated`]) and reaching, in each of its
+/// families, a peer pod on the other node and its gateway. Returns how many pods were checked.
+pub async fn assert_every_example_wired(cluster: &Cluster, client: &Client) -> usize {
+    install_kubevirt(cluster, client).await;
+    let peers = Peers::start(cluster, client, "default").await;
+    let mut checked = 0;
+    for manifest in manifests() {
+        let file = manifest
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let pods = apply(cluster, client, &manifest, "node1").await;
+        assert!(!pods.is_empty(), "{file} makes pods");
+        for p in pods {
+            let eth0 = dataplane::assert_wired_as_annotated(cluster, &p);
+            let reached = peers.assert_reach(cluster, &p);
+            eprintln!(
+                "{file}: {}/{} on {}: eth0 {} {:?}; reached {reached}",
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+                dataplane::node_of(&p),
+                eth0.mac,
+                eth0.addresses,
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= manifests().len());
+    checked
 }

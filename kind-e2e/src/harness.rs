@@ -388,6 +388,11 @@ impl Cluster {
         pod: &str,
         cmd: &[&str],
     ) -> Result<Output, HarnessError> {
+        Ok(self.pod_command(namespace, pod, cmd).output()?)
+    }
+
+    /// The command [`Cluster::pod_exec`] runs, to spawn it instead (a listener, a long ping).
+    pub fn pod_command(&self, namespace: &str, pod: &str, cmd: &[&str]) -> Command {
         let mut command = match self.provider {
             Provider::Local => {
                 let mut c = Command::new(local_scripts().join("pod-exec"));
@@ -406,7 +411,7 @@ impl Cluster {
             .arg("--")
             .args(cmd)
             .stdin(Stdio::null());
-        Ok(command.output()?)
+        command
     }
 
     /// Runs `ovn-nbctl` against the cluster's northbound database.

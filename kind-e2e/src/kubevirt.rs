@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::portkeeper::{allocated, kubevirt_api, wait_for};
+use crate::portkeeper::{allocated, kubevirt_api, sleeping_container, wait_for};
 
 /// The scheduler of launcher pods created without a node: one that does not exist, so they stay
 /// unbound until [`VirtController::bind`] binds them.
@@ -121,7 +121,8 @@ impl VirtController {
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 0,
             "schedulerName": NO_SCHEDULER,
-            "containers": [{ "name": "compute", "image": "virt-launcher" }],
+            // virt-launcher's stand-in: the pod's network is the VM's, its process only keeps it up.
+            "containers": [sleeping_container("compute")],
         });
         if let Some(node) = node {
             spec["nodeName"] = json!(node);

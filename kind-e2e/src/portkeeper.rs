@@ -555,12 +555,18 @@ pub fn setting<T: std::str::FromStr>(var: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A busybox container that sleeps: it keeps its pod running on a real node (`up --kubelet`),
+/// where busybox's own command (`sh`, no input) would exit at once; the node agent runs none.
+pub fn sleeping_container(name: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "image": "busybox", "command": ["sleep", "infinity"]})
+}
+
 /// The plain pod `namespace/name`: one busybox container, no service account token.
 pub fn plain_pod(namespace: &str, name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"automountServiceAccountToken": false,
-            "containers": [{"name": "c", "image": "busybox"}]},
+            "containers": [sleeping_container("c")]},
     }))
     .unwrap()
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
-use kind_e2e::dataplane::{self, Peers};
+use kind_e2e::dataplane;
 use kind_e2e::examples;
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
-use kind_e2e::portkeeper::{annotation, install_kubevirt};
+use kind_e2e::portkeeper::annotation;
 use kind_e2e::{Cluster, ClusterOptions, Provider, Shared};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -56,8 +56,12 @@ fn main() {
             statefulset_and_deployment_pods_run_with_addresses,
         ),
         trial(
-            "two_pods_on_one_node_ping_each_other",
-            two_pods_on_one_node_ping_each_other,
+            "two_pods_on_one_node_ping_and_talk_tcp",
+            two_pods_on_one_node_ping_and_talk_tcp,
+        ),
+        trial(
+            "peers_talk_tcp_across_nodes_in_both_families",
+            peers_talk_tcp_across_nodes_in_both_families,
         ),
         local_only(trial(
             "deleted_statefulset_pod_comes_back_under_its_name",
@@ -297,32 +301,7 @@ async fn every_example_pod_is_wired_as_annotated_and_reaches_the_other_node(
     client: Client,
 ) -> TestResult {
     let cluster = with_cluster(Cluster::handle)?;
-    install_kubevirt(&cluster, &client).await;
-    let peers = Peers::start(&cluster, &client, "default").await;
-    let mut checked = 0;
-    for manifest in examples::manifests() {
-        let file = manifest
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let pods = examples::apply(&cluster, &client, &manifest, "node1").await;
-        assert!(!pods.is_empty(), "{file} makes pods");
-        for p in pods {
-            let eth0 = dataplane::assert_wired_as_annotated(&cluster, &p);
-            let reached = peers.assert_reach(&cluster, &p);
-            eprintln!(
-                "{file}: {}/{} on {}: eth0 {} {:?}; reached {reached}",
-                p.namespace().unwrap_or_default(),
-                p.name_any(),
-                dataplane::node_of(&p),
-                eth0.mac,
-                eth0.addresses,
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked >= examples::manifests().len());
+    examples::assert_every_example_wired(&cluster, &client).await;
     Ok(())
 }
 
@@ -431,7 +410,7 @@ async fn statefulset_and_deployment_pods_run_with_addresses(client: Client) -> T
     Ok(())
 }
 
-async fn two_pods_on_one_node_ping_each_other(client: Client) -> TestResult {
+async fn two_pods_on_one_node_ping_and_talk_tcp(client: Client) -> TestResult {
     let pods = Api::<Pod>::namespaced(client, NS)
         .list(&ListParams::default())
         .await?;
@@ -455,6 +434,20 @@ async fn two_pods_on_one_node_ping_each_other(client: Client) -> TestResult {
         from.name_any(),
         to.name_any()
     );
+    with_cluster(|c| dataplane::assert_tcp(c, from, to, &pod_ip(to)))?;
+    Ok(())
+}
+
+/// TCP across nodes, in both families: the peer on node1 connects to the one on node2.
+async fn peers_talk_tcp_across_nodes_in_both_families(client: Client) -> TestResult {
+    let default: Api<Pod> = Api::default_namespaced(client);
+    let (from, to) = (
+        default.get("peer-node1").await?,
+        default.get("peer-node2").await?,
+    );
+    for ip in dataplane::pod_ips(&to) {
+        with_cluster(|c| dataplane::assert_tcp(c, &from, &to, ip))?;
+    }
     Ok(())
 }
 
