@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -17,11 +18,10 @@ use kube::{Client, ResourceExt};
 use crate::Cluster;
 use crate::dataplane::{self, Peers, node_of, pod_ips};
 use crate::examples;
-use crate::harness::local_scripts;
 use crate::kubevirt::VirtController;
 use crate::portkeeper::{
-    annotation, install_kubevirt, ip_resource, lsp_options, nbctl, node_chassis, repo_root, sbctl,
-    wait_for,
+    annotation, install_kubevirt, ip_resource, kubectl_apply, lsp_options, nbctl, node_chassis,
+    repo_root, sbctl, wait_for,
 };
 
 /// The namespace of the examples and of the demo's own pods.
@@ -44,6 +44,12 @@ pub async fn run(cluster: &Cluster) -> bool {
         })
         .await;
     let peers = peers.as_ref();
+    story
+        .step(
+            "HTTP to nginx:alpine across nodes and on one node",
+            async |say: &Say| d.http(say, needed(peers)).await,
+        )
+        .await;
     story
         .step(
             "static IP and MAC (MAC given in upper case)",
@@ -286,6 +292,7 @@ impl Demo<'_> {
                 ),
             );
         }
+        self.show_deployment(say).await;
         install_kubevirt(self.cluster, &self.client).await;
         say.line(
             "kubevirt",
@@ -312,6 +319,113 @@ impl Demo<'_> {
             );
         }
         peers
+    }
+
+    /// portkeeper as `yamls/` deploys it, when it does (real nodes): the DaemonSet's pod Ready on
+    /// every node, both controller replicas Ready, one of them holding the Lease.
+    async fn show_deployment(&self, say: &Say) {
+        let system: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
+        let daemons = system
+            .list(&ListParams::default().labels("app=portkeeper-cni"))
+            .await
+            .expect("list the daemon's pods");
+        if daemons.items.is_empty() {
+            say.line(
+                "portkeeper",
+                "no DaemonSet pods: this cluster runs portkeeper as host processes",
+            );
+            return;
+        }
+        let leader = Api::<Lease>::namespaced(self.client.clone(), "kube-system")
+            .get("portkeeper-controller")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+            .unwrap_or_default();
+        let controllers = system
+            .list(&ListParams::default().labels("app.kubernetes.io/name=portkeeper-controller"))
+            .await
+            .expect("list the controller's pods");
+        for p in daemons.items.iter().chain(&controllers.items) {
+            let role = if p.name_any() == leader {
+                ", holds the Lease"
+            } else {
+                ""
+            };
+            say.line(
+                "deployed",
+                format!(
+                    "kube-system/{} on {}: {}{role}",
+                    p.name_any(),
+                    node_of(p),
+                    if dataplane::is_running(p) {
+                        "Running, Ready"
+                    } else {
+                        "not ready"
+                    },
+                ),
+            );
+        }
+        let ready = |pods: &[Pod]| pods.iter().filter(|p| dataplane::is_running(p)).count();
+        assert_eq!(
+            ready(&daemons.items),
+            self.cluster.nodes().len(),
+            "the DaemonSet's pod ready on every node"
+        );
+        assert_eq!(
+            ready(&controllers.items),
+            2,
+            "both controller replicas ready"
+        );
+        assert!(
+            controllers.items.iter().any(|p| p.name_any() == leader),
+            "a controller replica holds the Lease (holder: {leader:?})"
+        );
+    }
+
+    /// The nginx stand-in on node2 serves its page to the peers on node1 and node2, over TCP
+    /// through OVN (the pods' checksum offload is off on the userspace datapath).
+    async fn http(&self, say: &Say, peers: &Peers) {
+        kubectl_apply(
+            self.cluster,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nginx\n  namespace: {NS}\nspec:\n  nodeName: node2\n  containers:\n    - name: nginx\n      image: docker.io/library/nginx:alpine\n"
+            ),
+        );
+        let nginx = dataplane::wait_running(&self.pods, "nginx", None).await;
+        let ip = pod_ips(&nginx)[0];
+        say.line(
+            "k8s",
+            format!("nginx (docker.io/library/nginx:alpine) on node2 at {ip}"),
+        );
+        let url = format!("http://{ip}/");
+        for node in self.cluster.nodes() {
+            let client = peers.on_node(node);
+            let (ok, page) = dataplane::exec(
+                self.cluster,
+                NS,
+                &client.name_any(),
+                // busybox 1.35's `wget -T` crashes: `timeout` bounds it instead.
+                &["timeout", "10", "busybox", "wget", "-q", "-O", "-", &url],
+            );
+            let title = page
+                .lines()
+                .find(|l| l.contains("<h1>"))
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                ok && title.contains("Welcome to nginx"),
+                "{} fetched: {page}",
+                client.name_any()
+            );
+            say.line(
+                "http",
+                format!(
+                    "{} on {node}: GET http://{ip}/ -> {title}",
+                    client.name_any()
+                ),
+            );
+        }
     }
 
     async fn static_ip(&self, say: &Say, peers: &Peers) {
@@ -790,11 +904,8 @@ struct Pinger {
 
 impl Pinger {
     fn start(cluster: &Cluster, pod: &str, to: &str) -> Self {
-        let child = Command::new(local_scripts().join("pod-exec"))
-            .env("PORTKEEPER_RUN_DIR", cluster.run_dir())
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .args([NS, pod, "--", "ping", "-i", "0.2", "-W", "1", to])
-            .stdin(Stdio::null())
+        let child = cluster
+            .pod_command(NS, pod, &["ping", "-i", "0.2", "-W", "1", to])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
