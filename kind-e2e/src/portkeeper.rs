@@ -494,28 +494,45 @@ pub fn kubevirt_api(client: &Client, namespace: &str, kind: &str) -> Api<Dynamic
 /// A node's OVN chassis name: `external_ids:system-id` of its Open_vSwitch database, which is
 /// what ovn-controller registers the chassis under (local provider).
 pub fn node_chassis(cluster: &Cluster, node: &str) -> String {
+    vsctl(
+        cluster,
+        node,
+        &["get", "Open_vSwitch", ".", "external_ids:system-id"],
+    )
+    .trim()
+    .trim_matches('"')
+    .to_owned()
+}
+
+/// The names of the OVS interfaces on `node` that match an `ovs-vsctl find` condition, such as
+/// `external_ids:iface-id=PORT` (local provider).
+pub fn ovs_interfaces(cluster: &Cluster, node: &str, condition: &str) -> Vec<String> {
+    vsctl(
+        cluster,
+        node,
+        &["--bare", "--columns=name", "find", "interface", condition],
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_owned)
+    .collect()
+}
+
+/// `ovs-vsctl` on `node`'s Open_vSwitch database; its output.
+fn vsctl(cluster: &Cluster, node: &str, args: &[&str]) -> String {
     let db = cluster.node_dir(node).join("db.sock");
     let out = Command::new("ovs-vsctl")
         .arg(format!("--db=unix:{}", db.display()))
-        .args([
-            "--timeout=10",
-            "get",
-            "Open_vSwitch",
-            ".",
-            "external_ids:system-id",
-        ])
+        .arg("--timeout=10")
+        .args(args)
         .output()
         .expect("run ovs-vsctl");
     assert!(
         out.status.success(),
-        "ovs-vsctl on {node}: {}",
+        "ovs-vsctl {args:?} on {node}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .trim_matches('"')
-        .to_owned()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A port's `options` as `ovn-nbctl lsp-get-options` prints them.

@@ -17,7 +17,7 @@ use kind_e2e::dataplane;
 use kind_e2e::examples;
 use kind_e2e::harness::client_from_kubeconfig;
 use kind_e2e::pods::SANDBOX_FAILURE_REASON;
-use kind_e2e::portkeeper::annotation;
+use kind_e2e::portkeeper::{annotation, ovs_interfaces};
 use kind_e2e::{Cluster, ClusterOptions, Provider, Shared};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -492,41 +492,12 @@ async fn deleted_statefulset_pod_comes_back_under_its_name(client: Client) -> Te
     let interfaces = with_cluster(|c| {
         c.nodes()
             .iter()
-            .map(|node| ovs_interfaces(c, node, &format!("external_ids:iface-id=web-1.{NS}")))
-            .sum::<Result<usize, Failed>>()
-    })??;
+            .map(|node| ovs_interfaces(c, node, &format!("external_ids:iface-id=web-1.{NS}")).len())
+            .sum::<usize>()
+    })?;
     assert_eq!(interfaces, 1, "one OVS interface for web-1 on all nodes");
     running_pods(&client, "app=web", 3).await?;
     Ok(())
-}
-
-/// How many OVS interfaces on `node` match an `ovs-vsctl find` condition.
-fn ovs_interfaces(cluster: &Cluster, node: &str, condition: &str) -> Result<usize, Failed> {
-    let db = format!(
-        "--db=unix:{}",
-        cluster.node_dir(node).join("db.sock").display()
-    );
-    let out = std::process::Command::new("ovs-vsctl")
-        .args([
-            &db,
-            "--bare",
-            "--columns=name",
-            "find",
-            "interface",
-            condition,
-        ])
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "ovs-vsctl on {node}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .count())
 }
 
 async fn host_network_pod_gets_its_node_address(client: Client) -> TestResult {

@@ -17,7 +17,7 @@ use kind_e2e::demo::port_row;
 use kind_e2e::examples;
 use kind_e2e::portkeeper::{
     allocated, annotation, assert_consistent, assert_roles_sufficient, kubectl, kubectl_apply,
-    nbctl, prepare_cluster, wait_for,
+    nbctl, ovs_interfaces, prepare_cluster, wait_for,
 };
 use kind_e2e::{Cluster, ClusterOptions};
 use kube::api::DeleteParams;
@@ -247,7 +247,8 @@ spec:
 }
 
 /// A StatefulSet pod deleted through the API is recreated by the StatefulSet controller and a
-/// kubelet, and keeps its IP, MAC and logical switch port.
+/// kubelet, and keeps its IP, MAC (on its `eth0` too) and logical switch port; the kubelet's
+/// removal of the old sandbox ran the plugin's DEL, so one OVS interface is left for the port.
 async fn statefulset_pod_keeps_identity(cluster: &Cluster, client: &Client) {
     kubectl_apply(
         cluster,
@@ -286,6 +287,7 @@ spec:
     };
     let row = port_row(cluster, &port);
     assert!(!row.is_empty(), "no port {port}");
+    let wiring = dataplane::assert_wired_as_annotated(cluster, &before);
 
     pods.delete("web-0", &DeleteParams::default())
         .await
@@ -298,6 +300,26 @@ spec:
         "podIP differs from the annotation"
     );
     assert_eq!(port_row(cluster, &port), row, "the port row was replaced");
+    assert_eq!(
+        dataplane::assert_wired_as_annotated(cluster, &after),
+        wiring,
+        "web-0 keeps its eth0 address and MAC"
+    );
+    let condition = format!("external_ids:iface-id={port}");
+    let interfaces: Vec<(String, String)> = wait_for("the old sandbox's DEL", async || {
+        let found: Vec<(String, String)> = cluster
+            .nodes()
+            .iter()
+            .flat_map(|node| {
+                ovs_interfaces(cluster, node, &condition)
+                    .into_iter()
+                    .map(|i| (node.to_string(), i))
+            })
+            .collect();
+        (found.len() == 1).then_some(found)
+    })
+    .await;
+    eprintln!("web-0 recreated; OVS interfaces for {port}: {interfaces:?}");
 }
 
 /// The nodes' kubelet and containerd logs, and the pods' logs (the controller's and daemon's).
