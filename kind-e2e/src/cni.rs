@@ -215,6 +215,15 @@ impl CniRuntime {
         &self.config
     }
 
+    /// The same runtime (CNI path, namespace, timeout) running another configuration: a
+    /// delegate of an attachment network.
+    pub fn delegate(&self, config: NetworkConfigList) -> Self {
+        Self {
+            config,
+            ..self.clone()
+        }
+    }
+
     /// `ADD`: every plugin in order, chaining results; returns the last plugin's result.
     pub async fn add(&self, att: &Attachment) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;

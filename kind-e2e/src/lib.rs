@@ -8,7 +8,8 @@
 //! - [`examples`] applies `yamls/examples/` and waits for what they make to run.
 //! - [`sandbox`] keeps one network namespace per pod and what was done to it.
 //! - [`node`] registers the Node and keeps it Ready.
-//! - [`pods`] reconciles the pods bound to the node.
+//! - [`pods`] reconciles the pods bound to the node; [`multus`] adds their attachment networks,
+//!   as Multus does.
 //! - [`harness`] brings a cluster up and down for tests (`Cluster::up`).
 //! - [`portkeeper`] runs portkeeper's binaries on a cluster and reads back their results.
 //! - [`kubevirt`] plays KubeVirt's virt-controller.
@@ -28,6 +29,7 @@ pub mod examples;
 pub mod harness;
 pub mod kubevirt;
 pub mod migration;
+pub mod multus;
 pub mod node;
 pub mod pods;
 pub mod portkeeper;
@@ -52,4 +54,7 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("pod has no {0}")]
     MissingField(&'static str),
+    /// An attachment network cannot be set up (bad selection, missing definition).
+    #[error("attachment networks: {0}")]
+    Network(String),
 }

@@ -20,11 +20,13 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use portkeeper_api::networks;
 use serde_json::{Value, json};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::Error;
 use crate::cni::{Attachment, CniRuntime, result_ips};
+use crate::multus;
 use crate::node::time_now;
 use crate::sandbox::{Sandbox, SandboxStore, create_netns, delete_netns};
 
@@ -112,7 +114,13 @@ impl PodAgent {
         lock.lock_owned().await
     }
 
+    /// The CNI call of `sandbox`'s primary network (eth0).
     fn attachment(&self, sandbox: &Sandbox) -> Attachment {
+        self.attachment_on(sandbox, IFNAME)
+    }
+
+    /// The CNI call of `sandbox`'s interface `ifname`.
+    fn attachment_on(&self, sandbox: &Sandbox, ifname: &str) -> Attachment {
         let args: BTreeMap<String, String> = [
             ("K8S_POD_NAMESPACE", sandbox.namespace.as_str()),
             ("K8S_POD_NAME", sandbox.name.as_str()),
@@ -125,7 +133,7 @@ impl PodAgent {
         Attachment {
             container_id: sandbox.container_id.clone(),
             netns: sandbox.netns_path(),
-            ifname: IFNAME.into(),
+            ifname: ifname.into(),
             args,
         }
     }
@@ -140,30 +148,47 @@ impl PodAgent {
             netns: format!("{}{uid}", self.netns_prefix),
             container_id: uid.replace('-', ""),
             result: None,
+            attachments: Vec::new(),
         };
         self.sandboxes.save(&sandbox)?;
         create_netns(&sandbox.netns).await?;
-        let att = self.attachment(&sandbox);
-        match self.cni.add(&att).await {
-            Ok(result) => {
-                let ips = result_ips(&result);
-                sandbox.result = Some(result);
-                self.sandboxes.save(&sandbox)?;
+        match self.add_networks(pod, &mut sandbox).await {
+            Ok(()) => {
                 self.verified
                     .lock()
                     .expect("not poisoned")
                     .insert(uid.to_string());
+                let ips = result_ips(sandbox.result.as_ref().unwrap_or(&Value::Null));
                 tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name),
-                    ips = ?ips, "sandbox ready");
+                    ips = ?ips, attachments = sandbox.attachments.len(), "sandbox ready");
                 Ok(sandbox)
             }
             Err(e) => {
                 if let Err(cleanup) = self.tear_down_locked(uid).await {
                     tracing::warn!(error = %cleanup, "cleanup after failed ADD");
                 }
-                Err(e.into())
+                Err(e)
             }
         }
+    }
+
+    /// What Multus does: the pod's attachment networks resolved first (a bad selection or a
+    /// missing definition fails before any `ADD`), then `ADD` of the primary network and of each
+    /// attachment network in the pod's order, each step recorded in the sandbox.
+    async fn add_networks(&self, pod: &Pod, sandbox: &mut Sandbox) -> Result<(), Error> {
+        sandbox.attachments = multus::resolve(&self.client, pod).await?;
+        self.sandboxes.save(sandbox)?;
+        sandbox.result = Some(self.cni.add(&self.attachment(sandbox)).await?);
+        self.sandboxes.save(sandbox)?;
+        for index in 0..sandbox.attachments.len() {
+            let delegate = &sandbox.attachments[index];
+            let runtime = self.cni.delegate(delegate.config_list()?);
+            let call = self.attachment_on(sandbox, &delegate.interface);
+            let result = runtime.add(&call).await?;
+            sandbox.attachments[index].result = Some(result);
+            self.sandboxes.save(sandbox)?;
+        }
+        Ok(())
     }
 
     /// Checks, once per agent run, a sandbox made by an earlier run (CNI `CHECK`); a broken one is
@@ -177,9 +202,7 @@ impl PodAgent {
         {
             return Ok(Some(sandbox));
         }
-        let att = self.attachment(&sandbox);
-        let cached = sandbox.result.clone().unwrap_or(Value::Null);
-        let intact = match self.cni.check(&att, &cached).await {
+        let intact = match self.check_networks(&sandbox).await {
             Ok(()) => sandbox.netns_path().exists(),
             Err(e) => {
                 tracing::warn!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name),
@@ -196,6 +219,21 @@ impl PodAgent {
             .expect("not poisoned")
             .insert(sandbox.uid.clone());
         Ok(Some(sandbox))
+    }
+
+    /// `CHECK` of the primary network, then of each attachment network, in order.
+    async fn check_networks(&self, sandbox: &Sandbox) -> Result<(), Error> {
+        let cached = sandbox.result.clone().unwrap_or(Value::Null);
+        self.cni.check(&self.attachment(sandbox), &cached).await?;
+        for delegate in &sandbox.attachments {
+            let cached = delegate.result.clone().unwrap_or(Value::Null);
+            let call = self.attachment_on(sandbox, &delegate.interface);
+            self.cni
+                .delegate(delegate.config_list()?)
+                .check(&call, &cached)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Runs `DEL`, removes the namespace and forgets the sandbox; a missing sandbox is fine.
@@ -216,6 +254,13 @@ impl PodAgent {
         let Some(sandbox) = self.sandboxes.load(uid)? else {
             return Ok(());
         };
+        for delegate in sandbox.attachments.iter().rev() {
+            let call = self.attachment_on(&sandbox, &delegate.interface);
+            self.cni
+                .delegate(delegate.config_list()?)
+                .del(&call, delegate.result.as_ref())
+                .await?;
+        }
         let att = self.attachment(&sandbox);
         self.cni.del(&att, sandbox.result.as_ref()).await?;
         delete_netns(&sandbox.netns).await?;
@@ -244,8 +289,18 @@ impl PodAgent {
         }
     }
 
-    /// Writes addresses, `Running` and `Ready` into the pod's status unless already there.
-    async fn report_running(&self, pod: &Pod, ips: &[String]) -> Result<(), Error> {
+    /// Writes addresses, `Running` and `Ready` into the pod's status, and the interfaces of
+    /// `sandbox` (none for a host-network pod) into its `network-status`, unless already there.
+    async fn report_running(
+        &self,
+        pod: &Pod,
+        ips: &[String],
+        sandbox: Option<&Sandbox>,
+    ) -> Result<(), Error> {
+        let network_status = sandbox.map(|s| {
+            let primary = s.result.clone().unwrap_or(Value::Null);
+            multus::network_status(&self.cni.config().name, &primary, &s.attachments).to_string()
+        });
         let status = pod.status.clone().unwrap_or_default();
         let ready = status
             .conditions
@@ -258,7 +313,12 @@ impl PodAgent {
             .flatten()
             .map(|p| p.ip.clone())
             .collect();
-        if ready && status.phase.as_deref() == Some("Running") && reported == ips {
+        let published = pod.annotations().get(networks::NETWORK_STATUS);
+        if ready
+            && status.phase.as_deref() == Some("Running")
+            && reported == ips
+            && published == network_status.as_ref()
+        {
             return Ok(());
         }
         let now = time_now();
@@ -287,7 +347,7 @@ impl PodAgent {
             })
             .collect();
         let conditions = ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map(condition);
-        let patch = json!({
+        let mut patch = json!({
             "status": {
                 "phase": "Running",
                 "hostIP": self.node_ip,
@@ -298,6 +358,10 @@ impl PodAgent {
                 "containerStatuses": containers,
             }
         });
+        if let Some(value) = network_status {
+            // Multus writes network-status through the status subresource too.
+            patch["metadata"] = json!({ "annotations": { (networks::NETWORK_STATUS): value } });
+        }
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         api.patch_status(
@@ -362,8 +426,8 @@ async fn reconcile(pod: Arc<Pod>, agent: Arc<PodAgent>) -> Result<Action, Error>
         agent.tear_down(&uid).await?;
         return Ok(Action::await_change());
     }
-    let ips: Vec<String> = if host_network {
-        vec![agent.node_ip.clone()]
+    let (ips, sandbox): (Vec<String>, Option<Sandbox>) = if host_network {
+        (vec![agent.node_ip.clone()], None)
     } else {
         let existing = match agent.sandboxes.load(&uid)? {
             Some(sandbox) if sandbox.result.is_some() => agent.still_intact(sandbox).await?,
@@ -379,13 +443,14 @@ async fn reconcile(pod: Arc<Pod>, agent: Arc<PodAgent>) -> Result<Action, Error>
                 }
             },
         };
-        let result = sandbox.result.unwrap_or(Value::Null);
-        result_ips(&result)
+        let result = sandbox.result.clone().unwrap_or(Value::Null);
+        let ips = result_ips(&result)
             .iter()
             .map(|ip| ip.to_string())
-            .collect()
+            .collect();
+        (ips, Some(sandbox))
     };
-    agent.report_running(&pod, &ips).await?;
+    agent.report_running(&pod, &ips, sandbox.as_ref()).await?;
     agent.failures.lock().expect("not poisoned").remove(&uid);
     Ok(Action::await_change())
 }

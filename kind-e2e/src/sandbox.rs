@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::multus::AttachedNetwork;
 use tokio::process::Command;
 
 /// What the agent knows about one pod's sandbox.
@@ -22,6 +24,9 @@ pub struct Sandbox {
     pub container_id: String,
     /// The final CNI `ADD` result; `None` while the `ADD` has not completed.
     pub result: Option<Value>,
+    /// The attachment networks (Multus's delegates), in the order they are added.
+    #[serde(default)]
+    pub attachments: Vec<AttachedNetwork>,
 }
 
 impl Sandbox {
@@ -134,6 +139,7 @@ mod tests {
             netns: "pk-u1".into(),
             container_id: "c1".into(),
             result: Some(serde_json::json!({"ips": []})),
+            attachments: Vec::new(),
         };
         assert_eq!(store.load("u1").unwrap(), None);
         store.save(&sandbox).unwrap();
