@@ -21,7 +21,7 @@ use crate::examples;
 use crate::kubevirt::VirtController;
 use crate::portkeeper::{
     annotation, install_kubevirt, ip_resource, kubectl_apply, lsp_options, nbctl, node_chassis,
-    repo_root, sbctl, wait_for,
+    ovs_interfaces, repo_root, sbctl, wait_for,
 };
 
 /// The namespace of the examples and of the demo's own pods.
@@ -720,10 +720,35 @@ impl Demo<'_> {
             "at most a tenth of the pings lost: {received}/{sent}"
         );
         virt.delete_pod(source).await;
+        let deleted = Instant::now();
         let unpinned = options_become(self.cluster, &port, "", None).await;
         say.line(
             "cleanup",
             format!("source launcher deleted; {port} options: {unpinned}"),
+        );
+        // Deleted at once, the source launcher leaves the API before node1's kubelet removes its
+        // sandbox; until that DEL its interface may claim the unpinned port back.
+        let iface = format!("external_ids:iface-id={port}");
+        wait_for(
+            "the source launcher's interface gone from node1",
+            async || {
+                ovs_interfaces(self.cluster, "node1", &iface)
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await;
+        let del = deleted.elapsed();
+        wait_for(&format!("{port} bound on node2"), async || {
+            (dataplane::bound_chassis(self.cluster, &port) == node2).then_some(())
+        })
+        .await;
+        say.line(
+            "del",
+            format!(
+                "node1's kubelet removed the source's interface {:.1} s after its pod left the API; {port} bound on node2",
+                del.as_secs_f64()
+            ),
         );
         let moved = self.pods.get(&target).await.expect("the target launcher");
         self.show_pod(say, peers, &moved);
