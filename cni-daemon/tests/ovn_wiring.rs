@@ -236,6 +236,7 @@ async fn an_attachment_nic_binds_its_own_port_and_never_touches_eth0_on_node() {
             gateways: vec![],
             mac: [2, 0, 0, 9, 0, 7],
             iface_id: port.into(),
+            dns: None,
         },
     );
     let net1 = |command| DaemonRequest {
@@ -337,6 +338,7 @@ async fn failed_adds_leave_nothing_behind_on_node() {
             gateways: vec!["10.16.0.1".parse().unwrap()],
             mac: [0x0a, 0x58, 0, 0, 0, 0x30],
             iface_id: "no-such-lsp.default".into(),
+            dns: None,
         },
     );
     let err = expect_error(

@@ -121,6 +121,7 @@ fn pods_on_two_chassis_bind_locally_and_ping_through_geneve() {
                 gateways: vec!["10.17.0.1".parse().unwrap()],
                 mac: *mac,
                 iface_id: lsp,
+                dns: None,
             },
         );
     }

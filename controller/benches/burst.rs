@@ -370,6 +370,7 @@ async fn fair_floor(cluster: &Cluster, client: &Client, n: usize) -> (Duration, 
                     mac: mac.parse().unwrap(),
                     routed: false,
                     virtual_machine: None,
+                    dns: None,
                 };
                 let body =
                     json!({ "metadata": { "annotations": allocation.to_annotations(keys) } });

@@ -57,6 +57,17 @@ pub fn subnet_refusal<'a>(
     cluster_router: &str,
 ) -> Option<String> {
     let name = subnet.name_any();
+    if let Some(Err(e)) = subnet
+        .spec
+        .node_affinity
+        .as_ref()
+        .map(|a| a.node_affinity())
+    {
+        return Some(format!("subnet {name}: {e}"));
+    }
+    if let Some(Err(e)) = subnet.spec.dns.as_ref().map(|d| d.validate()) {
+        return Some(format!("subnet {name}: {e}"));
+    }
     if subnet.spec.cidr_block.trim().is_empty() {
         return None;
     }
@@ -102,6 +113,9 @@ pub fn pool_refusal<'a>(
             pool.spec.subnet
         ));
     };
+    if let Some(Err(e)) = pool.spec.node_affinity.as_ref().map(|a| a.node_affinity()) {
+        return Some(format!("ippool {name}: {e}"));
+    }
     let nets = networks(subnet);
     for entry in &pool.spec.ips {
         let range = match parse_pool_entry(entry) {
@@ -210,6 +224,22 @@ mod tests {
         let mut ex = subnet("ex", "10.16.0.0/24", "");
         ex.spec.exclude_ips = vec!["10.16.0.9..10.16.0.3".into()];
         assert!(refusal(&ex).contains("excludeIps"), "{}", refusal(&ex));
+        let mut zone = subnet("zone", "10.16.0.0/24", "");
+        zone.spec.node_affinity = Some(portkeeper_api::subnet::LabelSelector {
+            match_labels: [("zone".to_owned(), "a b".to_owned())].into(),
+            ..Default::default()
+        });
+        assert!(refusal(&zone).contains("\"a b\""), "{}", refusal(&zone));
+        let mut dns = subnet("dns", "10.16.0.0/24", "");
+        dns.spec.dns = Some(portkeeper_api::dns::SubnetDns {
+            nameservers: vec!["ns1".into()],
+            ..Default::default()
+        });
+        assert!(
+            refusal(&dns).contains("nameserver \"ns1\""),
+            "{}",
+            refusal(&dns)
+        );
         // Kube-OVN's MAC-only subnet has no cidrBlock: kept, not refused.
         assert_eq!(
             subnet_refusal(&subnet("mac", "", ""), [], "ovn-cluster"),
@@ -247,6 +277,20 @@ mod tests {
             None
         );
         assert!(refusal(&pool("bad", "net1", &["10.50.0.x"])).is_some());
+        let mut zone = pool("zone", "net1", &[]);
+        zone.spec.node_affinity = Some(portkeeper_api::subnet::LabelSelector {
+            match_expressions: vec![portkeeper_api::subnet::LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "Gt".into(),
+                values: vec!["1".into()],
+            }],
+            ..Default::default()
+        });
+        assert!(
+            refusal(&zone)
+                .unwrap()
+                .starts_with("ippool zone: nodeAffinity operator \"Gt\"")
+        );
         assert_eq!(
             pool_refusal(&pool("lost", "nope", &[]), None, []).as_deref(),
             Some("ippool lost: subnet nope does not exist")

@@ -16,6 +16,9 @@ pub enum RejectReason {
     AddressConflict,
     /// Anything else that stops allocation (unknown subnet or pool, exhaustion, out of range).
     AcquireAddressFailed,
+    /// Not a failure: the nic's pools or subnet have node affinity and the pod is not bound to a
+    /// node yet. Never published; the pod is chosen again once bound.
+    AwaitingNode,
 }
 
 impl RejectReason {
@@ -25,6 +28,7 @@ impl RejectReason {
             RejectReason::InvalidAnnotation => "InvalidAnnotation",
             RejectReason::AddressConflict => "AddressConflict",
             RejectReason::AcquireAddressFailed => "AcquireAddressFailed",
+            RejectReason::AwaitingNode => "AwaitingNode",
         }
     }
 

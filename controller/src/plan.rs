@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use portkeeper_api::allocation::Allocation;
 use portkeeper_api::annotations::DEFAULT_PROVIDER;
+use portkeeper_api::dns::PodDns;
 use portkeeper_api::request::{AddressRequest, NetworkRequest};
 use portkeeper_api::{IPPool, IPSpec, Subnet};
+use portkeeper_engine::affinity::{NoPool, PoolCandidate, first_for_node};
 use portkeeper_engine::parse::{CidrBlock, parse_cidr_block, parse_ip_address};
 use portkeeper_engine::{
-    Claim, DualAddress, EngineError, FamilyRequest, IpPoolAnnotation, IpRequest, Lease, ListPick,
-    MacRequest, NicKey,
+    AffinityError, Claim, DualAddress, EngineError, FamilyRequest, IpPoolAnnotation, IpRequest,
+    Lease, ListPick, MacRequest, NicKey, NodeAffinity,
 };
 
 use crate::error::{RejectReason, Rejection};
@@ -41,6 +43,17 @@ pub struct PodFacts<'a> {
     pub ordinal: Option<Ordinal>,
     /// The namespace's `logical_switch` annotation: the order its bound subnets are tried in.
     pub namespace_subnets: Option<&'a str>,
+    /// The node the pod is bound to (`spec.nodeName`), for pools and subnets with node affinity.
+    pub node: Option<NodeFacts<'a>>,
+}
+
+/// A pod's node as node affinity sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeFacts<'a> {
+    /// The node's name.
+    pub name: &'a str,
+    /// Its labels (none when the Node is not in the cache).
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// The addressing resources a subnet choice looks at.
@@ -101,9 +114,30 @@ pub struct Target {
 }
 
 /// Chooses the subnet as Kube-OVN does: the pod's `logical_switch`, else a named pool's subnet,
-/// else the namespace's bound pools and subnets, else the default subnet. `has_room` says whether
-/// a subnet still has a free address (from the engine, never from possibly stale status).
+/// else the namespace's bound pools and subnets, else the default subnet. `has_room` and
+/// `pool_has_room` say whether a subnet or a pool still has a free address (from the engine,
+/// never from possibly stale status).
+///
+/// Node affinity (portkeeper's extension) applies on top: an `ip_pools` list takes the first
+/// pool that admits the pod's node and has room ([`first_for_node`]); a chosen Subnet with
+/// `nodeAffinity` must admit the node, and pools that do not are dropped from the choice. A pod
+/// that needs a node and has none yet gets [`RejectReason::AwaitingNode`]: nothing to publish,
+/// it is chosen again once bound.
 pub fn choose_target(
+    request: &NetworkRequest,
+    pod: &PodFacts<'_>,
+    catalog: &Catalog<'_>,
+    has_room: impl Fn(&str) -> bool,
+    pool_has_room: impl Fn(&str) -> bool,
+) -> Result<Target, Rejection> {
+    if let AddressRequest::PoolList(pools) = &request.addresses {
+        return pool_list_target(pools, request, pod, catalog, pool_has_room);
+    }
+    let target = choose_by_annotations(request, pod, catalog, has_room)?;
+    admit_node(target, pod, catalog)
+}
+
+fn choose_by_annotations(
     request: &NetworkRequest,
     pod: &PodFacts<'_>,
     catalog: &Catalog<'_>,
@@ -178,7 +212,7 @@ pub fn choose_target(
 /// any address. A StatefulSet pod takes its ordinal's entry of an `ip_pool` list.
 fn ip_request(request: &NetworkRequest, ordinal: Option<Ordinal>) -> Option<IpRequest> {
     match &request.addresses {
-        AddressRequest::Any => None,
+        AddressRequest::Any | AddressRequest::PoolList(_) => None,
         AddressRequest::Static(addresses) => Some(IpRequest::Static(*addresses)),
         AddressRequest::Pool(IpPoolAnnotation::Named(pool)) => {
             Some(IpRequest::Pools(vec![pool.clone()]))
@@ -208,6 +242,177 @@ pub fn attachment_target(
         subnet: subnet.to_owned(),
         ip: ip_request(request, ordinal).unwrap_or(IpRequest::Dynamic),
     }
+}
+
+/// The rejection of a pod that must wait for its node.
+fn awaiting_node(what: String) -> Rejection {
+    Rejection {
+        reason: RejectReason::AwaitingNode,
+        message: format!(
+            "AwaitingNode: {what} has node affinity; allocated once the pod is bound to a node"
+        ),
+    }
+}
+
+/// A pod's node refused by node affinity: `NoPoolForNode`, or `NoAvailableAddress` when every
+/// pool that admits the node is full.
+fn not_for_node(node: &NodeFacts<'_>, what: String, why: &NoPool) -> Rejection {
+    let error = if why.exhausted() {
+        "NoAvailableAddress"
+    } else {
+        "NoPoolForNode"
+    };
+    Rejection {
+        reason: RejectReason::AcquireAddressFailed,
+        message: format!(
+            "{error}: {what} has no pool for node {} (labels {}): {why}",
+            node.name,
+            label_list(node.labels)
+        ),
+    }
+}
+
+fn label_list(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "none".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A pool's and its Subnet's node affinity, each validated (a selector that does not validate
+/// admits no node).
+fn affinities<'a>(
+    pool: Option<&'a IPPool>,
+    subnet: Option<&'a Subnet>,
+) -> Vec<Result<NodeAffinity, AffinityError>> {
+    pool.and_then(|p| p.spec.node_affinity.as_ref())
+        .into_iter()
+        .chain(subnet.and_then(|s| s.spec.node_affinity.as_ref()))
+        .map(|selector| selector.node_affinity())
+        .collect()
+}
+
+/// `ip_pools`: the first pool (of `logical_switch`'s subnet, when set) that admits the pod's node
+/// and has room.
+fn pool_list_target(
+    names: &[String],
+    request: &NetworkRequest,
+    pod: &PodFacts<'_>,
+    catalog: &Catalog<'_>,
+    pool_has_room: impl Fn(&str) -> bool,
+) -> Result<Target, Rejection> {
+    let mut pools = Vec::with_capacity(names.len());
+    for name in names {
+        let pool = catalog
+            .pool(name)
+            .ok_or_else(|| EngineError::UnknownPool { pool: name.clone() })?;
+        if request
+            .logical_switch
+            .as_ref()
+            .is_none_or(|s| *s == pool.spec.subnet)
+        {
+            pools.push((name.as_str(), pool));
+        }
+    }
+    let list = names.join(",");
+    if pools.is_empty() {
+        return Err(Rejection {
+            reason: RejectReason::AcquireAddressFailed,
+            message: format!(
+                "AcquireAddressFailed: no IPPool of ip_pools {list} is in subnet {} (logical_switch)",
+                request.logical_switch.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    let Some(node) = pod.node else {
+        return Err(awaiting_node(format!("ip_pools {list}")));
+    };
+    let checks: Vec<_> = pools
+        .iter()
+        .map(|&(_, pool)| affinities(Some(pool), catalog.subnet(&pool.spec.subnet)))
+        .collect();
+    let candidates: Vec<PoolCandidate<'_>> = pools
+        .iter()
+        .zip(&checks)
+        .map(|(&(name, _), checks)| PoolCandidate {
+            name,
+            affinities: checks.iter().map(Result::as_ref).collect(),
+            has_room: pool_has_room(name),
+        })
+        .collect();
+    match first_for_node(&candidates, node.labels) {
+        Ok(i) => Ok(Target {
+            subnet: pools[i].1.spec.subnet.clone(),
+            ip: IpRequest::Pools(vec![pools[i].0.to_owned()]),
+        }),
+        Err(none) => Err(not_for_node(&node, format!("ip_pools {list}"), &none)),
+    }
+}
+
+/// Node affinity on a chosen target: its Subnet must admit the pod's node, and the pools it
+/// names that do not are dropped (the engine tries the rest in order). Targets without affinity
+/// pass unchanged, bound or not.
+fn admit_node(
+    target: Target,
+    pod: &PodFacts<'_>,
+    catalog: &Catalog<'_>,
+) -> Result<Target, Rejection> {
+    let subnet = catalog.subnet(&target.subnet);
+    let pools: Vec<&str> = match &target.ip {
+        IpRequest::Pools(pools) => pools.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let pool_checks: Vec<_> = pools
+        .iter()
+        .map(|name| affinities(catalog.pool(name), None))
+        .collect();
+    let subnet_checks = affinities(None, subnet);
+    if subnet_checks.is_empty() && pool_checks.iter().all(Vec::is_empty) {
+        return Ok(target);
+    }
+    let what = if pools.is_empty() {
+        format!("subnet {}", target.subnet)
+    } else {
+        format!("subnet {} with pools {}", target.subnet, pools.join(","))
+    };
+    let Some(node) = pod.node else {
+        return Err(awaiting_node(what));
+    };
+    let subnet_candidate = [PoolCandidate {
+        name: &target.subnet,
+        affinities: subnet_checks.iter().map(Result::as_ref).collect(),
+        has_room: true,
+    }];
+    if let Err(none) = first_for_node(&subnet_candidate, node.labels) {
+        return Err(not_for_node(&node, what, &none));
+    }
+    if pools.is_empty() {
+        return Ok(target);
+    }
+    let candidates: Vec<PoolCandidate<'_>> = pools
+        .iter()
+        .zip(&pool_checks)
+        .map(|(name, checks)| PoolCandidate {
+            name,
+            affinities: checks.iter().map(Result::as_ref).collect(),
+            has_room: true,
+        })
+        .collect();
+    if let Err(none) = first_for_node(&candidates, node.labels) {
+        return Err(not_for_node(&node, what, &none));
+    }
+    let admitting: Vec<String> = (0..candidates.len())
+        .filter(|&i| first_for_node(&candidates[i..=i], node.labels).is_ok())
+        .map(|i| pools[i].to_owned())
+        .collect();
+    Ok(Target {
+        ip: IpRequest::Pools(admitting),
+        ..target
+    })
 }
 
 /// The primary-network subnets bound to `namespace` (listing it in `spec.namespaces`), in the
@@ -390,7 +595,26 @@ pub fn allocation(
         mac,
         routed,
         virtual_machine: virtual_machine.map(str::to_owned),
+        dns: None,
     })
+}
+
+/// The Subnet's DNS settings for its pods' CNI results; a `spec.dns` that does not validate
+/// refuses the allocation, naming the Subnet and the value.
+pub fn subnet_dns(subnet: &Subnet) -> Result<Option<PodDns>, Rejection> {
+    subnet
+        .spec
+        .dns
+        .as_ref()
+        .map(|d| d.validate())
+        .transpose()
+        .map_err(|e| Rejection {
+            reason: RejectReason::AcquireAddressFailed,
+            message: format!(
+                "AcquireAddressFailed: subnet {} spec.dns is invalid: {e}",
+                subnet_name(subnet)
+            ),
+        })
 }
 
 /// The IP resource spec for a nic: `pod_name` is the nic's name part (the VM for launcher
@@ -450,6 +674,10 @@ mod tests {
         subnets: Vec<Arc<Subnet>>,
         pools: Vec<Arc<IPPool>>,
         written_order: Option<&'static str>,
+        /// The pod's node and its labels.
+        node: Option<(&'static str, BTreeMap<String, String>)>,
+        /// Pools without a free address.
+        full_pools: Vec<&'static str>,
     }
 
     impl Case {
@@ -476,13 +704,19 @@ mod tests {
                 annotations: &annotations,
                 ordinal,
                 namespace_subnets: self.written_order,
+                node: self
+                    .node
+                    .as_ref()
+                    .map(|(name, labels)| NodeFacts { name, labels }),
             };
             let catalog = Catalog {
                 subnets: &self.subnets,
                 pools: &self.pools,
                 default_subnet: "ovn-default",
             };
-            choose_target(&request, &pod, &catalog, has_room)
+            choose_target(&request, &pod, &catalog, has_room, |p| {
+                !self.full_pools.contains(&p)
+            })
         }
     }
 
@@ -497,7 +731,141 @@ mod tests {
             ],
             pools: vec![pool("pool-x", "net1", &[])],
             written_order: None,
+            node: None,
+            full_pools: Vec::new(),
         }
+    }
+
+    fn selector(labels: &[(&str, &str)]) -> Option<portkeeper_api::subnet::LabelSelector> {
+        Some(portkeeper_api::subnet::LabelSelector {
+            match_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// Zone pools: `zone-a` in net1 for zone a, `zone-b` in shop-a for zone b, `anywhere` in net1.
+    fn zones() -> Case {
+        let mut c = cluster();
+        let mut zone_a = (*pool("zone-a", "net1", &[])).clone();
+        zone_a.spec.node_affinity = selector(&[("zone", "a")]);
+        let mut zone_b = (*pool("zone-b", "shop-a", &[])).clone();
+        zone_b.spec.node_affinity = selector(&[("zone", "b")]);
+        c.pools.extend([
+            Arc::new(zone_a),
+            Arc::new(zone_b),
+            pool("anywhere", "net1", &[]),
+        ]);
+        c
+    }
+
+    fn on(c: &mut Case, node: &'static str, zone: &str) {
+        c.node = Some((node, BTreeMap::from([("zone".to_owned(), zone.to_owned())])));
+    }
+
+    #[test]
+    fn a_pool_list_waits_for_the_node_then_takes_the_first_admitting_pool() {
+        let mut c = zones();
+        let r = c.choose(&[("ip_pools", "zone-a,zone-b")]).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AwaitingNode);
+        on(&mut c, "node2", "b");
+        let t = c.choose(&[("ip_pools", "zone-a,zone-b")]).unwrap();
+        assert_eq!(t.subnet, "shop-a");
+        assert_eq!(t.ip, IpRequest::Pools(vec!["zone-b".into()]));
+        on(&mut c, "node1", "a");
+        let t = c.choose(&[("ip_pools", "zone-a,zone-b")]).unwrap();
+        assert_eq!(
+            (t.subnet.as_str(), t.ip),
+            ("net1", IpRequest::Pools(vec!["zone-a".into()]))
+        );
+    }
+
+    #[test]
+    fn a_full_first_pool_falls_back_to_the_next() {
+        let mut c = zones();
+        on(&mut c, "node1", "a");
+        c.full_pools = vec!["zone-a"];
+        let t = c.choose(&[("ip_pools", "zone-a,anywhere")]).unwrap();
+        assert_eq!(t.ip, IpRequest::Pools(vec!["anywhere".into()]));
+        c.full_pools = vec!["zone-a", "anywhere"];
+        let r = c.choose(&[("ip_pools", "zone-a,anywhere")]).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert!(
+            r.message.starts_with("NoAvailableAddress: "),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn a_node_no_pool_admits_gets_a_clear_refusal() {
+        let mut c = zones();
+        on(&mut c, "node1", "a");
+        let r = c.choose(&[("ip_pools", "zone-b")]).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AcquireAddressFailed);
+        assert_eq!(
+            r.message,
+            "NoPoolForNode: ip_pools zone-b has no pool for node node1 (labels zone=a): zone-b: \
+             nodeAffinity zone=b does not admit the node"
+        );
+        let r = c.choose(&[("ip_pool", "zone-b")]).unwrap_err();
+        assert!(
+            r.message
+                .starts_with("NoPoolForNode: subnet shop-a with pools zone-b"),
+            "{}",
+            r.message
+        );
+        let r = c.choose(&[("ip_pools", "zone-a,missing")]).unwrap_err();
+        assert!(
+            r.message.contains("ippool missing does not exist"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn subnet_affinity_gates_every_way_into_the_subnet() {
+        let mut c = zones();
+        let mut net1 = (*c.subnets[1]).clone();
+        net1.spec.node_affinity = selector(&[("zone", "a")]);
+        c.subnets[1] = Arc::new(net1);
+        let r = c.choose(&[("logical_switch", "net1")]).unwrap_err();
+        assert_eq!(r.reason, RejectReason::AwaitingNode);
+        on(&mut c, "node2", "b");
+        let r = c.choose(&[("logical_switch", "net1")]).unwrap_err();
+        assert!(
+            r.message
+                .starts_with("NoPoolForNode: subnet net1 has no pool for node node2"),
+            "{}",
+            r.message
+        );
+        // `anywhere` sits in net1, so the list passes over it on a zone-b node.
+        let t = c.choose(&[("ip_pools", "anywhere,zone-b")]).unwrap();
+        assert_eq!(t.ip, IpRequest::Pools(vec!["zone-b".into()]));
+        on(&mut c, "node1", "a");
+        assert_eq!(
+            c.choose(&[("logical_switch", "net1")]).unwrap().subnet,
+            "net1"
+        );
+        // Without affinity, nothing waits for a node.
+        c.node = None;
+        assert_eq!(c.choose(&[]).unwrap().subnet, "shop-a");
+    }
+
+    #[test]
+    fn namespace_pools_that_do_not_admit_the_node_are_dropped() {
+        let mut c = zones();
+        let mut shared = (*pool("shop-any", "shop-a", &["shop"])).clone();
+        shared.spec.node_affinity = selector(&[("zone", "a")]);
+        let mut zone_b = (*c.pools[2]).clone();
+        zone_b.spec.namespaces = vec!["shop".into()];
+        c.pools[2] = Arc::new(zone_b);
+        c.pools.push(Arc::new(shared));
+        on(&mut c, "node2", "b");
+        let t = c.choose(&[]).unwrap();
+        assert_eq!(t.ip, IpRequest::Pools(vec!["zone-b".into()]));
     }
 
     #[test]

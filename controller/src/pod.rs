@@ -17,6 +17,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use portkeeper_api::IP;
 use portkeeper_api::allocation::port_name;
@@ -33,7 +34,7 @@ use crate::nic::holder::{self, live_holder};
 use crate::nic::target::{self, Addressing};
 use crate::nic::{self, Network, NicRecord, Owner, reserve};
 use crate::ovn::{Northbound, ids};
-use crate::plan::{self, PodFacts, SubnetNetwork, Target};
+use crate::plan::{self, NodeFacts, PodFacts, SubnetNetwork, Target};
 use crate::retention::{self, Decision};
 use crate::takeover;
 
@@ -146,8 +147,14 @@ async fn allocate_nic<N: Northbound>(
     };
     let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
+    let node_object = node.as_deref().and_then(|n| ctx.stores.node(n));
+    let no_labels = BTreeMap::new();
+    let bound = node.as_deref().map(|name| NodeFacts {
+        name,
+        labels: node_object.as_ref().map_or(&no_labels, |n| n.labels()),
+    });
     let chosen = match &network.attachment {
-        None => choose(ctx, pod, &holder, &request, &catalog),
+        None => choose(ctx, pod, &holder, &request, &catalog, bound),
         Some(served) => Ok(plan::attachment_target(
             &request,
             &served.subnet,
@@ -156,6 +163,10 @@ async fn allocate_nic<N: Northbound>(
     };
     let target = match chosen {
         Ok(t) => t,
+        Err(r) if r.reason == RejectReason::AwaitingNode => {
+            tracing::debug!(pod = %name, %namespace, "{}", r.message);
+            return Ok(());
+        }
         Err(r) => {
             ctx.warn(&reference, "Allocate", &r).await;
             return Err(rejected(r));
@@ -186,7 +197,8 @@ async fn allocate_nic<N: Northbound>(
             })?;
             let network = SubnetNetwork::of(subnet)?;
             let routed = node.is_some();
-            let allocation = plan::allocation(&lease, &network, routed, nic::launcher_vm(pod))?;
+            let mut allocation = plan::allocation(&lease, &network, routed, nic::launcher_vm(pod))?;
+            allocation.dns = plan::subnet_dns(subnet)?;
             Ok((allocation, lease))
         });
     let (allocation, lease) = match planned {
@@ -254,16 +266,17 @@ async fn adopt<N: Northbound>(
 }
 
 /// Where a pod's request is served: its reservation's Subnet when it asks for nothing else, else
-/// the Subnet chosen from `catalog` as Kube-OVN chooses it, with the namespace's subnet order and
-/// the StatefulSet ordinal. The pod reconciler and the
-/// admission webhook both decide here, so a refusal reads the same at `kubectl apply` as in the
-/// pod's Event.
+/// the Subnet chosen from `catalog` as Kube-OVN chooses it, with the namespace's subnet order,
+/// the StatefulSet ordinal and, for node affinity, the node the pod is bound to (`node`). The pod
+/// reconciler and the admission webhook both decide here, so a refusal reads the same at
+/// `kubectl apply` as in the pod's Event.
 pub fn choose<N>(
     ctx: &Context<N>,
     pod: &Pod,
     holder: &str,
     request: &NetworkRequest,
     catalog: &plan::Catalog<'_>,
+    node: Option<NodeFacts<'_>>,
 ) -> Result<Target, Rejection> {
     // A pod that asks for nothing in particular goes where its reservation is.
     if request.addresses == AddressRequest::Any
@@ -284,10 +297,15 @@ pub fn choose<N>(
         annotations: pod.annotations(),
         ordinal: holder::statefulset_ordinal(pod, &ctx.stores),
         namespace_subnets: written_order.as_deref(),
+        node,
     };
-    plan::choose_target(request, &facts, catalog, |s| {
-        target::has_room(&ctx.engine, s)
-    })
+    plan::choose_target(
+        request,
+        &facts,
+        catalog,
+        |s| target::has_room(&ctx.engine, s),
+        |p| target::pool_has_room(&ctx.engine, p),
+    )
 }
 
 /// A nic still held by another holder (an earlier workload of the same name, or an earlier pod):
@@ -488,6 +506,24 @@ pub async fn restore_vanished_ports<N: Northbound>(ctx: &Arc<Context<N>>) -> usi
         }
     }
     count
+}
+
+/// The pods bound to `node` that are not allocated yet: after its labels change, those waiting
+/// on node affinity (or refused by it) are chosen again.
+pub fn awaiting_node(
+    stores: &crate::stores::Stores,
+    node: &str,
+    keys: &portkeeper_api::annotations::NetworkKeys,
+) -> Vec<ObjectRef<Pod>> {
+    stores
+        .pods_where("", |p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                && p.annotations().get(&keys.allocated).map(String::as_str) != Some("true")
+                && nic::wants_address(p)
+        })
+        .iter()
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
 }
 
 /// The exact annotation patch portkeeper sends, pinned with a mock API server: the URL, the

@@ -153,7 +153,12 @@ pub async fn run<N: Northbound>(
     ready.store(true, Ordering::Release);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
 
+    let waiting = stores.clone();
+    let relabelled = triggers.relabelled_nodes.flat_map(move |node| {
+        futures::stream::iter(pod::awaiting_node(&waiting, &node, &NetworkKeys::primary()))
+    });
     let controller = Controller::for_stream(triggers.applied_pods.map(Ok), stores.pods.clone())
+        .reconcile_on(relabelled)
         .with_config(ControllerConfig::default().concurrency(config.workers))
         .run(pod::reconcile, pod::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -4,9 +4,10 @@
 //! controller, deleted pods go to the release worker; applied Subnets, IPPools and namespaces
 //! trigger their controllers, any Subnet or IPPool change re-annotates every namespace, and a
 //! deleted one is removed; StatefulSet and VirtualMachine events trigger the retention sweep,
-//! and deleted IP resources go to the retention worker. Nothing is acted on until every cache
-//! reports synced, and the triggers stay shut until this replica leads ([`Gate`]): a standby
-//! fills its stores ahead, so a takeover does not wait for the initial lists.
+//! and deleted IP resources go to the retention worker; a Node whose labels change names itself,
+//! so its pods waiting on node affinity are looked at again. Nothing is acted on until every
+//! cache reports synced, and the triggers stay shut until this replica leads ([`Gate`]): a
+//! standby fills its stores ahead, so a takeover does not wait for the initial lists.
 //!
 //! A watch that cannot resume (410 Gone after an etcd compaction, an API server restarted with a
 //! new watch cache) lists again, and a list has no delete events: an object deleted meanwhile
@@ -17,6 +18,7 @@
 //! KubeVirt is optional: VirtualMachines are watched once the `kubevirt.io/v1` API is served,
 //! from start-up or, when KubeVirt is installed later, from the next check (every 10 s).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +29,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -54,6 +56,8 @@ pub struct Stores {
     pub pools: Store<IPPool>,
     /// StatefulSets, for ordinals and retention.
     pub statefulsets: Store<StatefulSet>,
+    /// Nodes, for the node affinity of pools and subnets (their labels).
+    pub nodes: Store<Node>,
     /// VirtualMachines, for retention; set once KubeVirt is served and the store holds a full
     /// list.
     pub virtual_machines: Arc<OnceLock<Store<VirtualMachine>>>,
@@ -73,6 +77,9 @@ pub struct Triggers {
     pub applied_ips: UnboundedReceiver<IP>,
     /// IP resources deleted.
     pub deleted_ips: UnboundedReceiver<IP>,
+    /// Nodes whose labels changed (or that appeared): their pods waiting on node affinity are
+    /// looked at again.
+    pub relabelled_nodes: UnboundedReceiver<String>,
 }
 
 /// What drives the Subnet, IPPool and namespace controllers.
@@ -173,6 +180,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches, Gate) {
     let (workloads_tx, workloads) = gated(&open);
     let (applied_ip_tx, applied_ips) = gated(&open);
     let (deleted_ip_tx, deleted_ips) = gated(&open);
+    let (relabelled_tx, relabelled_nodes) = gated(&open);
     let gate = Gate {
         open,
         pods: applied_tx.clone(),
@@ -231,6 +239,25 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches, Gate) {
             watcher::Event::Init | watcher::Event::InitDone => {}
         },
     );
+    let mut labels_seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    let nodes = watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        &mut watches,
+        move |event: &watcher::Event<Node>| match event {
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                let name = node.name_any();
+                if labels_seen.get(&name) != Some(node.labels()) {
+                    labels_seen.insert(name.clone(), node.labels().clone());
+                    relabelled_tx.send(name);
+                }
+            }
+            watcher::Event::Delete(node) => {
+                labels_seen.remove(&node.name_any());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        },
+    );
     let statefulsets = watch(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
@@ -265,6 +292,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches, Gate) {
             ips,
             pools,
             statefulsets,
+            nodes,
             virtual_machines,
         },
         Triggers {
@@ -280,6 +308,7 @@ pub async fn start(client: &Client) -> (Stores, Triggers, Watches, Gate) {
             workloads,
             applied_ips,
             deleted_ips,
+            relabelled_nodes,
         },
         watches,
         gate,
@@ -499,6 +528,8 @@ impl Stores {
             .await
             .map_err(dropped)?;
         metrics.synced("statefulsets");
+        self.nodes.wait_until_ready().await.map_err(dropped)?;
+        metrics.synced("nodes");
         if let Some(vms) = self.virtual_machines.get() {
             vms.wait_until_ready().await.map_err(dropped)?;
             metrics.synced("virtualmachines");
@@ -550,6 +581,11 @@ impl Stores {
     /// An IPPool by name.
     pub fn pool(&self, name: &str) -> Option<Arc<IPPool>> {
         self.pools.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// A Node by name.
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(&reflector::ObjectRef::new(name))
     }
 
     /// A StatefulSet by namespace and name.

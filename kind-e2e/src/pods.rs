@@ -28,7 +28,7 @@ use crate::Error;
 use crate::cni::{Attachment, CniRuntime, result_ips};
 use crate::multus;
 use crate::node::time_now;
-use crate::sandbox::{Sandbox, SandboxStore, create_netns, delete_netns};
+use crate::sandbox::{Sandbox, SandboxStore, create_netns, delete_netns, write_resolv_conf};
 
 /// The reason kubelet gives when a pod's network cannot be set up; tools and people grep for it.
 pub const SANDBOX_FAILURE_REASON: &str = "FailedCreatePodSandBox";
@@ -178,7 +178,11 @@ impl PodAgent {
     async fn add_networks(&self, pod: &Pod, sandbox: &mut Sandbox) -> Result<(), Error> {
         sandbox.attachments = multus::resolve(&self.client, pod).await?;
         self.sandboxes.save(sandbox)?;
-        sandbox.result = Some(self.cni.add(&self.attachment(sandbox)).await?);
+        let primary = self.cni.add(&self.attachment(sandbox)).await?;
+        // The pod's resolver follows the primary network, as Multus reports the default
+        // network's DNS.
+        write_resolv_conf(&sandbox.netns, &primary)?;
+        sandbox.result = Some(primary);
         self.sandboxes.save(sandbox)?;
         for index in 0..sandbox.attachments.len() {
             let delegate = &sandbox.attachments[index];

@@ -103,12 +103,61 @@ pub async fn create_netns(name: &str) -> io::Result<()> {
     ip(&["-n", name, "link", "set", "lo", "up"]).await
 }
 
-/// Deletes a named network namespace (and with it every link inside); a missing one is fine.
+/// Deletes a named network namespace (and with it every link inside) and its `/etc/netns`
+/// files; a missing one is fine.
 pub async fn delete_netns(name: &str) -> io::Result<()> {
     if netns_path(name).exists() {
         ip(&["netns", "delete", name]).await?;
     }
-    Ok(())
+    match std::fs::remove_dir_all(netns_etc(name)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The folder whose files `ip netns exec` mounts over `/etc` for the namespace `name`.
+pub fn netns_etc(name: &str) -> PathBuf {
+    Path::new("/etc/netns").join(name)
+}
+
+/// Gives the namespace the CNI result's `dns` as its `resolv.conf`, as a runtime that honours
+/// CNI DNS does (real kubelets do not: they write the pod's resolv.conf from its `dnsPolicy`).
+/// Commands run with `ip netns exec` (so `pod-exec`) read it as `/etc/resolv.conf`. A result
+/// without DNS settings writes nothing.
+pub fn write_resolv_conf(name: &str, result: &serde_json::Value) -> io::Result<()> {
+    let text = resolv_conf(result);
+    if text.is_empty() {
+        return Ok(());
+    }
+    let dir = netns_etc(name);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("resolv.conf"), text)
+}
+
+/// A CNI result's `dns` in resolv.conf form.
+pub fn resolv_conf(result: &serde_json::Value) -> String {
+    let dns = &result["dns"];
+    let words = |key: &str| -> Vec<String> {
+        dns[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut out = String::new();
+    for server in words("nameservers") {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if let Some(domain) = dns["domain"].as_str() {
+        out.push_str(&format!("domain {domain}\n"));
+    }
+    for (key, values) in [("search", words("search")), ("options", words("options"))] {
+        if !values.is_empty() {
+            out.push_str(&format!("{key} {}\n", values.join(" ")));
+        }
+    }
+    out
 }
 
 async fn ip(args: &[&str]) -> io::Result<()> {
@@ -127,6 +176,20 @@ async fn ip(args: &[&str]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_results_dns_becomes_a_resolv_conf() {
+        let result = serde_json::json!({"dns": {
+            "nameservers": ["10.96.0.10", "fd00::a"],
+            "search": ["svc.cluster.local", "cluster.local"],
+            "options": ["ndots:5"]
+        }});
+        assert_eq!(
+            resolv_conf(&result),
+            "nameserver 10.96.0.10\nnameserver fd00::a\nsearch svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+        assert_eq!(resolv_conf(&serde_json::json!({"dns": {}})), "");
+    }
 
     #[test]
     fn store_round_trips_and_lists() {

@@ -43,6 +43,10 @@ struct Args {
     /// Seconds ADD waits for ovn-controller to install the port.
     #[arg(long, default_value_t = 30)]
     install_timeout: u64,
+    /// The node's resolv.conf, read for Subnets whose `spec.dns.fromNode` is set (in the
+    /// DaemonSet, a hostNetwork pod's own /etc/resolv.conf is the kubelet's copy of the node's).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    node_resolv_conf: PathBuf,
 }
 
 #[tokio::main]
@@ -74,12 +78,10 @@ async fn main() -> anyhow::Result<()> {
         install_timeout: Duration::from_secs(args.install_timeout),
     };
     let node_netns = args.netns.as_deref().map(Netns::open).transpose()?;
-    let daemon = Arc::new(Daemon::new(
-        KubeAllocations(kube),
-        ovs,
-        settings,
-        node_netns.as_ref(),
-    )?);
+    let daemon = Arc::new(
+        Daemon::new(KubeAllocations(kube), ovs, settings, node_netns.as_ref())?
+            .with_node_resolv_conf(args.node_resolv_conf),
+    );
     let listener = match &node_netns {
         Some(netns) => netns.enter_sync(|| server::bind(&args.socket))??,
         None => server::bind(&args.socket)?,

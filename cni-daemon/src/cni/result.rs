@@ -37,6 +37,56 @@ pub struct Route {
     pub gw: Option<IpAddr>,
 }
 
+/// The resolver settings of the result (CNI's `dns`): the Subnet's `spec.dns`, with the node's
+/// `resolv.conf` filling the gaps when the Subnet asks for it. Empty when the Subnet has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// Name servers, in order.
+    #[serde(default)]
+    pub nameservers: Vec<IpAddr>,
+    /// The local domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Search domains, in order.
+    #[serde(default)]
+    pub search: Vec<String>,
+    /// Resolver options.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl From<portkeeper_api::dns::Dns> for Dns {
+    fn from(d: portkeeper_api::dns::Dns) -> Self {
+        Dns {
+            nameservers: d.nameservers,
+            domain: d.domain,
+            search: d.search,
+            options: d.options,
+        }
+    }
+}
+
+impl Dns {
+    /// CNI's `dns` object: only the keys that are set.
+    fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        if !self.nameservers.is_empty() {
+            let servers: Vec<String> = self.nameservers.iter().map(ToString::to_string).collect();
+            out.insert("nameservers".into(), json!(servers));
+        }
+        if let Some(domain) = &self.domain {
+            out.insert("domain".into(), json!(domain));
+        }
+        if !self.search.is_empty() {
+            out.insert("search".into(), json!(self.search));
+        }
+        if !self.options.is_empty() {
+            out.insert("options".into(), json!(self.options));
+        }
+        Value::Object(out)
+    }
+}
+
 /// What ADD made.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddResult {
@@ -46,6 +96,9 @@ pub struct AddResult {
     pub ips: Vec<IpConfig>,
     /// The pod's routes.
     pub routes: Vec<Route>,
+    /// The pod's resolver settings (absent from an older daemon's answer: empty).
+    #[serde(default)]
+    pub dns: Dns,
 }
 
 impl AddResult {
@@ -96,7 +149,7 @@ impl AddResult {
             "interfaces": interfaces,
             "ips": ips,
             "routes": routes,
-            "dns": {},
+            "dns": self.dns.to_json(),
         })
     }
 }
@@ -149,6 +202,7 @@ mod tests {
                     gw: Some("fd00:10:16::1".parse().unwrap()),
                 },
             ],
+            dns: Dns::default(),
         }
     }
 
@@ -173,6 +227,23 @@ mod tests {
                 "dns": {}
             })
         );
+    }
+
+    #[test]
+    fn dns_carries_only_what_is_set() {
+        let mut result = dual_stack();
+        result.dns = Dns {
+            nameservers: vec!["10.96.0.10".parse().unwrap()],
+            search: vec!["svc.cluster.local".into()],
+            ..Dns::default()
+        };
+        assert_eq!(
+            result.to_json(CniVersion::V1_0_0)["dns"],
+            json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]})
+        );
+        let old_daemon = json!({"interfaces": [], "ips": [], "routes": []});
+        let read: AddResult = serde_json::from_value(old_daemon).unwrap();
+        assert_eq!(read.dns, Dns::default());
     }
 
     #[test]

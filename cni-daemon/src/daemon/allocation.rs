@@ -9,6 +9,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use portkeeper_api::allocation as contract;
 use portkeeper_api::annotations::NetworkKeys;
+use portkeeper_api::dns::PodDns;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Allocation {
     /// The OVN logical switch port name: `<pod>.<ns>`, or `<vm>.<ns>` for a KubeVirt launcher pod,
     /// with `.<provider>` appended on an attachment network: each nic binds its own port.
     pub iface_id: String,
+    /// The Subnet's DNS settings for the CNI result, if it has any.
+    pub dns: Option<PodDns>,
 }
 
 /// Reads the allocation of `provider`'s network (the contract in `portkeeper-api`); `Ok(None)`
@@ -57,6 +60,7 @@ pub fn from_annotations(
         iface_id: allocated
             .port_name(&keys, &pod.name, &pod.namespace)
             .to_string(),
+        dns: allocated.dns,
     }))
 }
 

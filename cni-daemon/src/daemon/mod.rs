@@ -21,9 +21,11 @@ use ipnet::IpNet;
 use netdev::{PodNic, VethNames};
 use netns::Netns;
 use ovs::Ovs;
+use portkeeper_api::dns::{Dns, parse_resolv_conf};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Where the daemon learns a pod's allocation: the API server in production, fixed data in tests.
@@ -84,6 +86,7 @@ pub struct Daemon<A> {
     ovs: Ovs,
     host: rtnetlink::Handle,
     settings: Settings,
+    node_resolv_conf: Option<PathBuf>,
 }
 
 impl<A: AllocationSource> Daemon<A> {
@@ -104,7 +107,35 @@ impl<A: AllocationSource> Daemon<A> {
             ovs,
             host,
             settings,
+            node_resolv_conf: None,
         })
+    }
+
+    /// Reads the node's `resolv.conf` from `path` for Subnets whose `spec.dns.fromNode` asks for
+    /// it (read at every ADD, so an edited file counts from the next pod on).
+    pub fn with_node_resolv_conf(mut self, path: PathBuf) -> Self {
+        self.node_resolv_conf = Some(path);
+        self
+    }
+
+    /// The CNI result's `dns` for an allocation: the Subnet's settings, with the node's
+    /// `resolv.conf` filling the gaps when the Subnet asks for it. An unreadable file is logged
+    /// and leaves the Subnet's settings alone.
+    fn result_dns(&self, allocation: &Allocation) -> Dns {
+        let Some(dns) = &allocation.dns else {
+            return Dns::default();
+        };
+        let node = match (&self.node_resolv_conf, dns.from_node) {
+            (Some(path), true) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(parse_resolv_conf(&text)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the node's resolv.conf for a Subnet's dns.fromNode");
+                    None
+                }
+            },
+            _ => None,
+        };
+        dns.on_node(node.as_ref())
     }
 
     /// Answers one request.
@@ -163,7 +194,10 @@ impl<A: AllocationSource> Daemon<A> {
             .build(request, &external_ids, &netns, &names, nic, phases)
             .await
         {
-            Ok(result) => Ok(result),
+            Ok(result) => Ok(AddResult {
+                dns: self.result_dns(&allocation).into(),
+                ..result
+            }),
             Err(err) => {
                 if let Err(cleanup) = self.teardown(&names).await {
                     tracing::error!(port = %names.host, error = %cleanup, "rollback of a failed ADD failed");
@@ -374,6 +408,7 @@ fn add_result(names: &VethNames, host_mac: [u8; 6], nic: &PodNic, netns: &str) -
                 gw: Some(*gw),
             })
             .collect(),
+        dns: Default::default(),
     }
 }
 
@@ -404,6 +439,7 @@ mod tests {
             gateways: vec![],
             mac: [0, 0, 0, 0x53, 0x6b, 0xb6],
             iface_id: "web-0.ns".into(),
+            dns: None,
         };
         let ids = interface_external_ids(&pod, &allocation, "/run/netns/x");
         assert_eq!(ids["iface-id"], "web-0.ns");

@@ -641,6 +641,7 @@ pub fn allocate(f: &Fixture, pod: &str, mac: [u8; 6], v4: &str, v6: Option<&str>
             gateways,
             mac,
             iface_id: lsp,
+            dns: None,
         },
     );
 }

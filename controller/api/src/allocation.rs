@@ -15,6 +15,7 @@ use portkeeper_engine::{DualAddress, Family, MacAddress, NicKey};
 use thiserror::Error;
 
 use crate::annotations::NetworkKeys;
+use crate::dns::PodDns;
 
 /// The name of a nic's Logical_Switch_Port and IP resource, Kube-OVN's
 /// `PodNameToPortName`: `<name>.<namespace>` on the default network,
@@ -41,6 +42,8 @@ pub struct Allocation {
     pub routed: bool,
     /// The VM a virt-launcher pod runs (`virtualmachine`): its interface is the VM's port.
     pub virtual_machine: Option<String>,
+    /// The Subnet's DNS settings for the CNI result (`dns`), when it has any.
+    pub dns: Option<PodDns>,
 }
 
 /// An allocation annotation that cannot be used. Names the key and what is wrong with it.
@@ -70,6 +73,9 @@ impl Allocation {
         }
         if let Some(vm) = &self.virtual_machine {
             out.insert(keys.virtual_machine.clone(), vm.clone());
+        }
+        if let Some(dns) = &self.dns {
+            out.insert(keys.dns.clone(), dns.to_annotation());
         }
         out
     }
@@ -127,6 +133,10 @@ impl Allocation {
                 .get(&keys.virtual_machine)
                 .filter(|v| !v.is_empty())
                 .cloned(),
+            dns: annotations
+                .get(&keys.dns)
+                .map(|v| parsed(&keys.dns, PodDns::from_annotation(v)))
+                .transpose()?,
         }))
     }
 
@@ -285,6 +295,7 @@ mod tests {
             ("cidr", "10.16.0.0/99,fd00:10:16::/64"),
             ("gateway", "10.16.0.1"),
             ("logical_switch", ""),
+            ("dns", "{\"nameservers\":[\"ns1\"]}"),
         ];
         for (key, value) in cases {
             let mut pairs = dual();
@@ -306,11 +317,16 @@ mod tests {
             any::<[u8; 6]>(),
             any::<bool>(),
             prop::option::of("[a-z][a-z0-9-]{0,20}"),
+            prop::option::of((
+                prop::collection::vec(any::<IpAddr>(), 0..3),
+                prop::collection::vec("[a-z0-9.-]{1,12}", 0..3),
+                any::<bool>(),
+            )),
         )
             .prop_filter("a nic has an address", |(v4, v6, ..)| {
                 v4.is_some() || v6.is_some()
             })
-            .prop_map(|(v4, v6, mac, routed, vm)| {
+            .prop_map(|(v4, v6, mac, routed, vm, dns)| {
                 let mut addresses = DualAddress::default();
                 let mut gateway = DualAddress::default();
                 let mut cidr = CidrBlock::default();
@@ -337,6 +353,14 @@ mod tests {
                     mac: MacAddress::parse(&octets.map(|o| format!("{o:02x}")).join(":")).unwrap(),
                     routed,
                     virtual_machine: vm,
+                    dns: dns.map(|(nameservers, search, from_node)| PodDns {
+                        dns: crate::dns::Dns {
+                            nameservers,
+                            search,
+                            ..Default::default()
+                        },
+                        from_node,
+                    }),
                 }
             })
     }

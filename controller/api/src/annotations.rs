@@ -13,6 +13,11 @@ pub const IP_ADDRESS: &str = "ip_address";
 pub const MAC_ADDRESS: &str = "mac_address";
 /// Suffix of the pool request: an IPPool name, or an address list (`a,b` or `v4a,v6a;v4b,v6b`). In.
 pub const IP_POOL: &str = "ip_pool";
+/// Suffix of portkeeper's ordered IPPool list (`pool-a,pool-b`): the pod is allocated once bound
+/// to a node, from the first pool whose node affinity admits the node and that has room. In.
+pub const IP_POOLS: &str = "ip_pools";
+/// Suffix of portkeeper's DNS settings for the CNI result, the Subnet's `spec.dns` as JSON. Out.
+pub const DNS: &str = "dns";
 /// Suffix of the requested subnet; rewritten with the subnet actually used. In and out.
 pub const LOGICAL_SWITCH: &str = "logical_switch";
 /// Suffix of the requested single family on a dual-stack subnet: `ipv4` or `ipv6`. In.
@@ -71,6 +76,10 @@ pub struct NetworkKeys {
     pub mac_address: String,
     /// `<provider>.kubernetes.io/ip_pool`
     pub ip_pool: String,
+    /// `<provider>.kubernetes.io/ip_pools`
+    pub ip_pools: String,
+    /// `<provider>.kubernetes.io/dns`
+    pub dns: String,
     /// `<provider>.kubernetes.io/logical_switch`
     pub logical_switch: String,
     /// `<provider>.kubernetes.io/ip_family`
@@ -97,6 +106,8 @@ impl NetworkKeys {
             ip_address: key(provider, IP_ADDRESS),
             mac_address: key(provider, MAC_ADDRESS),
             ip_pool: key(provider, IP_POOL),
+            ip_pools: key(provider, IP_POOLS),
+            dns: key(provider, DNS),
             logical_switch: key(provider, LOGICAL_SWITCH),
             ip_family: key(provider, IP_FAMILY),
             allocated: key(provider, ALLOCATED),

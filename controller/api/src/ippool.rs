@@ -37,6 +37,11 @@ pub struct IPPoolSpec {
     /// Kube-OVN keeps an OVN address set of the pool's addresses for ACLs. Not implemented.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enable_address_set: bool,
+    /// portkeeper's extension (Spiderpool's `nodeAffinity`): a label selector over Node labels.
+    /// Only pods bound to a matching node may take the pool's addresses, and they are allocated
+    /// once bound. Unset: any node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<crate::subnet::LabelSelector>,
 }
 
 impl IPPoolSpec {

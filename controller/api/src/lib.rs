@@ -10,6 +10,7 @@ pub mod annotations;
 pub mod condition;
 pub mod crdgen;
 pub mod dhcp;
+pub mod dns;
 pub mod ip;
 pub mod ippool;
 pub mod kubevirt;

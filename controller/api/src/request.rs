@@ -17,6 +17,9 @@ pub enum AddressRequest {
     Static(DualAddress),
     /// `ip_pool`: a list of entries or an IPPool name.
     Pool(IpPoolAnnotation),
+    /// `ip_pools` (portkeeper's extension): IPPool names in the order they are tried, once the
+    /// pod is bound to a node; a pool whose node affinity does not admit the node is passed over.
+    PoolList(Vec<String>),
 }
 
 /// Everything a pod asks for on one network.
@@ -24,7 +27,8 @@ pub enum AddressRequest {
 pub struct NetworkRequest {
     /// The subnet named by `logical_switch`, if any.
     pub logical_switch: Option<String>,
-    /// The IP request. `ip_address` wins over `ip_pool`, as in Kube-OVN.
+    /// The IP request. `ip_address` wins over `ip_pool`, as in Kube-OVN, and `ip_pool` over
+    /// `ip_pools`.
     pub addresses: AddressRequest,
     /// The MAC named by `mac_address`, if any.
     pub mac: Option<MacAddress>,
@@ -137,6 +141,10 @@ impl NetworkRequest {
             AddressRequest::Pool(
                 portkeeper_engine::parse::parse_ip_pool(v).map_err(|e| invalid(key, v, e))?,
             )
+        } else if let Some((key, v)) = get(&keys.ip_pools) {
+            AddressRequest::PoolList(
+                portkeeper_engine::parse::parse_pool_list(v).map_err(|e| invalid(key, v, e))?,
+            )
         } else {
             AddressRequest::Any
         };
@@ -217,6 +225,21 @@ mod tests {
     }
 
     #[test]
+    fn pool_list_in_order_and_below_ip_pool() {
+        let r = read(&[("ovn.kubernetes.io/ip_pools", "zone-b,zone-a")]).unwrap();
+        assert_eq!(
+            r.addresses,
+            AddressRequest::PoolList(vec!["zone-b".into(), "zone-a".into()])
+        );
+        let r = read(&[
+            ("ovn.kubernetes.io/ip_pool", "pool-a"),
+            ("ovn.kubernetes.io/ip_pools", "zone-b"),
+        ])
+        .unwrap();
+        assert!(matches!(r.addresses, AddressRequest::Pool(_)));
+    }
+
+    #[test]
     fn bad_values_name_key_and_value() {
         for (key, value) in [
             ("ovn.kubernetes.io/ip_address", "10.0.0.300"),
@@ -227,6 +250,8 @@ mod tests {
             ("ovn.kubernetes.io/ip_family", "IPv4"),
             ("ovn.kubernetes.io/ip_address", "10.0.0.1,10.0.0.2"),
             ("ovn.kubernetes.io/logical_switch", " "),
+            ("ovn.kubernetes.io/ip_pools", "a,a"),
+            ("ovn.kubernetes.io/ip_pools", "10.0.0.1"),
         ] {
             let err = read(&[(key, value)]).expect_err(value);
             let msg = err.to_string();

@@ -204,6 +204,14 @@ pub struct SubnetSpec {
     /// The node network of an underlay subnet. Not implemented.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_network: String,
+    /// portkeeper's extension (Spiderpool's `nodeAffinity`): only pods bound to a node whose
+    /// labels match may take addresses here, and they are allocated once bound. Unset: any node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<LabelSelector>,
+    /// portkeeper's extension: the DNS settings the CNI result gives the subnet's pods. Unset:
+    /// none (an empty `dns` in the result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::SubnetDns>,
 }
 
 /// A Kubernetes label selector, as Kube-OVN's `gatewayNodeSelectors` and `namespaceSelectors`
@@ -217,6 +225,22 @@ pub struct LabelSelector {
     /// Expressions that must all match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+impl LabelSelector {
+    /// The selector as a node affinity, validated as Kubernetes validates a label selector.
+    pub fn node_affinity(
+        &self,
+    ) -> Result<portkeeper_engine::NodeAffinity, portkeeper_engine::AffinityError> {
+        portkeeper_engine::NodeAffinity::parse(
+            self.match_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            self.match_expressions
+                .iter()
+                .map(|e| (e.key.as_str(), e.operator.as_str(), e.values.as_slice())),
+        )
+    }
 }
 
 /// One `matchExpressions` entry.

@@ -116,8 +116,12 @@ fn the_export_sets_all_41_subnet_spec_fields() {
     assert_eq!(keys, KUBE_OVN_SUBNET_SPEC.into_iter().collect());
 }
 
+/// The Subnet fields portkeeper adds to Kube-OVN's (docs/compatibility.md, "portkeeper's
+/// extensions").
+const PORTKEEPER_SUBNET_SPEC: [&str; 2] = ["nodeAffinity", "dns"];
+
 #[test]
-fn the_subnet_crd_declares_exactly_kube_ovns_spec() {
+fn the_subnet_crd_declares_exactly_kube_ovns_spec_and_the_extensions() {
     let schema = schema(&Subnet::crd());
     let declared: BTreeSet<&str> = schema
         .pointer("/properties/spec/properties")
@@ -126,7 +130,13 @@ fn the_subnet_crd_declares_exactly_kube_ovns_spec() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(declared, KUBE_OVN_SUBNET_SPEC.into_iter().collect());
+    assert_eq!(
+        declared,
+        KUBE_OVN_SUBNET_SPEC
+            .into_iter()
+            .chain(PORTKEEPER_SUBNET_SPEC)
+            .collect()
+    );
     assert!(
         schema.pointer("/properties/spec/required").is_none(),
         "Kube-OVN requires no spec field (a MAC-only subnet has no cidrBlock)"

@@ -55,6 +55,7 @@
 
 #![deny(missing_docs)]
 
+pub mod affinity;
 mod engine;
 mod error;
 mod family;
@@ -65,6 +66,7 @@ mod ranges;
 mod request;
 mod subnet;
 
+pub use affinity::{AffinityError, NodeAffinity};
 pub use engine::{ConflictOn, Engine, RebuildReport, RecordConflict, Snapshot};
 pub use error::{EngineError, ErrorKind, Holding, MacHolder};
 pub use family::Family;

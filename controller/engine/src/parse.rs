@@ -63,6 +63,20 @@ pub enum ParseError {
         /// The offending text.
         input: String,
     },
+    /// An `ip_pools` entry that is not an IPPool name.
+    #[error("ip_pools entry {input:?} is not an IPPool name")]
+    NotPoolName {
+        /// The offending entry.
+        input: String,
+    },
+    /// The same IPPool appears twice in an `ip_pools` list.
+    #[error("ip_pools list {input:?} names IPPool {pool} twice")]
+    DuplicatePool {
+        /// The offending text.
+        input: String,
+        /// The repeated pool.
+        pool: String,
+    },
     /// Not a CIDR (`address/prefix`).
     #[error("invalid CIDR {input:?}")]
     InvalidCidr {
@@ -265,6 +279,39 @@ pub fn parse_ip_pool(input: &str) -> Result<IpPoolAnnotation, ParseError> {
         }
     }
     Ok(IpPoolAnnotation::List(entries))
+}
+
+/// `ip_pools` (portkeeper's extension): IPPool names separated by `,`, in the order they are
+/// tried. At least one name, each a Kubernetes object name, none twice; blanks around a name and
+/// a trailing `,` are ignored.
+pub fn parse_pool_list(input: &str) -> Result<Vec<String>, ParseError> {
+    let mut pools: Vec<String> = Vec::new();
+    let entries: Vec<&str> = input.split(',').map(str::trim).collect();
+    let last = entries.len() - 1;
+    for (i, entry) in entries.into_iter().enumerate() {
+        if entry.is_empty() && i == last && i > 0 {
+            break;
+        }
+        if !is_pool_name(entry) {
+            return Err(if entry.is_empty() {
+                ParseError::Empty {
+                    what: "ip_pools entry",
+                }
+            } else {
+                ParseError::NotPoolName {
+                    input: entry.to_owned(),
+                }
+            });
+        }
+        if pools.iter().any(|p| p == entry) {
+            return Err(ParseError::DuplicatePool {
+                input: input.to_owned(),
+                pool: entry.to_owned(),
+            });
+        }
+        pools.push(entry.to_owned());
+    }
+    Ok(pools)
 }
 
 fn single(addr: IpAddr) -> DualAddress {
@@ -472,6 +519,27 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn pool_list_keeps_order_and_refuses_what_is_not_a_name() {
+        assert_eq!(
+            parse_pool_list(" zone-b , zone-a,").unwrap(),
+            vec!["zone-b".to_owned(), "zone-a".to_owned()]
+        );
+        assert_eq!(parse_pool_list("p").unwrap(), vec!["p".to_owned()]);
+        for (bad, expected) in [
+            ("", "empty ip_pools entry"),
+            (",", "empty ip_pools entry"),
+            ("a,,b", "empty ip_pools entry"),
+            ("a,10.0.0.1", "\"10.0.0.1\" is not an IPPool name"),
+            ("a;b", "\"a;b\" is not an IPPool name"),
+            ("Pool", "\"Pool\" is not an IPPool name"),
+            ("a,b,a", "names IPPool a twice"),
+        ] {
+            let err = parse_pool_list(bad).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad:?}: {err}");
+        }
     }
 
     #[test]

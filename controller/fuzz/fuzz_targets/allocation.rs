@@ -4,8 +4,8 @@
 //! to exactly the same allocation; a refusal names the annotation key.
 //!
 //! Input: one value per line, for `ip_address`, `cidr`, `gateway`, `mac_address`,
-//! `logical_switch`, `routed` and `virtualmachine` in that order; a line starting with `-` leaves
-//! the key out. `allocated` is always `"true"`.
+//! `logical_switch`, `routed`, `virtualmachine` and `dns` in that order; a line starting with `-`
+//! leaves the key out. `allocated` is always `"true"`.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         &keys.logical_switch,
         &keys.routed,
         &keys.virtual_machine,
+        &keys.dns,
     ];
     let mut annotations: BTreeMap<String, String> = order
         .iter()

@@ -4,7 +4,8 @@
 //! annotation key, as the pod's `InvalidAnnotation` Event must.
 //!
 //! Input: one value per line, for `logical_switch`, `ip_address`, `mac_address`, `ip_pool`,
-//! `ip_family` and `port_security` in that order; a line starting with `-` leaves the key out.
+//! `ip_family`, `port_security` and `ip_pools` in that order; a line starting with `-` leaves the
+//! key out.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         &keys.ip_pool,
         &keys.ip_family,
         &keys.port_security,
+        &keys.ip_pools,
     ];
     let annotations: BTreeMap<String, String> = order
         .iter()
@@ -46,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 if let Some(family) = request.family {
                     assert!(addresses.get(family).is_some());
                 }
+            }
+            if let AddressRequest::PoolList(pools) = &request.addresses {
+                assert!(!pools.is_empty());
             }
             if request.port_security {
                 assert_eq!(annotations[&keys.port_security].trim(), "true");

@@ -51,6 +51,13 @@ pub fn has_room(engine: &Engine, subnet: &str) -> bool {
         .is_ok_and(|s| s.v4_available_ips > 0 || s.v6_available_ips > 0)
 }
 
+/// Whether the engine still has a free address of some family in IPPool `pool`.
+pub fn pool_has_room(engine: &Engine, pool: &str) -> bool {
+    engine
+        .pool_status(pool)
+        .is_ok_and(|s| s.v4_available_ips > 0 || s.v6_available_ips > 0)
+}
+
 /// Another IP resource (not `except`) holding `ip` in `subnet`.
 pub fn ip_resource_holder(
     stores: &Stores,

@@ -127,11 +127,14 @@ fn fit<N: Northbound>(
         annotations: &annotations,
         ordinal: ordinal.map(|ordinal| Ordinal { ordinal, start }),
         namespace_subnets: written_order.as_deref(),
+        // A future pod's node is unknown: a choice that needs one decides nothing (Fits).
+        node: None,
     };
     let room = |s: &str| s == lease.subnet || target::has_room(&ctx.engine, s);
+    let pool_room = |p: &str| target::pool_has_room(&ctx.engine, p);
     let addressing = Addressing::of(&ctx.stores);
     let catalog = addressing.catalog(&ctx.config.default_ls);
-    match plan::choose_target(&request, &facts, &catalog, room) {
+    match plan::choose_target(&request, &facts, &catalog, room, pool_room) {
         Err(_) => SubnetFit::Fits,
         Ok(t) if t.subnet != lease.subnet => SubnetFit::Moved { to: t.subnet },
         Ok(_) => stranded_fit(ctx, lease),

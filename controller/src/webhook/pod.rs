@@ -15,7 +15,7 @@ use portkeeper_engine::{IpPoolAnnotation, IpRequest, MacRequest};
 use super::lookup::current;
 use crate::allocate::check_claim;
 use crate::context::Context;
-use crate::error::Rejection;
+use crate::error::{RejectReason, Rejection};
 use crate::nic::{self, holder, target};
 use crate::ovn::Northbound;
 use crate::plan;
@@ -34,8 +34,10 @@ pub async fn refusal<N: Northbound>(ctx: &Context<N>, pod: &Pod) -> Option<Strin
     let holder = holder::holder_uid(pod, owner.as_ref());
     let addressing = with_named(ctx, &request).await;
     let catalog = addressing.catalog(&ctx.config.default_ls);
-    let chosen = match crate::pod::choose(ctx, pod, &holder, &request, &catalog) {
+    // Node affinity is left to the controller: a node's labels may change before the pod runs.
+    let chosen = match crate::pod::choose(ctx, pod, &holder, &request, &catalog, None) {
         Ok(t) => t,
+        Err(r) if r.reason == RejectReason::AwaitingNode => return None,
         Err(r) => return Some(denial(&r)),
     };
     if ctx.engine.subnet_status(&chosen.subnet).is_err() {
