@@ -552,6 +552,23 @@ impl Demo<'_> {
             "kubectl delete pod db-1; the StatefulSet controller makes it again",
         );
         let new = dataplane::wait_running(&self.pods, "db-1", old_uid.as_deref()).await;
+        let running = Instant::now();
+        // A real kubelet (1.20) may remove the old pod from the API before it removes its
+        // sandbox; until that DEL the old interface keeps claiming the port on its node.
+        wait_one_interface(self.cluster, "db-1.default").await;
+        let del = running.elapsed();
+        let node = node_chassis(self.cluster, node_of(&new));
+        wait_for("db-1.default bound on the new pod's node", async || {
+            (dataplane::bound_chassis(self.cluster, "db-1.default") == node).then_some(())
+        })
+        .await;
+        say.line(
+            "del",
+            format!(
+                "the old db-1's interface removed (its DEL) {:.1} s after the new db-1 ran",
+                del.as_secs_f64()
+            ),
+        );
         let same = |key: &str| {
             assert_eq!(annotation(&new, key), annotation(old, key), "db-1's {key}");
         };
@@ -795,6 +812,21 @@ impl Demo<'_> {
             ),
         );
     }
+}
+
+/// Waits until one OVS interface across the nodes is left for `port`: the one of the pod that
+/// holds it now, an earlier pod's removed by its node's DEL.
+async fn wait_one_interface(cluster: &Cluster, port: &str) {
+    let iface = format!("external_ids:iface-id={port}");
+    wait_for(&format!("one OVS interface for {port}"), async || {
+        let count: usize = cluster
+            .nodes()
+            .iter()
+            .map(|node| ovs_interfaces(cluster, node, &iface).len())
+            .sum();
+        (count == 1).then_some(())
+    })
+    .await;
 }
 
 /// The OVN port of a pod: `<pod>.<ns>`, or `<vm>.<ns>` for a KubeVirt launcher pod.
