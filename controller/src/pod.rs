@@ -255,12 +255,14 @@ async fn adopt<N: Northbound>(
 ) -> Result<(), Error> {
     let port_security = network.request(pod).is_ok_and(|r| r.port_security);
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-    record.write_port(ctx, lease, port_security).await?;
     record.apply_ip(&ctx.client, lease, node).await?;
     let ips: Api<IP> = Api::all(ctx.client.clone());
     if let Some(ip) = ips.get_opt(lease.key.as_str()).await? {
         takeover::drop_kube_ovn_finalizers(&ctx.client, &ip).await?;
     }
+    // The port last: its vendor marks the adoption done, so an adoption cut short (an error,
+    // a restart) runs again in full.
+    record.write_port(ctx, lease, port_security).await?;
     tracing::info!(pod = %pod.name_any(), nic = %lease.key, addresses = %lease.addresses(), "taken over from Kube-OVN");
     Ok(())
 }

@@ -33,8 +33,14 @@ pub fn without_kube_ovn_finalizers<K: Resource>(object: &K) -> Option<Vec<String
         })
 }
 
-/// Removes Kube-OVN's finalizers from a cluster-scoped object, conditional on the version read
-/// (a conflict is left to the next pass).
+/// How often a conflicting finalizer patch is tried again on a fresh read before the error goes
+/// to the caller's retry.
+const FINALIZER_ATTEMPTS: usize = 5;
+
+/// Removes Kube-OVN's finalizers from a cluster-scoped object, conditional on the version read;
+/// on a conflict (another writer changed the object) it reads the object again and retries, so
+/// the finalizers are never left behind by a race: a caller may not pass here again (an adopted
+/// port is not adopted twice).
 pub async fn drop_kube_ovn_finalizers<K>(
     client: &kube::Client,
     object: &K,
@@ -45,24 +51,36 @@ where
         + DeserializeOwned
         + Debug,
 {
-    let Some(kept) = without_kube_ovn_finalizers(object) else {
-        return Ok(());
-    };
-    let body = json!({ "metadata": {
-        "finalizers": kept,
-        "resourceVersion": object.resource_version(),
-    } });
+    let api = Api::<K>::all(client.clone());
     let params = PatchParams {
         field_manager: Some(crate::context::FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
-    match Api::<K>::all(client.clone())
-        .patch(&object.name_any(), &params, &Patch::Merge(body))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e),
+    let mut current = object.clone();
+    let mut attempt = 1;
+    loop {
+        let Some(kept) = without_kube_ovn_finalizers(&current) else {
+            return Ok(());
+        };
+        let body = json!({ "metadata": {
+            "finalizers": kept,
+            "resourceVersion": current.resource_version(),
+        } });
+        match api
+            .patch(&current.name_any(), &params, &Patch::Merge(body))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < FINALIZER_ATTEMPTS => {
+                attempt += 1;
+                match api.get_opt(&current.name_any()).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
