@@ -68,6 +68,16 @@ impl NbServer {
         self._dir.path().join("nb.db")
     }
 
+    /// The database file's transactions as `ovsdb-tool show-log` prints them (with comments).
+    fn transaction_log(&self) -> String {
+        let log = Command::new("ovsdb-tool")
+            .arg("show-log")
+            .arg(self.db())
+            .output()
+            .expect("run ovsdb-tool show-log");
+        String::from_utf8_lossy(&log.stdout).into_owned()
+    }
+
     fn nbctl(&self, args: &[&str]) -> String {
         let out = Command::new("ovn-nbctl")
             .arg(format!("--db={}", self.remote()))
@@ -403,12 +413,7 @@ async fn deposed_writer_is_fenced(grouped: bool) {
         "neither the standby's nor the deposed leader's switch exists"
     );
 
-    let log = Command::new("ovsdb-tool")
-        .arg("show-log")
-        .arg(server.db())
-        .output()
-        .expect("run ovsdb-tool show-log");
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = server.transaction_log();
     let named: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("portkeeper-controller"))
@@ -470,12 +475,7 @@ async fn grouped_upserts_share_transactions_and_each_lands() {
         "no write shared a transaction: {stats:?}"
     );
     // Every transaction is the fenced writer's.
-    let log = Command::new("ovsdb-tool")
-        .arg("show-log")
-        .arg(server.db())
-        .output()
-        .expect("run ovsdb-tool show-log");
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = server.transaction_log();
     assert!(log.contains("\"portkeeper-controller grouped\""), "{log}");
 }
 

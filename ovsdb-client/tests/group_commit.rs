@@ -91,15 +91,20 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
 }
 
+/// A client of `server`'s NB database monitoring the test table.
+async fn connect(server: &Standalone) -> Client {
+    Client::builder(&server.unix, NB_DB)
+        .monitor(SET, &[])
+        .connect()
+        .await
+        .expect("connect")
+}
+
 fn fixture() -> Fixture {
     let server = Standalone::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = runtime.block_on(async {
-        let client = Client::builder(&server.unix, NB_DB)
-            .monitor(SET, &[])
-            .connect()
-            .await
-            .expect("connect");
+        let client = connect(&server).await;
         client.transact(&[insert("existing")]).await.unwrap();
         client
     });
@@ -181,11 +186,7 @@ proptest! {
 #[tokio::test]
 async fn envelope_failure_reaches_every_caller_and_waiting_callers_share_a_batch() {
     let server = Standalone::start();
-    let client = Client::builder(&server.unix, NB_DB)
-        .monitor(SET, &[])
-        .connect()
-        .await
-        .expect("connect");
+    let client = connect(&server).await;
     let deadline = Instant::now() + Duration::from_secs(20);
 
     let fenced = GroupCommit::new(
@@ -227,11 +228,7 @@ async fn envelope_failure_reaches_every_caller_and_waiting_callers_share_a_batch
 #[tokio::test]
 async fn retry_rebuilds_after_a_concurrent_writer() {
     let server = Standalone::start();
-    let client = Client::builder(&server.unix, NB_DB)
-        .monitor(SET, &[])
-        .connect()
-        .await
-        .expect("connect");
+    let client = connect(&server).await;
     let group = GroupCommit::new(
         client.clone(),
         GroupConfig::default(),
